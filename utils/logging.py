@@ -1,0 +1,28 @@
+"""Rank-aware logging set-up shared by the entry scripts, tools and benchmarks."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0, level: int = logging.INFO) -> None:
+    """Log to stderr (and to ``output_dir/train.log`` when given) on rank 0; other ranks log warnings only.
+
+    Library modules only call ``logging.getLogger(__name__)``; this is called once by an entry point.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+    root.addHandler(stream)
+    if output_dir is not None and rank == 0:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(Path(output_dir) / "train.log")
+        file_handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(file_handler)
