@@ -1,0 +1,46 @@
+"""Collate for repeated augmentation (``--num_sample S > 1``): one decode, S augmented clips per item."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate
+
+
+def multiple_samples_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flatten B items holding S samples each into one batch of B·S, sample-major (item 0's S samples first).
+
+    Each item's ``"video"`` is (S, C, T, H, W). Other values with a leading dimension of S (``"label"`` (S,), ...)
+    are concatenated the same way; scalars (``"index"`` as an int, ...) are repeated S times.
+    → ``{"video": (B·S, C, T, H, W), "label": (B·S,), ...}``.
+    """
+    if not batch:
+        raise ValueError("multiple_samples_collate: empty batch")
+    num_samples = None
+    for item in batch:
+        video = item["video"]
+        if video.dim() != 5:
+            raise ValueError(f"multiple_samples_collate: 'video' must be (S, C, T, H, W), got {tuple(video.shape)}")
+        if num_samples is None:
+            num_samples = video.shape[0]
+        elif video.shape[0] != num_samples:
+            raise ValueError(f"multiple_samples_collate: items hold {num_samples} and {video.shape[0]} samples")
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        per_item = [_split_samples(item[key], num_samples, key) for item in batch]
+        out[key] = default_collate([sample for samples in per_item for sample in samples])
+    return out
+
+
+def _split_samples(value: Any, num_samples: int, key: str) -> list[Any]:
+    """The S per-sample values of one item: rows of a leading-S tensor/sequence, else ``value`` repeated."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        if value.shape[0] != num_samples:
+            raise ValueError(f"multiple_samples_collate: {key!r} has leading size {value.shape[0]}, "
+                             f"expected {num_samples} samples")
+        return list(value.unbind(0))
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_samples:
+            raise ValueError(f"multiple_samples_collate: {key!r} has {len(value)} entries, expected {num_samples}")
+        return list(value)
+    return [value] * num_samples

@@ -1,0 +1,66 @@
+"""Pretraining mask generators: exact masked counts, tube structure, window size from args, seeding."""
+from argparse import Namespace
+
+import numpy as np
+import pytest
+
+from datasets.masking import RandomMaskingGenerator, TubeMaskingGenerator, build_mask_generator, mask_window_size
+
+
+def pretrain_args(**overrides) -> Namespace:
+    base = dict(num_frames=8, tubelet_size=1, input_size=224, mask_type="tube", mask_ratio=0.8)
+    base.update(overrides)
+    return Namespace(**base)
+
+
+def test_tube_mask_same_patches_every_frame_exact_count():
+    np.random.seed(0)
+    generator = build_mask_generator(pretrain_args(mask_type="tube", mask_ratio=0.8))
+    assert isinstance(generator, TubeMaskingGenerator)
+    for _ in range(5):
+        mask = generator()
+        assert mask.dtype == np.bool_ and mask.shape == (8 * 14 * 14,)
+        frames = mask.reshape(8, 196)
+        assert (frames.sum(axis=1) == int(0.8 * 196)).all()
+        assert (frames == frames[0]).all()
+    assert not np.array_equal(generator(), generator())
+
+
+def test_random_mask_independent_frames_exact_count():
+    np.random.seed(0)
+    generator = build_mask_generator(pretrain_args(mask_type="random", mask_ratio=0.9, num_frames=16, tubelet_size=2))
+    assert isinstance(generator, RandomMaskingGenerator)
+    mask = generator()
+    assert mask.dtype == np.bool_ and mask.shape == (8 * 196,)
+    frames = mask.reshape(8, 196)
+    assert (frames.sum(axis=1) == int(0.9 * 196)).all()
+    assert len({frame.tobytes() for frame in frames}) == 8
+
+
+def test_masks_cover_all_patches_uniformly_over_draws():
+    np.random.seed(1)
+    generator = RandomMaskingGenerator((2, 4, 4), 0.5)
+    freq = np.mean([generator().reshape(2, 16) for _ in range(2000)], axis=0)
+    assert np.allclose(freq, 0.5, atol=0.05)
+
+
+def test_masks_are_deterministic_under_seed():
+    for generator in (TubeMaskingGenerator((4, 7, 7), 0.75), RandomMaskingGenerator((4, 7, 7), 0.75)):
+        np.random.seed(3)
+        first = generator()
+        np.random.seed(3)
+        assert np.array_equal(first, generator())
+
+
+def test_window_size_attention_and_bad_arguments():
+    assert mask_window_size(pretrain_args(num_frames=16, tubelet_size=2, input_size=112)) == (8, 7, 7)
+    assert mask_window_size(Namespace(num_frames=8, input_size=224)) == (8, 14, 14)
+    assert build_mask_generator(pretrain_args(mask_type="attention")) is None
+    with pytest.raises(ValueError, match="mask_type"):
+        build_mask_generator(pretrain_args(mask_type="tube_row"))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        build_mask_generator(pretrain_args(mask_ratio=1.0))
+    with pytest.raises(ValueError, match="tubelet_size"):
+        mask_window_size(pretrain_args(num_frames=9, tubelet_size=2))
+    with pytest.raises(ValueError, match="patch size"):
+        mask_window_size(pretrain_args(input_size=200))

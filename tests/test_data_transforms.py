@@ -1,0 +1,263 @@
+"""Clip transforms: shapes, normalisation, exact crop offsets, clip-consistent augmentation, determinism."""
+import math
+import random
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets.rand_augment import VideoRandAugment
+from datasets.random_erasing import ClipRandomErasing
+from datasets.transforms import (build_pretrain_transform, build_test_transform, build_train_transform,
+                                 build_val_transform, jitter_range, sample_jittered_crop_box,
+                                 sample_multiscale_crop_box, sample_resized_crop_box)
+
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_args(**overrides) -> Namespace:
+    base = dict(input_size=32, short_side_size=32, test_num_crop=3, aa=None, train_interpolation="bicubic",
+                reprob=0.0, remode="pixel", recount=1, flip=False)
+    base.update(overrides)
+    return Namespace(**base)
+
+
+def coordinate_clip(t: int, h: int, w: int) -> np.ndarray:
+    """R = x coordinate, G = y coordinate, B = frame index."""
+    clip = np.zeros((t, h, w, 3), dtype=np.uint8)
+    clip[..., 0] = np.arange(w)[None, None, :]
+    clip[..., 1] = np.arange(h)[None, :, None]
+    clip[..., 2] = np.arange(t)[:, None, None]
+    return clip
+
+
+def denormalize(out: torch.Tensor) -> np.ndarray:
+    """(C, T, H, W) normalised → (C, T, H, W) values in the 0-255 range."""
+    return (out.numpy() * STD[:, None, None, None] + MEAN[:, None, None, None]) * 255.0
+
+
+def textured_clip(t: int = 4, h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return np.repeat(frame[None], t, axis=0)
+
+
+@pytest.mark.parametrize("kind", ["train", "val", "test", "pretrain"])
+def test_output_shape_dtype_and_range(kind):
+    seed_all(0)
+    args = make_args(aa="rand-m7-n4-mstd0.5-inc1", reprob=1.0, flip=True)
+    frames = np.random.default_rng(1).integers(0, 256, size=(4, 40, 56, 3), dtype=np.uint8)
+    transforms = {
+        "train": lambda f: build_train_transform(args, flip=True)(f),
+        "val": build_val_transform(args),
+        "test": lambda f: build_test_transform(args)(f, 2),
+        "pretrain": build_pretrain_transform(args),
+    }
+    out = transforms[kind](frames)
+    assert out.shape == (3, 4, 32, 32) and out.dtype == torch.float32 and out.is_contiguous()
+    # normalised uint8 content lies in [(0 - mean)/std, (1 - mean)/std] (erasing noise aside)
+    if kind != "train":
+        assert out.min() >= -2.2 and out.max() <= 2.7
+
+
+def test_normalisation_of_constant_clip_is_exact():
+    for value in (0, 128, 255):
+        frames = np.full((2, 32, 48, 3), value, dtype=np.uint8)
+        out = build_val_transform(make_args())(frames)
+        expected = (value / 255.0 - MEAN) / STD
+        for c in range(3):
+            assert torch.allclose(out[c], torch.full_like(out[c], expected[c]), atol=1e-5)
+    mean_clip = np.broadcast_to(np.round(MEAN * 255).astype(np.uint8), (2, 32, 48, 3)).copy()
+    assert build_val_transform(make_args())(mean_clip).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("num_crops,expected_starts", [(1, [14]), (2, [0, 28]), (3, [0, 14, 28])])
+def test_test_crop_offsets_wide_clip(num_crops, expected_starts):
+    # short side already 32: no resize, so the R channel still holds x
+    frames = coordinate_clip(2, 32, 60)
+    transform = build_test_transform(make_args(test_num_crop=num_crops, short_side_size=32))
+    for k, start in enumerate(expected_starts):
+        out = denormalize(transform(frames, k))
+        assert out.shape == (3, 2, 32, 32)
+        np.testing.assert_allclose(out[0, :, 0, :], np.arange(start, start + 32)[None].repeat(2, 0), atol=1e-3)
+        np.testing.assert_allclose(out[1, 0, :, 0], np.arange(32), atol=1e-3)
+    with pytest.raises(ValueError, match="crop index"):
+        transform(frames, num_crops)
+
+
+def test_test_crop_offsets_tall_clip_and_resize_rule():
+    # 120x64 (tall) → short side 32: width 32, height int(32 * 120 / 64) = 60; crops along the height
+    frames = coordinate_clip(1, 120, 64)
+    transform = build_test_transform(make_args(test_num_crop=3, short_side_size=32))
+    for k, start in enumerate([0, 14, 28]):
+        out = denormalize(transform(frames, k))
+        assert out.shape == (3, 1, 32, 32)
+        # bilinear 2x downscale of a ramp samples 2i + 0.5 (half-pixel centres, no antialias), then uint8 rounding
+        np.testing.assert_allclose(out[1, 0, :, 0], 2 * np.arange(start, start + 32) + 0.5, atol=0.51)
+        np.testing.assert_allclose(out[0, 0, 0, :], 2 * np.arange(32) + 0.5, atol=0.51)
+
+
+def test_val_centre_crop_offset():
+    frames = coordinate_clip(2, 32, 50)
+    out = denormalize(build_val_transform(make_args(input_size=24, short_side_size=32))(frames))
+    assert out.shape == (3, 2, 24, 24)
+    np.testing.assert_allclose(out[0, 0, 0, :], np.arange(13, 37), atol=1e-3)  # round((50 - 24) / 2) = 13
+    np.testing.assert_allclose(out[1, 0, :, 0], np.arange(4, 28), atol=1e-3)  # round((32 - 24) / 2) = 4
+    np.testing.assert_allclose(out[2, :, 0, 0], [0, 1], atol=1e-3)
+    with pytest.raises(ValueError, match="short_side_size"):
+        build_val_transform(make_args(input_size=40, short_side_size=32))
+
+
+def test_identical_frames_stay_identical_through_full_train_augmentation():
+    frames = textured_clip()
+    for remode in ("pixel", "rand", "const"):
+        transform = build_train_transform(make_args(aa="rand-m9-n4-mstd0.5-inc1", reprob=1.0, remode=remode), True)
+        for seed in range(6):
+            seed_all(seed)
+            out = transform(frames)
+            for t in range(1, out.shape[1]):
+                assert torch.equal(out[:, t], out[:, 0]), (remode, seed, t)
+    # the const erasing box is visible (exact zeros on every channel) and identical across frames
+    seed_all(3)
+    out = build_train_transform(make_args(reprob=1.0, remode="const"), False)(textured_clip())
+    erased = (out == 0).all(dim=0)
+    assert erased.any() and torch.equal(erased[0], erased[-1])
+
+
+def test_video_rand_augment_same_ops_on_every_frame_and_changes_content():
+    frames = textured_clip(t=3)
+    ra = VideoRandAugment("rand-m9-n2-mstd0.5-inc1", input_size=32)
+    changed = 0
+    for seed in range(8):
+        seed_all(seed)
+        out = ra(frames)
+        assert out.dtype == np.uint8 and out.shape == frames.shape
+        assert all(np.array_equal(out[t], out[0]) for t in range(1, 3))
+        changed += not np.array_equal(out, frames)
+    assert changed >= 4
+    # different frames each get exactly the single-image op sequence drawn from the shared state
+    moving = np.stack([textured_clip(t=1, seed=s)[0] for s in range(3)])
+    seed_all(11)
+    out = ra(moving)
+    for t in range(3):
+        seed_all(11)
+        np.testing.assert_array_equal(out[t], ra(moving[t:t + 1])[0])
+    with pytest.raises(ValueError, match="RandAugment"):
+        VideoRandAugment("v0", 32)
+
+
+def test_flip_disabled_keeps_orientation_and_enabled_flips_sometimes():
+    frames = coordinate_clip(2, 48, 64)
+
+    def increasing(out: torch.Tensor) -> bool:
+        row = out[0, 0, 0]  # the R channel holds x: monotone along the row, rising unless flipped
+        steps = row[1:] - row[:-1]
+        assert (steps >= 0).all() or (steps <= 0).all()
+        return bool(row[-1] > row[0])
+
+    no_flip = build_train_transform(make_args(), flip=False)
+    with_flip = build_train_transform(make_args(), flip=True)
+    orientations = []
+    for seed in range(24):
+        seed_all(seed)
+        assert increasing(no_flip(frames))
+        seed_all(seed)
+        orientations.append(increasing(with_flip(frames)))
+    assert 4 <= sum(orientations) <= 20
+
+
+def test_train_transform_is_deterministic_under_seed():
+    frames = np.random.default_rng(2).integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)
+    transform = build_train_transform(make_args(aa="rand-m7-n4-mstd0.5-inc1", reprob=0.5), True)
+    seed_all(5)
+    first = transform(frames)
+    seed_all(5)
+    assert torch.equal(first, transform(frames))
+    seed_all(6)
+    assert not torch.equal(first, transform(frames))
+
+
+def test_resized_crop_boxes_respect_scale_ratio_and_bounds():
+    seed_all(0)
+    assert jitter_range(224) == (256, 320) and jitter_range(112) == (128, 160)
+    for _ in range(300):
+        top, left, h, w = sample_resized_crop_box(240, 320)
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
+        assert 0.08 * 0.95 <= h * w / (240 * 320) <= 1.0
+        assert 0.75 * 0.95 <= w / h <= 4 / 3 * 1.05
+        top, left, h, w = sample_jittered_crop_box(240, 320, (256, 320))
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320 and h > 0 and w > 0
+        assert 0.08 * 0.9 <= h * w / (240 * 320) <= 1.0
+    # scale that can never fit → centred fallback with the aspect clamped into range
+    assert sample_resized_crop_box(100, 400, scale=(2.0, 2.0)) == (0, 133, 100, 133)
+
+
+def test_multiscale_crop_boxes_follow_the_official_grid():
+    seed_all(0)
+    height, width, size = 240, 320, 224
+    sides = [224 if abs(int(240 * s) - 224) < 3 else int(240 * s) for s in (1, 0.875, 0.75, 0.66)]
+    assert sides == [240, 210, 180, 158]
+    allowed = {(sides[i], sides[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+    seen = set()
+    for _ in range(400):
+        top, left, h, w = sample_multiscale_crop_box(height, width, size)
+        assert (h, w) in allowed
+        h_step, w_step = (height - h) // 4, (width - w) // 4
+        assert top in {k * h_step for k in range(5)} and left in {k * w_step for k in range(5)}
+        seen.add((h, w))
+    assert seen == allowed
+
+
+def test_pretrain_crop_matches_pil_reference_pipeline():
+    """The official pretraining path crops and resizes PIL frames (bilinear); we agree within one grey level."""
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 60, 80, 3), dtype=np.uint8)
+    transform = build_pretrain_transform(make_args(input_size=32, flip=False))
+    for seed in range(4):
+        seed_all(seed)
+        out = denormalize(transform(frames)).transpose(1, 2, 3, 0)
+        seed_all(seed)
+        top, left, h, w = sample_multiscale_crop_box(60, 80, 32)
+        ref = np.stack([np.asarray(Image.fromarray(f).crop((left, top, left + w, top + h)).resize((32, 32),
+                                                                                                  Image.BILINEAR))
+                        for f in frames])
+        assert np.abs(out - ref).max() <= 1.01
+
+
+def test_random_erasing_shared_box_and_validation():
+    seed_all(1)
+    clip = torch.zeros(3, 4, 20, 20)
+    ClipRandomErasing(1.0, mode="pixel", max_count=3)(clip)
+    touched = clip != 0
+    assert touched.any()
+    assert all(torch.equal(clip[:, t], clip[:, 0]) for t in range(4))
+    untouched = torch.ones(3, 2, 8, 8)
+    assert torch.equal(ClipRandomErasing(0.0)(untouched.clone()), untouched)
+    with pytest.raises(ValueError, match="remode"):
+        ClipRandomErasing(0.5, mode="noise")
+    with pytest.raises(ValueError, match="reprob"):
+        ClipRandomErasing(1.5)
+
+
+def test_bad_frames_raise_clear_errors():
+    transform = build_val_transform(make_args())
+    with pytest.raises(ValueError, match=r"uint8 frames of shape \(T, H, W, 3\)"):
+        transform(np.zeros((2, 32, 32, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        transform(np.zeros((32, 32, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        transform(np.zeros((0, 32, 32, 3), dtype=np.uint8))
+
+
+def test_aa_off_spellings_disable_rand_augment():
+    for off in (None, "", "None", "none"):
+        assert build_train_transform(make_args(aa=off), True).rand_augment is None
+    assert math.isclose(build_train_transform(make_args(reprob=0.25), True).erasing.probability, 0.25)
