@@ -1,0 +1,183 @@
+"""Loading official-format VideoMamba checkpoints for fine-tuning (``--finetune``).
+
+``checkpoint_filter_fn`` is pure: it adapts a state dict to a model's shapes (head dropping, 2D->3D patch
+embedding inflation, bicubic spatial / linear temporal position-table resampling) and returns a new dict.
+``load_finetune_checkpoint`` reads the file, finds and un-prefixes the state dict, filters and loads it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from models.pos_embed import resample_abs_pos_embed, resample_temporal_pos_embed
+
+_logger = logging.getLogger(__name__)
+
+STRIPPED_PREFIXES = ("backbone.", "encoder.", "module.")
+INFLATE_MODES = ("center", "avg")
+
+
+def inflate_patch_weight(weight: torch.Tensor, time_dim: int, mode: str = "center") -> torch.Tensor:
+    """Turn a patch-embedding kernel (C, 3, [t,] p, p) into a Conv3d kernel (C, 3, time_dim, p, p).
+
+    A 3D source is first summed over time (its response to a static clip). "center" puts the 2D kernel in
+    frame time_dim // 2 with zeros elsewhere (the official default); "avg" repeats it divided by time_dim.
+    Both give the 2D response on a static clip.
+    """
+    if mode not in INFLATE_MODES:
+        raise ValueError(f"inflate must be one of {INFLATE_MODES}, got {mode!r}")
+    if weight.ndim == 5:
+        weight = weight.sum(dim=2)
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4-D or 5-D patch kernel, got shape {tuple(weight.shape)}")
+    if mode == "avg":
+        return weight.unsqueeze(2).repeat(1, 1, time_dim, 1, 1) / time_dim
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], time_dim, *weight.shape[2:])
+    out[:, :, time_dim // 2] = weight
+    return out
+
+
+def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, model: nn.Module,
+                  orig_t_size: int | None, inflate: str) -> torch.Tensor:
+    """Reshape one checkpoint tensor to the model's shape, or raise naming the key and both shapes."""
+    if key == "patch_embed.proj.weight" and target.ndim == 5 and value.ndim in (4, 5) \
+            and value.shape[:2] == target.shape[:2] and value.shape[-2:] == target.shape[-2:]:
+        _logger.info("inflating %s %s -> %s (%s)", key, tuple(value.shape), tuple(target.shape), inflate)
+        return inflate_patch_weight(value, target.shape[2], inflate)
+    if key == "pos_embed" and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+        grid = tuple(model.patch_embed.grid_size)
+        _logger.info("resampling %s %s -> %s (bicubic)", key, tuple(value.shape), tuple(target.shape))
+        return resample_abs_pos_embed(value, grid, num_prefix_tokens=1)
+    if key == "temporal_pos_embedding" and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+        tubelet = model.patch_embed.tubelet_size
+        if orig_t_size is not None and value.shape[1] not in (orig_t_size, orig_t_size // tubelet):
+            _logger.warning("orig_t_size=%d does not match the checkpoint's temporal table of %d steps; "
+                            "using the checkpoint's", orig_t_size, value.shape[1])
+        _logger.info("resampling %s %s -> %s (linear)", key, tuple(value.shape), tuple(target.shape))
+        return resample_temporal_pos_embed(value, target.shape[1])
+    raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but the model expects "
+                     f"{tuple(target.shape)}, and there is no rule to convert it")
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    delete_head: bool = False,
+    orig_t_size: int | None = None,
+    inflate: str = "center",
+) -> dict[str, torch.Tensor]:
+    """Return a new state dict adapted to ``model``; the input dict and its tensors are left untouched.
+
+    The classifier ``head.*`` is dropped on ``delete_head`` or when its shape differs from the model's;
+    tensors whose shapes differ are converted (patch inflation, position-table resampling) or rejected.
+    Keys the model lacks are kept, so that ``load_state_dict`` reports them as unexpected.
+    """
+    if inflate not in INFLATE_MODES:
+        raise ValueError(f"inflate must be one of {INFLATE_MODES}, got {inflate!r}")
+    own = model.state_dict()
+    head_mismatch = any(k in own and own[k].shape != state_dict[k].shape
+                        for k in ("head.weight", "head.bias") if k in state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("head.") and (delete_head or head_mismatch):
+            _logger.info("dropping %s %s from the checkpoint", key, tuple(value.shape))
+            continue
+        if key in own and value.shape != own[key].shape:
+            value = _adapt_tensor(key, value, own[key], model, orig_t_size, inflate)
+        out[key] = value
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint object on CPU: safetensors, or torch.save with ``weights_only`` when possible.
+
+    Legacy pickles that need arbitrary classes are loaded with ``weights_only=False`` after a warning;
+    only use them from sources you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable safetensors checkpoint: {err}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt files; all mean "not loadable"
+        if not (isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)):
+            raise ValueError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
+        _logger.warning("%s needs full unpickling (not weights-only); loading it as a trusted legacy "
+                        "checkpoint", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+
+
+def extract_state_dict(obj: Any, model_key: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensor dict under the first of the '|'-separated ``model_key`` names, else ``obj`` itself."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
+    for key in model_key.split("|"):
+        if key in obj and _is_state_dict(obj[key]):
+            _logger.info("using the state dict under %r of %s", key, path)
+            return dict(obj[key])
+    if _is_state_dict(obj):
+        return dict(obj)
+    raise ValueError(f"{path} is not a checkpoint: no tensor dict under {model_key!r} "
+                     f"and top-level keys {sorted(map(str, obj))[:10]} are not all tensors")
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "") -> dict[str, torch.Tensor]:
+    """Remove ``model_prefix`` and then one of the wrapper prefixes backbone./encoder./module. from keys."""
+    out = {}
+    for key, value in state_dict.items():
+        if model_prefix and key.startswith(model_prefix):
+            key = key[len(model_prefix):]
+        for prefix in STRIPPED_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        out[key] = value
+    return out
+
+
+def load_finetune_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    model_key: str = "model|module",
+    model_prefix: str = "",
+    delete_head: bool = False,
+    orig_t_size: int | None = None,
+    inflate: str = "center",
+) -> dict[str, Any]:
+    """Load a (possibly image-pretrained or differently sized) checkpoint into ``model`` non-strictly.
+
+    Returns and logs a report: {"path", "missing_keys", "unexpected_keys"}.
+    """
+    state_dict = extract_state_dict(read_checkpoint(path), model_key, path)
+    state_dict = strip_prefixes(state_dict, model_prefix)
+    state_dict = checkpoint_filter_fn(state_dict, model, delete_head=delete_head, orig_t_size=orig_t_size,
+                                      inflate=inflate)
+    result = model.load_state_dict(state_dict, strict=False)
+    report = {"path": str(path), "missing_keys": list(result.missing_keys),
+              "unexpected_keys": list(result.unexpected_keys)}
+    _logger.info("loaded %d tensors from %s", len(state_dict) - len(report["unexpected_keys"]), path)
+    if report["missing_keys"]:
+        _logger.info("missing keys (left as initialised): %s", ", ".join(report["missing_keys"]))
+    if report["unexpected_keys"]:
+        _logger.info("unexpected keys (ignored): %s", ", ".join(report["unexpected_keys"]))
+    return report

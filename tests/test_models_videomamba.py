@@ -1,0 +1,171 @@
+"""VideoMamba backbone: official key layout, exact parameter counts, token order, block composition,
+drop-path / gradient checkpointing, and the timm registry."""
+import pytest
+import timm
+import torch
+
+import models  # noqa: F401  (registers the models with timm)
+from models.ops import get_backend, set_backend
+from models.videomamba import VideoMamba
+
+TINY = dict(img_size=32, patch_size=16, depth=2, embed_dim=32, num_frames=4, num_classes=5)
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    """Use the vectorised PyTorch scan so these tests do not depend on building the C++ kernel."""
+    previous = get_backend()
+    set_backend("torch")
+    yield
+    set_backend(previous)
+
+
+def _mixer_keys(prefix: str) -> set:
+    names = ["A_log", "D", "A_b_log", "D_b", "in_proj.weight", "out_proj.weight", "conv1d.weight", "conv1d.bias",
+             "conv1d_b.weight", "conv1d_b.bias", "x_proj.weight", "x_proj_b.weight", "dt_proj.weight",
+             "dt_proj.bias", "dt_proj_b.weight", "dt_proj_b.bias"]
+    return {f"{prefix}.mixer.{n}" for n in names} | {f"{prefix}.norm.weight"}
+
+
+def _rms(x, w, eps=1e-5):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def test_state_dict_keys_and_shapes_are_official():
+    m = VideoMamba(**TINY)
+    sd = m.state_dict()
+    expected = {"cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                "head.weight", "head.bias", "norm_f.weight"} | _mixer_keys("layers.0") | _mixer_keys("layers.1")
+    assert set(sd) == expected
+    assert sd["pos_embed"].shape == (1, 5, 32)
+    assert sd["temporal_pos_embedding"].shape == (1, 4, 32)
+    assert sd["patch_embed.proj.weight"].shape == (32, 3, 1, 16, 16)
+    assert sd["head.weight"].shape == (5, 32)
+    assert VideoMamba(**{**TINY, "kernel_size": 2}).state_dict()["temporal_pos_embedding"].shape == (1, 2, 32)
+
+
+@pytest.mark.parametrize("name,count", [
+    ("videomamba_tiny", 7_033_744), ("videomamba_small", 25_568_656), ("videomamba_middle", 73_875_856)])
+def test_registered_parameter_counts(name, count):
+    with torch.device("meta"):
+        m = timm.create_model(name, num_frames=8, num_classes=400)
+    assert sum(p.numel() for p in m.parameters()) == count
+    assert m.default_cfg["input_size"] == (3, 8, 224, 224) and not m.default_cfg["url"]
+
+
+def test_tokens_are_cls_then_frames_spatial_first():
+    torch.manual_seed(0)
+    m = VideoMamba(**{**TINY, "img_size": 48})
+    with torch.no_grad():
+        m.cls_token.normal_()
+        m.temporal_pos_embedding.normal_()
+    x = torch.randn(2, 3, 4, 48, 48)
+    tokens = m.embed(x)
+    patches = m.patch_embed(x)  # (B, C, T, 3, 3)
+    assert tokens.shape == (2, 1 + 4 * 9, 32)
+    torch.testing.assert_close(tokens[:, 0], (m.cls_token + m.pos_embed[:, 0]).expand(2, 1, -1)[:, 0])
+    for t in range(4):
+        for s in range(9):
+            want = patches[:, :, t, s // 3, s % 3] + m.pos_embed[0, 1 + s] + m.temporal_pos_embedding[0, t]
+            torch.testing.assert_close(tokens[:, 1 + t * 9 + s], want)
+
+
+def test_forward_composes_prenorm_residual_blocks():
+    torch.manual_seed(1)
+    m = VideoMamba(**TINY).eval()
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.norm.weight.uniform_(0.5, 1.5)
+        m.norm_f.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        residual = m.embed(x)
+        hidden = m.layers[0].mixer(_rms(residual, m.layers[0].norm.weight))
+        residual = residual + hidden
+        hidden = m.layers[1].mixer(_rms(residual, m.layers[1].norm.weight))
+        feature = _rms(residual + hidden, m.norm_f.weight)[:, 0]
+        logits = feature @ m.head.weight.T + m.head.bias
+        torch.testing.assert_close(m.forward_features(x), feature, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_input_grid_mismatch_is_a_clear_error():
+    m = VideoMamba(**TINY)
+    with pytest.raises(ValueError, match="token grid"):
+        m(torch.randn(1, 3, 8, 32, 32))
+
+
+def test_drop_path_checkpointing_and_backward():
+    torch.manual_seed(2)
+    plain = VideoMamba(**TINY, drop_path_rate=0.5)
+    ckpt = VideoMamba(**TINY, drop_path_rate=0.5, use_checkpoint=True, checkpoint_num=2)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)
+    plain.eval(), ckpt.eval()
+    torch.testing.assert_close(plain(x), ckpt(x))
+    plain.train(), ckpt.train()
+    torch.manual_seed(7)
+    out_plain = plain(x)
+    torch.manual_seed(7)
+    out_ckpt = ckpt(x)
+    torch.testing.assert_close(out_plain, out_ckpt)
+    torch.manual_seed(8)
+    assert not torch.allclose(plain(x), out_plain), "drop_path must make training forwards stochastic"
+    out_plain.sum().backward()
+    out_ckpt.sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_no_weight_decay_and_layers():
+    m = VideoMamba(**TINY)
+    nwd = m.no_weight_decay()
+    assert {"pos_embed", "cls_token", "temporal_pos_embedding", "layers.1.mixer.A_log", "layers.0.mixer.D_b"} <= nwd
+    assert "layers.0.mixer.in_proj.weight" not in nwd
+    assert m.get_num_layers() == 2
+
+
+def test_init_follows_official_scheme():
+    torch.manual_seed(0)
+    m = VideoMamba(**{**TINY, "embed_dim": 64, "depth": 4}).requires_grad_(False)
+    assert torch.equal(m.cls_token, torch.zeros_like(m.cls_token))
+    assert m.pos_embed.std() == pytest.approx(0.02, rel=0.3)
+    assert m.head.weight.std() == pytest.approx(0.02, rel=0.3) and not m.head.bias.any()
+    # out_proj: kaiming_uniform(a=sqrt 5) bound 1/sqrt(fan_in), then / sqrt(depth)
+    bound = (1 / 128 ** 0.5) / 4 ** 0.5
+    w = m.layers[0].mixer.out_proj.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.8 * bound
+    assert torch.nn.functional.softplus(m.layers[0].mixer.dt_proj.bias).min() >= 1e-4
+
+
+def test_reset_classifier():
+    m = VideoMamba(**TINY)
+    m.reset_classifier(3)
+    assert m(torch.randn(1, 3, 4, 32, 32)).shape == (1, 3)
+    m.reset_classifier(0)
+    assert m(torch.randn(1, 3, 4, 32, 32)).shape == (1, 32)
+
+
+def test_create_model_keywords_and_forward():
+    m = timm.create_model("videomamba_tiny", img_size=32, num_frames=4, kernel_size=2, num_classes=7,
+                          drop_path_rate=0.1, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0, depth=2,
+                          embed_dim=16)
+    assert isinstance(m, VideoMamba) and len(m.layers) == 2
+    assert m(torch.randn(2, 3, 4, 32, 32)).shape == (2, 7)
+
+
+def test_pretrained_without_local_file_is_rejected():
+    with pytest.raises(ValueError, match="no downloadable weights"):
+        timm.create_model("videomamba_tiny", pretrained=True, depth=1)
+
+
+def test_pretrained_from_local_file(tmp_path):
+    torch.manual_seed(3)
+    src = timm.create_model("videomamba_tiny", img_size=32, num_frames=4, depth=1, embed_dim=16, num_classes=4)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": src.state_dict()}, path)
+    dst = timm.create_model("videomamba_tiny", pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                            img_size=32, num_frames=4, depth=1, embed_dim=16, num_classes=4)
+    for key, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[key], value), key
