@@ -1,0 +1,200 @@
+"""Video classification / regression dataset (train, validation, test) and the bad-input policy.
+
+Items are dicts (``default_collate`` works):
+  train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int}``
+  validation  ``{"video", "label", "video_id", "window", "segment", "crop", "valid"}`` (one view per item)
+  test        the same; a video expands to window × segment × crop views.
+Bad input (unreadable, truncated, zero-byte, missing or non-video files) is logged once per file and counted.
+Training replaces it by another random sample, at most ``max_retries`` times in a row, and raises
+``BadInputError`` naming the files when that budget runs out or more than ``max_bad_fraction`` of the files
+failed. Validation and test never replace: the view comes back as zeros with ``valid=False``. Counts are per
+process (each DataLoader worker holds its own copy of the dataset).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.lists import ListEntry
+from datasets.readers import VideoDecodeError, VideoReader
+from datasets.sampling import MODES, clip_indices, trimmed_windows, window_frame_range
+
+logger = logging.getLogger(__name__)
+
+
+class BadInputError(RuntimeError):
+    """Training cannot go on: too many unreadable files, or no readable replacement within the retry budget."""
+
+
+class BadInputTracker:
+    """Remembers every bad file with its reason; logs each one once."""
+
+    def __init__(self, num_files: int, max_bad_fraction: float = 0.1, max_retries: int = 10) -> None:
+        self.num_files = num_files
+        self.max_bad_fraction = max_bad_fraction
+        self.max_retries = max_retries
+        self.bad: dict[str, str] = {}
+
+    def record(self, error: VideoDecodeError) -> None:
+        """Count ``error.path`` as bad (logged the first time only)."""
+        if error.path not in self.bad:
+            self.bad[error.path] = error.reason
+            logger.warning("bad input %s: %s (%d bad so far)", error.path, error.reason, len(self.bad))
+
+    @property
+    def too_many(self) -> bool:
+        """More than ``max_bad_fraction`` of the files are bad."""
+        return len(self.bad) > self.max_bad_fraction * self.num_files
+
+    def describe(self, paths: list[str] | None = None) -> str:
+        """``path (reason)`` for ``paths`` (default: every bad file), one per line."""
+        return "\n".join(f"  {p} ({self.bad.get(p, 'unknown')})" for p in (paths or list(self.bad)))
+
+
+def torch_seeded_rng() -> np.random.Generator:
+    """A numpy generator drawn from torch's RNG, which DataLoader seeds per worker and per epoch."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+
+
+def load_with_replacement(index: int, num_items: int, load: Callable[[int], Any], tracker: BadInputTracker,
+                          rng: np.random.Generator) -> tuple[int, Any]:
+    """Training policy: ``(index, load(index))``, replacing a failing item by random others (see module doc)."""
+    failed: list[str] = []
+    for _ in range(tracker.max_retries + 1):
+        try:
+            return index, load(index)
+        except VideoDecodeError as e:
+            tracker.record(e)
+            failed.append(e.path)
+            if tracker.too_many:
+                raise BadInputError(
+                    f"{len(tracker.bad)} of {tracker.num_files} files are unreadable, more than the allowed "
+                    f"fraction {tracker.max_bad_fraction} (--max_bad_fraction):\n{tracker.describe()}") from None
+            index = int(rng.integers(num_items))
+    raise BadInputError(f"no readable sample after {tracker.max_retries} replacements; failed files:\n"
+                        f"{tracker.describe(list(dict.fromkeys(failed)))}")
+
+
+@dataclass(frozen=True)
+class View:
+    """One item: a list entry, its window (seconds, or None for the whole clip) and the test segment/crop."""
+
+    video_id: int
+    window_index: int
+    window: tuple[float, float] | None
+    segment: int = 0
+    crop: int = 0
+
+
+class VideoClsDataset(Dataset):
+    """Clips of the list ``entries`` sampled by ``sampling`` (see ``datasets.sampling.clip_indices``).
+
+    ``transform`` maps uint8 frames (T,H,W,3) to a float tensor (C,T,H,W); in test mode it also takes the crop
+    index. ``open_clip`` turns an entry into a reader. ``windows`` = (trimmed, stride) seconds cuts every entry
+    (which then needs a duration) into trimmed windows, each a training sample or an evaluation view.
+    """
+
+    def __init__(self, entries: list[ListEntry], mode: str, transform: Callable[..., torch.Tensor], *,
+                 sampling: str, num_frames: int, open_clip: Callable[[ListEntry], VideoReader],
+                 rate: int = 1, num_segments: int = 1, num_crops: int = 1,
+                 windows: tuple[float, float] | None = None, num_sample: int = 1, regression: bool = False,
+                 max_retries: int = 10, max_bad_fraction: float = 0.1, zero_frame_size: int = 224) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        self.entries = entries
+        self.mode = mode
+        self.transform = transform
+        self.sampling = sampling
+        self.num_frames = num_frames
+        self.open_clip = open_clip
+        self.rate = rate
+        self.num_segments = num_segments if mode == "test" else 1
+        self.num_crops = num_crops if mode == "test" else 1
+        self.num_sample = num_sample if mode == "train" else 1
+        self.regression = regression
+        self.zero_frame_size = zero_frame_size
+        self.tracker = BadInputTracker(len(entries), max_bad_fraction, max_retries)
+        self.views = self._make_views(windows)
+        self._zero: torch.Tensor | None = None
+
+    def _make_views(self, windows: tuple[float, float] | None) -> list[View]:
+        views = []
+        for video_id, entry in enumerate(self.entries):
+            if windows is None:
+                spans: list[tuple[float, float] | None] = [None]
+            elif entry.duration is None:
+                raise ValueError(f"{entry.path}: trimmed windows need a duration column in the list file")
+            else:
+                spans = list(trimmed_windows(entry.duration, *windows))
+            for w, span in enumerate(spans):
+                views += [View(video_id, w, span, s, c)
+                          for s in range(self.num_segments) for c in range(self.num_crops)]
+        return views
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """Paths found unreadable so far (in this process) with the reason."""
+        return dict(self.tracker.bad)
+
+    def _label(self, video_id: int) -> torch.Tensor:
+        value = self.entries[video_id].label
+        return torch.tensor(value, dtype=torch.float32 if self.regression else torch.int64)
+
+    def load_frames(self, view: View, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Decode the frames of ``view`` (uint8 T×H×W×3); raises ``VideoDecodeError``."""
+        reader = self.open_clip(self.entries[view.video_id])
+        try:
+            total = reader.num_frames
+            first, last = (0, None) if view.window is None else window_frame_range(*view.window, reader.fps, total)
+            indices = clip_indices(self.sampling, self.mode, total, self.num_frames, rng=rng,
+                                   segment=view.segment, num_segments=self.num_segments, rate=self.rate,
+                                   first=first, last=last)
+            return reader.get_frames(indices)
+        finally:
+            reader.close()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.mode == "train":
+            return self._train_item(index)
+        return self._eval_item(index)
+
+    def _train_item(self, index: int) -> dict[str, Any]:
+        rng = torch_seeded_rng()
+        index, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(self.views[i], rng),
+                                              self.tracker, rng)
+        label = self._label(self.views[index].video_id)
+        if self.num_sample > 1:
+            video = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
+            label = label.repeat(self.num_sample)
+        else:
+            video = self.transform(frames)
+        return {"video": video, "label": label, "index": index}
+
+    def _apply_eval_transform(self, frames: np.ndarray, view: View) -> torch.Tensor:
+        return self.transform(frames, view.crop) if self.mode == "test" else self.transform(frames)
+
+    def _eval_item(self, index: int) -> dict[str, Any]:
+        view = self.views[index]
+        try:
+            video, valid = self._apply_eval_transform(self.load_frames(view), view), True
+        except VideoDecodeError as e:
+            self.tracker.record(e)
+            video, valid = self._zero_video(view), False
+        return {"video": video, "label": self._label(view.video_id), "video_id": view.video_id,
+                "window": view.window_index, "segment": view.segment, "crop": view.crop, "valid": valid}
+
+    def _zero_video(self, view: View) -> torch.Tensor:
+        """Zeros shaped like a real view (the transform applied to black frames), for unreadable videos."""
+        if self._zero is None:
+            size = self.zero_frame_size
+            black = np.zeros((self.num_frames, size, size, 3), dtype=np.uint8)
+            self._zero = torch.zeros_like(self._apply_eval_transform(black, view))
+        return self._zero

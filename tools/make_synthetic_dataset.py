@@ -1,0 +1,142 @@
+"""Write a small real video dataset (h264 mp4 through PyAV) plus train.csv / val.csv / test.csv.
+
+Modes:
+  motion  4 classes told apart only by motion over time (a shape moving right, left, down or up); start
+          position, size, colours and background are random, so a single frame does not reveal the class.
+  index   every frame encodes its own index as a 4×4 grid of black/white blocks (16 bits, survives h264),
+          for exact frame-index tests; ``decode_frame_index`` reads it back.
+
+List lines are ``videos/<split>_<k>.mp4 <label>`` (space-separated); use ``--prefix <out>`` when training.
+Example: python tools/make_synthetic_dataset.py --out /tmp/synth --num_train 64 --size 64 --frames 16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
+
+import av
+import numpy as np
+
+NUM_MOTION_CLASSES = 4
+_BITS_SIDE = 4  # index mode: a 4×4 grid of blocks, one bit each
+_DIRECTIONS = {0: (1, 0), 1: (-1, 0), 2: (0, 1), 3: (0, -1)}  # (dx, dy): right, left, down, up
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18,
+                gop: int | None = None, faststart: bool = False) -> None:
+    """Encode uint8 frames (T, H, W, 3), H and W even, as h264/yuv420p mp4 at ``fps``.
+
+    ``gop`` sets the key-frame interval (x264 default 250); ``faststart`` puts the index before the data.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if gop is not None:
+            stream.options["g"] = str(gop)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def index_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 whose block pattern spells their index in binary (bit b at block b)."""
+    if num_frames > 2 ** (_BITS_SIDE * _BITS_SIDE):
+        raise ValueError(f"index mode encodes at most {2 ** 16} frames, asked for {num_frames}")
+    rows = np.arange(height) * _BITS_SIDE // height
+    cols = np.arange(width) * _BITS_SIDE // width
+    bit_of_pixel = rows[:, None] * _BITS_SIDE + cols[None, :]
+    idx = np.arange(num_frames)[:, None, None]
+    on = (idx >> bit_of_pixel[None]) & 1
+    return np.repeat((on * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def decode_frame_index(frames: np.ndarray) -> list[int]:
+    """Read the indices written by ``index_frames`` back from frames (T, H, W, C), any numeric range ≥ 0..1."""
+    frames = np.asarray(frames, dtype=np.float64)
+    t, h, w = frames.shape[:3]
+    lo, hi = frames.min(), frames.max()
+    mid = (lo + hi) / 2 if hi > lo else 0.5
+    rows = [(r * h // _BITS_SIDE, (r + 1) * h // _BITS_SIDE) for r in range(_BITS_SIDE)]
+    cols = [(c * w // _BITS_SIDE, (c + 1) * w // _BITS_SIDE) for c in range(_BITS_SIDE)]
+    out = []
+    for k in range(t):
+        value = 0
+        for bit in range(_BITS_SIDE * _BITS_SIDE):
+            (y0, y1), (x0, x1) = rows[bit // _BITS_SIDE], cols[bit % _BITS_SIDE]
+            my, mx = (y1 - y0) // 4, (x1 - x0) // 4  # the block's centre half, away from blurred edges
+            if frames[k, y0 + my:y1 - my, x0 + mx:x1 - mx].mean() > mid:
+                value |= 1 << bit
+        out.append(value)
+    return out
+
+
+def motion_frames(label: int, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A square of random size/colour moving in direction ``label`` over a random noisy background."""
+    dx, dy = _DIRECTIONS[label]
+    side = int(rng.integers(size // 8, size // 4 + 1))
+    travel = size - side - 1
+    path = int(rng.integers(travel // 2, travel + 1))
+    background = rng.integers(0, 256, 3)
+    colour = (background + rng.integers(96, 160, 3)) % 256
+    base = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    # Start so that the whole path stays inside the frame; the orthogonal coordinate is uniform.
+    along0 = int(rng.integers(0, travel - path + 1))
+    across = int(rng.integers(0, travel + 1))
+    frames = np.repeat(base[None], num_frames, axis=0)
+    for t in range(num_frames):
+        step = round(path * t / max(num_frames - 1, 1))
+        along = along0 + step if (dx + dy) > 0 else along0 + path - step
+        x, y = (along, across) if dx else (across, along)
+        frames[t, y:y + side, x:x + side] = colour
+    return frames
+
+
+def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num_val: int = 16,
+                 num_test: int = 16, size: int = 64, frames: int = 16, fps: int = 30, seed: int = 0) -> Path:
+    """Write ``out/videos/*.mp4`` and ``out/{train,val,test}.csv``; labels cycle through the 4 classes."""
+    if size % 2 or size < 16:
+        raise ValueError(f"--size must be even and >= 16, got {size}")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
+        lines = []
+        for k in range(count):
+            label = k % NUM_MOTION_CLASSES
+            clip = motion_frames(label, frames, size, rng) if mode == "motion" else index_frames(frames, size, size)
+            rel = f"videos/{split}_{k:05d}.mp4"
+            write_video(out / rel, clip, fps=fps)
+            lines.append(f"{rel} {label}\n")
+        (out / f"{split}.csv").write_text("".join(lines))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--mode", choices=("motion", "index"), default="motion")
+    parser.add_argument("--num_train", type=int, default=64)
+    parser.add_argument("--num_val", type=int, default=16)
+    parser.add_argument("--num_test", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per video")
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    a = parser.parse_args()
+    out = make_dataset(a.out, a.mode, a.num_train, a.num_val, a.num_test, a.size, a.frames, a.fps, a.seed)
+    print(f"wrote {a.num_train + a.num_val + a.num_test} videos and train/val/test.csv to {out}")
+
+
+if __name__ == "__main__":
+    main()

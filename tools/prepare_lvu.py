@@ -1,0 +1,123 @@
+"""Turn the public LVU 1.0 task files into trimmed list files ``videos/<youtube_id>.mp4 target duration``.
+
+Input: ``--task_dir`` holds the task's train.csv / val.csv / test.csv (space-separated, one header line).
+Classification tasks (relationship, way_speaking, scene, director, genre, writer, year) start with the label and
+then the YouTube id; ``like_ratio`` lines are ``like_count dislike_count youtube_id imdb_id``; ``view_count``
+lines start with the count, then the YouTube id. ``--durations`` is a file of ``youtube_id seconds`` lines.
+Regression targets are normalised as ViS4mer does:
+  view_count  ln(views) − 11.76425435683139
+  like_ratio  10·like / (like + dislike) − 9.138220535629456
+Videos without a duration are left out and reported. Train with ``--data_set LVU --prefix <video root>`` and
+``--nb_classes 1`` for the regression tasks.
+Example: python tools/prepare_lvu.py --task view_count --task_dir lvu_1.0/view_count \
+             --durations lvu_durations.txt --out data/lvu/view_count
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
+
+CLASSIFICATION_TASKS = ("relationship", "way_speaking", "scene", "director", "genre", "writer", "year")
+VIEW_COUNT_MEAN_LOG = 11.76425435683139
+LIKE_RATIO_MEAN = 9.138220535629456
+SPLITS = ("train", "val", "test")
+
+
+def parse_task_line(task: str, fields: list[str]) -> tuple[str, str]:
+    """(youtube_id, target text) of one task line; raises ``ValueError`` on a malformed line."""
+    if task in CLASSIFICATION_TASKS:
+        if len(fields) < 2:
+            raise ValueError("expected 'label youtube_id ...'")
+        return fields[1], str(int(fields[0]))
+    if task == "view_count":
+        if len(fields) < 2:
+            raise ValueError("expected 'view_count youtube_id ...'")
+        views = float(fields[0])
+        if views <= 0:
+            raise ValueError(f"view count must be > 0, got {fields[0]}")
+        return fields[1], repr(math.log(views) - VIEW_COUNT_MEAN_LOG)
+    if task == "like_ratio":
+        if len(fields) < 3:
+            raise ValueError("expected 'like_count dislike_count youtube_id imdb_id'")
+        like, dislike = float(fields[0]), float(fields[1])
+        if like < 0 or dislike < 0 or like + dislike == 0:
+            raise ValueError(f"bad like/dislike counts {fields[0]} {fields[1]}")
+        return fields[2], repr(10 * like / (like + dislike) - LIKE_RATIO_MEAN)
+    raise ValueError(f"unknown LVU task {task!r}")
+
+
+def read_durations(path: Path) -> dict[str, float]:
+    """``{youtube_id: seconds}`` from ``youtube_id seconds`` lines."""
+    durations = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.replace(",", " ").split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != 2:
+                raise ValueError("expected 'youtube_id seconds'")
+            durations[fields[0]] = float(fields[1])
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: {e}: {line!r}") from None
+    return durations
+
+
+def convert_split(task: str, task_file: Path, durations: dict[str, float], video_dir: str,
+                  video_ext: str) -> tuple[list[str], list[str]]:
+    """(list lines, youtube ids left out for lack of a duration) of one task file."""
+    lines, missing = [], []
+    rows = task_file.read_text().splitlines()
+    for number, line in enumerate(rows[1:], start=2):  # line 1 is the header
+        if not line.strip():
+            continue
+        try:
+            video_id, target = parse_task_line(task, line.split())
+        except ValueError as e:
+            raise ValueError(f"{task_file}:{number}: {e}: {line!r}") from None
+        if video_id not in durations:
+            missing.append(video_id)
+            continue
+        lines.append(f"{video_dir}/{video_id}{video_ext} {target} {durations[video_id]:g}\n")
+    return lines, missing
+
+
+def prepare(task: str, task_dir: Path, durations_file: Path, out: Path, video_dir: str = "videos",
+            video_ext: str = ".mp4") -> dict[str, list[str]]:
+    """Write ``out/{train,val,test}.csv``; returns the left-out YouTube ids per split."""
+    if task not in CLASSIFICATION_TASKS + ("view_count", "like_ratio"):
+        raise ValueError(f"unknown LVU task {task!r}")
+    durations = read_durations(durations_file)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = {}
+    for split in SPLITS:
+        task_file = task_dir / f"{split}.csv"
+        if not task_file.is_file():
+            raise FileNotFoundError(f"{task_file}: LVU task file not found")
+        lines, missing[split] = convert_split(task, task_file, durations, video_dir, video_ext)
+        (out / f"{split}.csv").write_text("".join(lines))
+    return missing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=CLASSIFICATION_TASKS + ("view_count", "like_ratio"))
+    parser.add_argument("--task_dir", required=True, type=Path, help="LVU 1.0 folder of the task")
+    parser.add_argument("--durations", required=True, type=Path, help="'youtube_id seconds' lines")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--video_dir", default="videos", help="folder of the videos inside --prefix")
+    parser.add_argument("--video_ext", default=".mp4")
+    a = parser.parse_args()
+    missing = prepare(a.task, a.task_dir, a.durations, a.out, a.video_dir, a.video_ext)
+    report = ", ".join(f"{k}: {len(v)}" for k, v in missing.items())
+    print(f"wrote {a.out}/{{train,val,test}}.csv; videos without a duration left out ({report})")
+    for split, ids in missing.items():
+        if ids:
+            print(f"  {split}: {' '.join(ids)}")
+
+
+if __name__ == "__main__":
+    main()
