@@ -1,0 +1,149 @@
+"""tools/predict.py on a real encoded synthetic video and a randomly initialised tiny checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import models  # noqa: F401  (registers the VideoMamba models with timm)
+from datasets.readers import open_video
+from datasets.sampling import sparse_eval_indices
+from datasets import transforms
+from tools.make_synthetic_dataset import write_video
+from tools.predict import infer_shape, main
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES, FRAMES, SIZE = 7, 4, 32
+LABELS = [f"class_{c}" for c in "abcdefg"]
+
+
+@pytest.fixture(autouse=True)
+def _torch_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDEOMAMBA_SCAN_BACKEND", "torch")  # no C++ build needed for these tiny models
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(1, 48, 64, 3))
+    drift = np.arange(30)[:, None, None, None] * 6
+    write_video(root / "clip.mp4", ((base + drift) % 256).astype(np.uint8))
+    torch.manual_seed(0)
+    model = timm.create_model("videomamba_tiny", img_size=SIZE, num_frames=FRAMES, num_classes=NUM_CLASSES, depth=2)
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)  # spread the classes so the ranking is meaningful
+    torch.save({"model": model.state_dict(), "epoch": 3}, root / "tiny.pth")
+    regressor = timm.create_model("videomamba_tiny", img_size=SIZE, num_frames=FRAMES, num_classes=1, depth=1)
+    torch.save({"model": regressor.state_dict()}, root / "regression.pth")
+    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    (root / "not_a_video.mp4").write_text("hello")
+    return {"video": root / "clip.mp4", "checkpoint": root / "tiny.pth", "labels": root / "labels.txt",
+            "bad_video": root / "not_a_video.mp4", "root": root}
+
+
+def _args(files: dict[str, Path], *extra: str) -> list[str]:
+    return ["--model", "videomamba_tiny", "--checkpoint", str(files["checkpoint"]), "--video", str(files["video"]),
+            "--device", "cpu", *extra]
+
+
+def _expected_probs(files: dict[str, Path], segments: int, crops: int) -> torch.Tensor:
+    """Mean softmax over all views, computed directly from the model and the data pipeline's building blocks."""
+    model = timm.create_model("videomamba_tiny", img_size=SIZE, num_frames=FRAMES, num_classes=NUM_CLASSES, depth=2)
+    model.load_state_dict(torch.load(files["checkpoint"])["model"])
+    model.eval()
+    reader = open_video(str(files["video"]), backend="pyav")
+    transform = transforms.TestTransform(SIZE, crops)
+    views = [transform(reader.get_frames(sparse_eval_indices(reader.num_frames, FRAMES, s, segments)), c)
+             for s in range(segments) for c in range(crops)]
+    with torch.no_grad():
+        return model(torch.stack(views)).softmax(-1).mean(0)
+
+
+def test_json_top5_matches_a_direct_model_call(files: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    code = main(_args(files, "--labels", str(files["labels"]), "--json", "--test_num_segment", "3",
+                      "--test_num_crop", "2", "--video_backend", "pyav", "--batch_size", "4"))
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"video", "checkpoint", "model", "num_frames", "input_size", "views", "predictions"}
+    assert result["views"] == {"segments": 3, "crops": 2}
+    assert (result["num_frames"], result["input_size"]) == (FRAMES, SIZE)
+    rows = result["predictions"]
+    assert [row["rank"] for row in rows] == [1, 2, 3, 4, 5]
+    assert all(set(row) == {"rank", "index", "label", "probability"} for row in rows)
+    probs = [row["probability"] for row in rows]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    expected = _expected_probs(files, segments=3, crops=2)
+    values, indices = expected.topk(5)
+    assert [row["index"] for row in rows] == indices.tolist()
+    assert [row["label"] for row in rows] == [LABELS[i] for i in indices.tolist()]
+    np.testing.assert_allclose(probs, values.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_cli_script_prints_a_top5_table(files: dict[str, Path]) -> None:
+    env = {**os.environ, "VIDEOMAMBA_SCAN_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "tools/predict.py", *_args(files, "--labels", str(files["labels"]))],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "4x3 views of 4 frames at 32 px" in lines[0]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[0] for row in rows] == ["1.", "2.", "3.", "4.", "5."]
+    assert all(row[1] in LABELS for row in rows) and len({row[1] for row in rows}) == 5
+    probs = [float(row[2]) for row in rows]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
+    expected = _expected_probs(files, segments=4, crops=3)
+    assert [row[1] for row in rows] == [LABELS[i] for i in expected.topk(5).indices.tolist()]
+
+
+def test_frames_and_resolution_can_differ_from_the_checkpoint(files: dict[str, Path],
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(_args(files, "--json", "--num_frames", "6", "--input_size", "48", "--test_num_segment", "1",
+                      "--test_num_crop", "1", "--topk", "3")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["num_frames"], result["input_size"]) == (6, 48)
+    assert [row["label"] for row in result["predictions"]] == [str(row["index"]) for row in result["predictions"]]
+    assert len(result["predictions"]) == 3
+
+
+@pytest.mark.parametrize("case", ["video", "checkpoint", "labels", "label_count", "undecodable", "short_side",
+                                  "not_checkpoint", "regression"])
+def test_bad_input_is_a_clear_error(files: dict[str, Path], capsys: pytest.CaptureFixture, case: str) -> None:
+    root = files["root"]
+    args = {
+        "video": _args(files)[:5] + [str(root / "missing.mp4")],
+        "checkpoint": ["--model", "videomamba_tiny", "--checkpoint", str(root / "missing.pth"), "--video",
+                       str(files["video"])],
+        "labels": _args(files, "--labels", str(root / "missing.txt")),
+        "label_count": _args(files, "--labels", str(files["checkpoint"].with_name("short.txt"))),
+        "undecodable": _args(files)[:5] + [str(files["bad_video"])],
+        "short_side": _args(files, "--short_side_size", "40"),
+        "regression": ["--model", "videomamba_tiny", "--checkpoint", str(root / "regression.pth"), "--video",
+                       str(files["video"])],
+        "not_checkpoint": ["--model", "videomamba_tiny", "--checkpoint", str(files["labels"]), "--video",
+                           str(files["video"])],
+    }[case]
+    (root / "short.txt").write_text("only\ntwo\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "predict.py: error:" in err
+    needle = {"video": "missing.mp4", "checkpoint": "missing.pth", "labels": "missing.txt",
+              "label_count": "2 class names for a checkpoint with 7 classes", "undecodable": "not_a_video.mp4",
+              "short_side": "--short_side_size 40", "not_checkpoint": "labels.txt is not a checkpoint",
+              "regression": "regression checkpoint"}[case]
+    assert needle in err
+
+
+def test_infer_shape_reads_tubelet_frames_and_resolution() -> None:
+    model = timm.create_model("videomamba_small", img_size=48, num_frames=8, kernel_size=2, num_classes=3, depth=3,
+                              embed_dim=96)
+    shape = infer_shape(model.state_dict(), "m.pth")
+    assert (shape.embed_dim, shape.depth, shape.num_classes) == (96, 3, 3)
+    assert (shape.kernel_size, shape.num_frames, shape.img_size) == (2, 8, 48)
