@@ -1,0 +1,91 @@
+"""Training checkpoints on disk: atomic writes, RNG states, and finding the newest complete one.
+
+Plain checkpoints are single files ``checkpoint-{epoch}.pth`` / ``checkpoint-latest.pth`` / ``checkpoint-best.pth``
+written to a temp file and renamed, so a file with that name is always complete. DeepSpeed checkpoints are
+directories with the same names; a ``complete`` marker is written after DeepSpeed finishes.
+(Loading *pretrained* weights for ``--finetune`` is ``models.checkpoint.load_finetune_checkpoint``, not this.)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+_MARKER = "complete"
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("saved checkpoint %s", path)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load a plain checkpoint file onto the CPU, with a clear error when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} cannot be read: {err}") from err
+
+
+def mark_complete(directory: Path) -> None:
+    """Write the marker that says a DeepSpeed checkpoint directory is fully written."""
+    (Path(directory) / _MARKER).write_text("ok\n")
+
+
+def unmark_complete(directory: Path) -> None:
+    (Path(directory) / _MARKER).unlink(missing_ok=True)
+
+
+def is_complete(path: Path) -> bool:
+    path = Path(path)
+    return path.is_file() if path.suffix == ".pth" else (path / _MARKER).is_file()
+
+
+def find_latest(output_dir: Path) -> Path | None:
+    """Newest complete ``checkpoint-*`` (file or DeepSpeed folder, ``-best`` excluded) by modification time."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = [p for p in output_dir.glob("checkpoint-*") if p.stem != "checkpoint-best" and is_complete(p)]
+    if not found:
+        return None
+    return max(found, key=lambda p: (p / _MARKER).stat().st_mtime_ns if p.is_dir() else p.stat().st_mtime_ns)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA when present) random states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,154 @@
+"""The epoch loop shared by fine-tuning and pretraining, plus the set-up both entry points need.
+
+``fit`` trains epochs, validates, saves ``checkpoint-{epoch}`` / ``-latest`` / ``-best`` and appends JSON lines
+to ``log.txt``. Validation runs between capturing and restoring the RNG states, so a run resumed from a
+checkpoint continues with exactly the randomness an uninterrupted run would have used.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV2
+
+from engines import checkpoint as ckpt
+from engines.optim import build_optimizer
+from engines.runtime import DeepSpeedRuntime, TorchRuntime, amp_dtype, deepspeed_config
+from engines.schedule import cosine_schedule
+from engines.train import train_one_epoch
+from utils.distributed import DistInfo, barrier
+
+logger = logging.getLogger(__name__)
+
+
+def scale_lrs(args: Any, world_size: int) -> None:
+    """Linear scaling of ``lr``/``min_lr``/``warmup_lr`` by total batch × num_sample / 256 (official rule)."""
+    if args.no_lr_scale:
+        return
+    factor = args.batch_size * args.update_freq * world_size * getattr(args, "num_sample", 1) / 256
+    args.lr, args.min_lr, args.warmup_lr = args.lr * factor, args.min_lr * factor, args.warmup_lr * factor
+    logger.info("lr scaled by %.4g (total batch %d): lr %.3g, min_lr %.3g, warmup_lr %.3g", factor,
+                args.batch_size * args.update_freq * world_size, args.lr, args.min_lr, args.warmup_lr)
+
+
+def schedules(args: Any, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step lr (warmup from ``warmup_lr``) and weight-decay schedules."""
+    lr = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                         args.warmup_steps, args.warmup_lr)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    return lr, wd
+
+
+def build_runtime(args: Any, model: torch.nn.Module, info: DistInfo,
+                  find_unused_parameters: bool = False) -> TorchRuntime | DeepSpeedRuntime:
+    """Optimiser plus the DeepSpeed engine (``--enable_deepspeed``) or the plain PyTorch runtime."""
+    optimizer = build_optimizer(args, model)
+    if args.enable_deepspeed:
+        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(args, info.world_size))
+    dtype = amp_dtype(info.device, args.no_amp, args.bf16)
+    logger.info("plain PyTorch runtime, autocast dtype %s%s", dtype, ", DDP" if info.distributed else "")
+    return TorchRuntime(model, optimizer, info.device, dtype, args.clip_grad, info.distributed, find_unused_parameters)
+
+
+def build_ema(args: Any, model: torch.nn.Module) -> ModelEmaV2 | None:
+    if not getattr(args, "model_ema", False):
+        return None
+    device = torch.device("cpu") if args.model_ema_force_cpu else None
+    logger.info("EMA of the weights with decay %s", args.model_ema_decay)
+    return ModelEmaV2(model, decay=args.model_ema_decay, device=device)
+
+
+@dataclass
+class RunState:
+    """What a resumed run continues from."""
+
+    start_epoch: int = 0
+    best: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: Path | None = None
+
+
+def resume(args: Any, runtime: Any, ema: ModelEmaV2 | None) -> RunState:
+    """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``."""
+    path = Path(args.resume) if args.resume else None
+    if path is None and args.auto_resume and args.output_dir:
+        path = ckpt.find_latest(Path(args.output_dir))
+    if path is None:
+        return RunState(start_epoch=args.start_epoch)
+    state = runtime.load(path)
+    if ema is not None and state.get("ema") is not None:
+        ema.module.load_state_dict(state["ema"])
+    if state.get("rng") is not None:
+        ckpt.set_rng_state(state["rng"])
+    logger.info("resumed from %s (finished epoch %d)", path, state["epoch"])
+    return RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path)
+
+
+def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def append_log(output_dir: str, record: dict[str, Any]) -> None:
+    """One JSON line in ``output_dir/log.txt``."""
+    if output_dir:
+        with open(Path(output_dir) / "log.txt", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: int, info: DistInfo,
+        ema: ModelEmaV2 | None = None, validate: Callable[[], dict[str, float]] | None = None,
+        log_writer: Any | None = None, state: RunState | None = None) -> RunState:
+    """Train from ``state.start_epoch`` to ``args.epochs``; returns the final state (best metric, history)."""
+    state = state or RunState()
+    lr_schedule, wd_schedule = schedules(args, steps_per_epoch)
+    out = Path(args.output_dir) if args.output_dir else None
+    started = time.time()
+    for epoch in range(state.start_epoch, args.epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        train_stats = train_one_epoch(runtime, task, train_loader, epoch, lr_schedule, wd_schedule,
+                                      epoch * steps_per_epoch, steps_per_epoch, args.update_freq, ema,
+                                      log_writer, args.print_freq)
+        rng = ckpt.rng_state()
+        val_stats = validate() if validate is not None else {}
+        ckpt.set_rng_state(rng)
+        improved = False
+        if val_stats:
+            value = val_stats[task.best_key]
+            improved = _improved(value, state.best, task.higher_is_better)
+            if improved:
+                state.best = value
+            logger.info("epoch %d validation: %s (best %s %.4f)", epoch,
+                        {k: round(v, 4) for k, v in val_stats.items()}, task.best_key, state.best)
+        if out is not None and args.save_ckpt:
+            client = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "args": vars(args), "rng": rng,
+                      "ema": ema.module.state_dict() if ema is not None else None, "best": state.best}
+            tags = ["checkpoint-latest"]
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                tags.insert(0, f"checkpoint-{epoch}")
+            if improved:
+                tags.append("checkpoint-best")
+            for tag in tags:
+                runtime.save(out, tag, client, info.is_main)
+            barrier()
+        record = {**{f"train_{k}": v for k, v in train_stats.items()},
+                  **{f"val_{k}": v for k, v in val_stats.items()}, "epoch": epoch}
+        state.history.append(record)
+        if info.is_main:
+            append_log(args.output_dir, record)
+            if log_writer is not None:
+                for k, v in val_stats.items():
+                    log_writer.add_scalar(f"val/{k}", v, epoch)
+                log_writer.flush()
+    logger.info("training finished in %.1f s", time.time() - started)
+    return state

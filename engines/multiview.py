@@ -1,0 +1,168 @@
+"""Multi-view test: each rank saves its per-view predictions; rank 0 merges them per video.
+
+A view is identified by the tuple (video_id, window, segment, crop). The merge keeps each view once (the
+distributed sampler pads the last batch with repeats), takes a softmax per view (classification), averages
+the views of each video (all windows of a trimmed video together) and scores the videos.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from engines.evaluate import valid_mask
+from engines.progress import Progress
+from utils.distributed import barrier
+
+logger = logging.getLogger(__name__)
+
+_KEYS = ("video_id", "window", "segment", "crop")
+
+
+@torch.no_grad()
+def predict_views(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], print_freq: int = 50) -> dict[str, np.ndarray]:
+    """Run the model on every view of this rank's shard; returns arrays keyed by the view tuple fields plus
+    ``outputs`` (V, C) float32, ``label`` (V,) and ``valid`` (V,) bool (invalid views have zero outputs)."""
+    model = runtime.model
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    progress = Progress("test", total, print_freq)
+    for i, batch in enumerate(loader):
+        keep = valid_mask(batch, len(batch["video"]))
+        with runtime.autocast():
+            outputs = task.predict(model, batch, runtime.device, runtime.input_dtype).float().cpu()
+        outputs[~keep] = 0.0
+        parts["outputs"].append(outputs.numpy())
+        parts["label"].append(torch.as_tensor(batch["label"]).numpy())
+        parts["valid"].append(keep.numpy())
+        for k in _KEYS:
+            parts[k].append(torch.as_tensor(batch[k]).long().numpy())
+        progress.step(i, len(keep))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def save_rank_predictions(preds: dict[str, np.ndarray], directory: Path, rank: int) -> Path:
+    """Write one rank's predictions to ``directory/predictions_rank{rank}.npz``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"predictions_rank{rank}.npz"
+    np.savez(path, **preds)
+    return path
+
+
+def load_rank_predictions(directory: Path, world_size: int) -> dict[str, np.ndarray]:
+    """Concatenate the ``world_size`` rank files written by ``save_rank_predictions``."""
+    files = [Path(directory) / f"predictions_rank{r}.npz" for r in range(world_size)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"multi-view merge: prediction files missing: {missing}")
+    loaded = [dict(np.load(f)) for f in files]
+    return {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) -> dict[str, Any]:
+    """Merge per-view predictions into per-video scores (pure function).
+
+    ``preds``: arrays ``video_id``, ``window``, ``segment``, ``crop`` (V,), ``outputs`` (V, C), ``label`` (V,),
+    ``valid`` (V,). Repeated view tuples are kept once; invalid views are dropped; a video with no valid view
+    is counted in ``missing``. ``task`` is ``classification`` (softmax per view, mean, top-1/top-5 in %) or
+    ``regression`` (mean of outputs, MSE). Windows with fewer than ``views_per_window`` valid views are listed
+    in ``incomplete``. Returns metrics, counts and ``videos``: a list of per-video dicts sorted by id.
+    """
+    if task not in ("classification", "regression"):
+        raise ValueError(f"unknown task {task!r}")
+    seen: set[tuple[int, int, int, int]] = set()
+    by_video: dict[int, list[int]] = defaultdict(list)
+    views_per: dict[tuple[int, int], int] = defaultdict(int)
+    all_ids: set[int] = set()
+    duplicates = 0
+    for i in range(len(preds["video_id"])):
+        key = tuple(int(preds[k][i]) for k in _KEYS)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        all_ids.add(key[0])
+        if bool(preds["valid"][i]):
+            by_video[key[0]].append(i)
+            views_per[key[:2]] += 1
+    incomplete = sorted([vid, win, n] for (vid, win), n in views_per.items() if n < views_per_window)
+    if incomplete:
+        logger.warning("multi-view test: %d windows got fewer than %d views: %s", len(incomplete), views_per_window,
+                       incomplete[:10])
+    videos = []
+    for vid in sorted(by_video):
+        rows = by_video[vid]
+        outputs = preds["outputs"][rows].astype(np.float64)
+        scores = _softmax(outputs) if task == "classification" else outputs
+        labels = preds["label"][rows]
+        if np.any(labels != labels[0]):
+            raise ValueError(f"multi-view merge: video {vid} has views with different labels {np.unique(labels)}")
+        videos.append({"video_id": vid, "scores": scores.mean(axis=0), "label": labels[0].item(), "views": len(rows)})
+    result: dict[str, Any] = {"num_videos": len(videos), "missing": len(all_ids) - len(videos),
+                              "duplicates": duplicates, "incomplete": incomplete, "videos": videos}
+    if not videos:
+        return result
+    if task == "classification":
+        scores = np.stack([v["scores"] for v in videos])
+        labels = np.array([int(v["label"]) for v in videos])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        result["acc1"] = 100.0 * float(np.mean(order[:, 0] == labels))
+        result["acc5"] = 100.0 * float(np.mean((order == labels[:, None]).any(axis=1)))
+        for v, top in zip(videos, order):
+            v["pred"] = int(top[0])
+    else:
+        preds_mean = np.array([float(v["scores"][0]) for v in videos])
+        labels_f = np.array([float(v["label"]) for v in videos])
+        result["mse"] = float(np.mean((preds_mean - labels_f) ** 2))
+        for v, p in zip(videos, preds_mean):
+            v["pred"] = float(p)
+    return result
+
+
+def write_video_csv(result: dict[str, Any], path: Path) -> None:
+    """Per-video predictions: ``video_id,label,pred,views`` then the averaged scores."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "label", "pred", "views", "scores"])
+        for v in result["videos"]:
+            scores = " ".join(f"{s:.6g}" for s in np.atleast_1d(v["scores"]))
+            writer.writerow([v["video_id"], v["label"], v["pred"], v["views"], scores])
+
+
+def multiview_test(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], world_size: int, rank: int,
+                   views_per_window: int, output_dir: Path | None) -> dict[str, Any] | None:
+    """Predict this rank's views, write them, and on rank 0 merge all ranks' files.
+
+    Rank 0 returns the merged result (``videos`` dropped) and writes ``test_videos.csv``; other ranks return
+    None. Without ``output_dir`` (single process only) the merge happens in memory.
+    """
+    preds = predict_views(runtime, task, loader)
+    if output_dir is None:
+        if world_size > 1:
+            raise ValueError("the distributed multi-view test needs --output_dir to exchange predictions")
+    else:
+        save_rank_predictions(preds, Path(output_dir) / "test_predictions", rank)
+        barrier()
+    if rank != 0:
+        return None
+    if output_dir is not None:
+        preds = load_rank_predictions(Path(output_dir) / "test_predictions", world_size)
+    result = merge_views(preds, task.name, views_per_window)
+    if output_dir is not None:
+        write_video_csv(result, Path(output_dir) / "test_videos.csv")
+    result.pop("videos")
+    return result

@@ -1,0 +1,173 @@
+"""Two execution paths behind one small interface: plain PyTorch (DDP + torch.amp) and DeepSpeed.
+
+The training loop only calls ``autocast()``, ``backward_step(loss, update)``, ``state_dict()`` /
+``load_state_dict()``, ``save(dir, tag, client_state)`` / ``load(path)`` and reads ``model`` / ``module``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from engines import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+
+def amp_dtype(device: torch.device, no_amp: bool, bf16: bool) -> torch.dtype | None:
+    """Autocast dtype: None (fp32) with ``--no_amp``; bf16 with ``--bf16``; fp16 on CUDA otherwise; fp32 on CPU."""
+    if no_amp:
+        return None
+    if bf16:
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
+class TorchRuntime:
+    """Plain PyTorch: optional DDP, autocast, GradScaler for fp16, clipping, gradient accumulation."""
+
+    is_deepspeed = False
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 dtype: torch.dtype | None, clip_grad: float | None, distributed: bool,
+                 find_unused_parameters: bool = False) -> None:
+        self.module = module.to(device)
+        self.device = device
+        self.optimizer = optimizer
+        self.dtype = dtype
+        self.clip_grad = clip_grad
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.input_dtype: torch.dtype | None = None
+        if distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        else:
+            self.model = module
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, update: bool, accumulation: int) -> float | None:
+        """Backward ``loss / accumulation``; on ``update`` unscale, clip, step and zero grads. Returns the grad norm."""
+        sync = update or not isinstance(self.model, DistributedDataParallel)
+        ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+        with ctx:
+            self.scaler.scale(loss / accumulation).backward()
+        if not update:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.clip_grad if self.clip_grad is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
+        if is_main:
+            ckpt.save_atomic({**self.state_dict(), **client_state}, Path(output_dir) / f"{tag}.pth")
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint written by ``save``; returns the whole dict (epoch, args, RNG states...)."""
+        state = ckpt.read(path)
+        self.load_state_dict(state)
+        return state
+
+
+def deepspeed_config(args: Any, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config from the flags: micro batch, accumulation, clipping, ZeRO stage, fp16/bf16."""
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": args.batch_size,
+        "gradient_accumulation_steps": args.update_freq,
+        "train_batch_size": args.batch_size * args.update_freq * world_size,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "wall_clock_breakdown": False,
+    }
+    if args.clip_grad is not None:
+        cfg["gradient_clipping"] = args.clip_grad
+    if not args.no_amp and args.bf16:
+        cfg["bf16"] = {"enabled": True}
+    elif not args.no_amp and args.device.startswith("cuda"):
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                       "hysteresis": 2, "min_loss_scale": 1}
+    return cfg
+
+
+class DeepSpeedRuntime:
+    """DeepSpeed engine (ZeRO 0/1/2, fp16/bf16 from its config); checkpoints through ``engine.save_checkpoint``."""
+
+    is_deepspeed = True
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 config: dict[str, Any]) -> None:
+        import deepspeed
+
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
+            # One process needs no shared-memory collectives; skipping them avoids a minutes-long JIT build.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        self.device = device
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=module.to(device), optimizer=optimizer, config=config, dist_init_required=False)
+        self.module = self.engine.module
+        self.model = self.engine
+        self.dtype = torch.bfloat16 if config.get("bf16", {}).get("enabled") else (
+            torch.float16 if config.get("fp16", {}).get("enabled") else None)
+        self.input_dtype = self.dtype
+        logger.info("DeepSpeed engine: ZeRO stage %d, dtype %s", config["zero_optimization"]["stage"], self.dtype)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward_step(self, loss: torch.Tensor, update: bool, accumulation: int) -> float | None:
+        """DeepSpeed scales by the accumulation count itself and steps at the accumulation boundary."""
+        self.engine.backward(loss)
+        self.engine.step()
+        if not update:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    @property
+    def loss_scale(self) -> float:
+        scaler = getattr(self.optimizer, "cur_scale", None)
+        return float(scaler) if scaler is not None else 1.0
+
+    def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
+        """Overwriting a tag first drops its completion marker, so a crash mid-save never looks complete."""
+        if is_main:
+            ckpt.unmark_complete(Path(output_dir) / tag)
+        self.engine.save_checkpoint(str(output_dir), tag=tag, client_state=client_state, save_latest=False)
+        if is_main:
+            ckpt.mark_complete(Path(output_dir) / tag)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        path = Path(path)
+        _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
+        if client_state is None:
+            raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")
+        return client_state

@@ -1,0 +1,174 @@
+"""What differs between jobs that share the training loop: loss, outputs and metric.
+
+A task turns a batch (a dict from the datasets) into a loss for training (``training_loss``) and, for
+evaluation, into per-sample outputs (``predict``) and summable statistics (``batch_stats``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from engines.masking import attention_mask, with_cls_column
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _video(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    x = batch["video"].to(device, non_blocking=True)
+    return x.to(dtype) if dtype is not None else x
+
+
+class ClassificationTask:
+    """Cross-entropy (soft targets with mixup, label smoothing otherwise); metrics top-1/top-5 accuracy (%)."""
+
+    name = "classification"
+    best_key, higher_is_better = "acc1", True
+
+    def __init__(self, num_classes: int, smoothing: float = 0.0, mixup: Callable | None = None) -> None:
+        self.num_classes = num_classes
+        self.mixup = mixup
+        if mixup is not None:
+            self.criterion: torch.nn.Module = SoftTargetCrossEntropy()
+        elif smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        x = _video(batch, device, dtype)
+        target = batch["label"].to(device, non_blocking=True).long()
+        if self.mixup is not None:
+            x, target = self.mixup(x, target)
+        loss = self.criterion(model(x).float(), target)
+        return loss, {}
+
+    def predict(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Logits (B, num_classes) in fp32."""
+        return model(_video(batch, device, dtype)).float()
+
+    def batch_stats(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Sums over the batch: ``loss``, ``acc1``, ``acc5`` (counts ×100) and ``n``."""
+        labels = labels.long().to(outputs.device)
+        k = min(5, outputs.shape[1])
+        top = outputs.topk(k, dim=1).indices
+        hits = top.eq(labels[:, None])
+        return {"loss": float(F.cross_entropy(outputs, labels, reduction="sum")),
+                "acc1": 100.0 * float(hits[:, 0].sum()), "acc5": 100.0 * float(hits.any(dim=1).sum()),
+                "n": float(len(labels))}
+
+
+class RegressionTask:
+    """One real-valued output per clip (``--nb_classes 1``); loss and metric are MSE."""
+
+    name = "regression"
+    best_key, higher_is_better = "mse", False
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        pred = self.predict(model, batch, device, dtype)
+        target = batch["label"].to(device, non_blocking=True).float().reshape(-1)
+        return F.mse_loss(pred.reshape(-1), target), {}
+
+    def predict(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Predictions (B, 1) in fp32."""
+        out = model(_video(batch, device, dtype)).float()
+        if out.ndim != 2 or out.shape[1] != 1:
+            raise ValueError(f"regression needs a model with one output (--nb_classes 1), got {tuple(out.shape)}")
+        return out
+
+    def batch_stats(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        err = outputs.reshape(-1) - labels.float().to(outputs.device).reshape(-1)
+        sq = float((err**2).sum())
+        return {"loss": sq, "mse": sq, "n": float(err.numel())}
+
+
+def distillation_loss(student: torch.Tensor, target: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """``l2``: mean(2 − 2⟨s, t⟩) over tokens (features L2-normalised); ``mse``; ``smooth_l1``. Shapes (K, B, N, D)."""
+    if loss_type == "l2":
+        return (2 - 2 * (student * target).sum(dim=-1)).mean()
+    if loss_type == "mse":
+        return F.mse_loss(student, target)
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(student, target)
+    raise ValueError(f"unknown --clip_loss_type {loss_type!r} (l2, mse, smooth_l1)")
+
+
+class DistillationTask:
+    """Masked distillation of a frozen CLIP teacher into the student's visible tokens."""
+
+    name = "distillation"
+    best_key, higher_is_better = "loss", False
+
+    def __init__(self, teacher: torch.nn.Module, mask_type: str, mask_ratio: float, loss_type: str = "l2",
+                 loss_ratio: float = 1.0, clip_input_resolution: int = 224, clip_input_norm: str = "imagenet") -> None:
+        if clip_input_norm not in ("imagenet", "clip"):
+            raise ValueError(f"--clip_input_norm must be imagenet or clip, got {clip_input_norm!r}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.mask_type = mask_type
+        self.mask_ratio = mask_ratio
+        self.loss_type = loss_type
+        self.loss_ratio = loss_ratio
+        self.resolution = clip_input_resolution
+        self.renormalise = clip_input_norm == "clip"
+
+    def teacher_input(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) ImageNet-normalised → resized to the CLIP resolution, optionally CLIP-normalised."""
+        b, c, t, h, w = video.shape
+        x = video.float()
+        if self.renormalise:
+            shape = (1, 3, 1, 1, 1)
+            im_mean, im_std = (torch.tensor(v, device=x.device).view(shape) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            cl_mean, cl_std = (torch.tensor(v, device=x.device).view(shape) for v in (CLIP_MEAN, CLIP_STD))
+            x = ((x * im_std + im_mean) - cl_mean) / cl_std
+        if (h, w) != (self.resolution, self.resolution):
+            frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+            frames = F.interpolate(frames, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+            x = frames.reshape(b, t, c, self.resolution, self.resolution).permute(0, 2, 1, 3, 4)
+        return x
+
+    def targets_and_mask(self, batch: dict[str, Any], video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher features at the visible tokens (K, B, N_vis, D) and the student mask (B, 1 + T·HW)."""
+        with torch.no_grad():
+            out = self.teacher(self.teacher_input(video))
+            feats, attn = out if isinstance(out, tuple) else (out, None)
+            if self.mask_type == "attention":
+                if attn is None:
+                    raise ValueError("--mask_type attention needs the teacher's attention (--clip_return_attn)")
+                mask = attention_mask(attn, video.shape[0], self.mask_ratio)
+            else:
+                mask = with_cls_column(batch["mask"].to(video.device).flatten(1))
+            k, b, n, d = feats.shape
+            if n == mask.shape[1]:
+                token_mask = mask
+            elif n == mask.shape[1] - 1:
+                token_mask = mask[:, 1:]
+            else:
+                raise ValueError(f"teacher returns {n} tokens but the student mask covers {mask.shape[1]} "
+                                 "(check --input_size, --clip_input_resolution and the teacher patch size)")
+            targets = feats[:, ~token_mask].reshape(k, b, -1, d).float()
+        return targets, mask
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        video = batch["video"].to(device, non_blocking=True)
+        targets, mask = self.targets_and_mask(batch, video)
+        student = model(video.to(dtype) if dtype is not None else video, mask).float()
+        if student.shape[2] == targets.shape[2] + 1:
+            student = student[:, :, 1:]
+        if student.shape != targets.shape:
+            raise ValueError(f"student output {tuple(student.shape)} does not match teacher targets "
+                             f"{tuple(targets.shape)} (check --clip_return_layer and --clip_output_dim)")
+        loss = distillation_loss(student, targets, self.loss_type) * self.loss_ratio
+        return loss, {}

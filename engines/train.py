@@ -1,0 +1,87 @@
+"""Train one epoch: per-step lr/wd schedule, gradient accumulation, clipping, EMA, non-finite loss guard."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from engines.optim import apply_schedule
+from engines.progress import Progress
+from utils.distributed import all_reduce_sum, get_world_size
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss becomes NaN or inf; no checkpoint is written for the failing epoch."""
+
+
+def _check_finite(value: float, epoch: int, step: int, device: torch.device) -> None:
+    bad = 0.0 if math.isfinite(value) else 1.0
+    if get_world_size() > 1:
+        bad = all_reduce_sum([bad], device)[0]
+    if bad:
+        raise NonFiniteLossError(
+            f"loss is {value} at epoch {epoch}, step {step}: stopping. The last saved checkpoint is left intact; "
+            "lower --lr, set --clip_grad or use --bf16 instead of fp16, then resume from it")
+
+
+def train_one_epoch(
+    runtime: Any,
+    task: Any,
+    loader: Iterable[dict[str, Any]],
+    epoch: int,
+    lr_schedule: np.ndarray,
+    wd_schedule: np.ndarray,
+    start_step: int,
+    steps_per_epoch: int,
+    update_freq: int = 1,
+    ema: Any | None = None,
+    log_writer: Any | None = None,
+    print_freq: int = 10,
+) -> dict[str, float]:
+    """Run ``steps_per_epoch`` optimiser updates of ``update_freq`` micro-batches each.
+
+    Step ``start_step + k`` uses ``lr_schedule[start_step + k]`` (times each group's ``lr_scale``) and the
+    weight decay ``wd_schedule[...]``. Returns the epoch's averages (loss, lr, grad_norm, ...) over all ranks.
+    """
+    model = runtime.model
+    model.train(True)
+    device = runtime.device
+    progress = Progress(f"epoch {epoch}", steps_per_epoch * update_freq, print_freq)
+    micro_batches = steps_per_epoch * update_freq
+    for i, batch in enumerate(loader):
+        if i >= micro_batches:
+            break
+        step = start_step + i // update_freq
+        if i % update_freq == 0:
+            apply_schedule(runtime.optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
+        with runtime.autocast():
+            loss, extra = task.training_loss(model, batch, device, runtime.input_dtype)
+        value = float(loss.detach())
+        _check_finite(value, epoch, step, device)
+        update = (i + 1) % update_freq == 0
+        grad_norm = runtime.backward_step(loss, update, update_freq)
+        if update and ema is not None:
+            ema.update(runtime.module)
+        lr = max(g["lr"] for g in runtime.optimizer.param_groups)
+        n = len(batch["video"])
+        progress.update(n=n, loss=value, **extra)
+        if update:
+            progress.update(lr=lr, grad_norm=grad_norm, loss_scale=runtime.loss_scale)
+            if log_writer is not None:
+                log_writer.add_scalar("train/loss", value, step)
+                log_writer.add_scalar("train/lr", lr, step)
+                if grad_norm is not None:
+                    log_writer.add_scalar("train/grad_norm", grad_norm, step)
+        progress.step(i, n * get_world_size())
+    if progress.meters["loss"].count == 0:
+        raise RuntimeError(f"epoch {epoch} ran no step: the training set has fewer than "
+                           f"batch_size * update_freq * world_size samples")
+    meters = progress.meters
+    names = sorted(meters)
+    sums = all_reduce_sum([meters[k].total for k in names] + [meters[k].count for k in names], device)
+    return {k: sums[j] / max(sums[len(names) + j], 1e-12) for j, k in enumerate(names)}

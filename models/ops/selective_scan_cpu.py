@@ -1,0 +1,109 @@
+"""Lazy build and load of the fused C++ CPU selective scan (`csrc/selective_scan_cpu.cpp`).
+
+Built once with torch.utils.cpp_extension on first use into `$TORCH_EXTENSIONS_DIR` when set,
+else `~/.cache/videomamba/torch_extensions`; torch rebuilds only when the source changes and
+serialises concurrent builds of the same directory with a lock file. Flags: -O3 only, never
+-march=native; on x86-64 the hot loops carry an AVX2+FMA clone chosen at load time from the CPU's
+features, so a cached binary runs on any x86-64 (or aarch64) host.
+"""
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import List, Optional, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_NAME = "videomamba_selective_scan_cpu"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+BUILD_FLAGS = ["-O3"]
+
+LANES = 8  # the C++ loops work on 8-lane vectors: N is zero-padded to a multiple of this
+
+_lock = threading.Lock()
+_module: Optional["FusedCpuKernel"] = None
+_error: Optional[BaseException] = None
+
+
+def build_directory() -> Path:
+    """Where the extension is compiled and cached."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "videomamba" / "torch_extensions"
+    return base / EXTENSION_NAME
+
+
+def _build() -> ModuleType:
+    """Compile (or load from cache) the extension; raises whatever the toolchain raises."""
+    from torch.utils.cpp_extension import load
+
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    module = load(
+        name=EXTENSION_NAME,
+        sources=[str(SOURCE)],
+        extra_cflags=BUILD_FLAGS,
+        build_directory=str(directory),
+        verbose=False,
+    )
+    logger.info("loaded %s from %s in %.1f s", EXTENSION_NAME, directory, time.perf_counter() - start)
+    return module
+
+
+class FusedCpuKernel:
+    """The compiled module behind the kernel interface of `scan_autograd`.
+
+    Pads the state size N to a multiple of 8 with zeros (A = 0, B = C = 0 keep the padded
+    states at exactly zero and out of y) and slices the padding off the results.
+    """
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    @staticmethod
+    def _pad(A: Tensor, Bt: Tensor, Ct: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        extra = (-A.shape[-1]) % LANES
+        if not extra:
+            return A, Bt, Ct
+        return F.pad(A, (0, extra)), F.pad(Bt, (0, extra)), F.pad(Ct, (0, extra))
+
+    def fwd(self, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor) -> Tuple[Tensor, Tensor]:
+        y, last_state = self.module.fwd(u, dt, *self._pad(A, Bt, Ct))
+        return y, last_state[..., :A.shape[-1]]
+
+    def bwd(self, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, dy: Tensor) -> List[Tensor]:
+        n_state = A.shape[-1]
+        du, ddt, dA, dBt, dCt = self.module.bwd(u, dt, *self._pad(A, Bt, Ct), dy)
+        return [du, ddt, dA[:, :n_state], dBt[..., :n_state], dCt[..., :n_state]]
+
+
+def load_cpu_kernel() -> FusedCpuKernel:
+    """Return the compiled kernel (with `fwd`/`bwd`), building it on first call.
+
+    A failure is remembered: later calls re-raise it at once instead of recompiling.
+    """
+    global _module, _error
+    with _lock:
+        if _module is not None:
+            return _module
+        if _error is not None:
+            raise RuntimeError(f"fused CPU selective scan unavailable: {_error}") from _error
+        try:
+            _module = FusedCpuKernel(_build())
+        except Exception as exc:  # compiler missing, headers missing, build error...
+            _error = exc
+            raise RuntimeError(f"fused CPU selective scan unavailable: {exc}") from exc
+        return _module
+
+
+def reset_cpu_kernel() -> None:
+    """Forget the loaded module or remembered failure (tests use it to retry a build)."""
+    global _module, _error
+    with _lock:
+        _module = None
+        _error = None

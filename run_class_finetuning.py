@@ -1,0 +1,197 @@
+"""Fine-tune and evaluate VideoMamba for video classification or regression (``--task regression``).
+
+Examples (from the repository root):
+  python run_class_finetuning.py --model videomamba_tiny --data_path lists/ --nb_classes 400 --output_dir out/ ...
+  python run_class_finetuning.py ... --eval --resume out/checkpoint-best.pth     # multi-view test only
+Launch on GPUs with ``torchrun --nproc_per_node N`` or slurm ``srun``; add ``--enable_deepspeed`` for DeepSpeed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+import models  # noqa: F401  (registers the VideoMamba models with timm)
+from datasets.build import build_dataset
+from datasets.collate import multiple_samples_collate
+from datasets.mixup import build_mixup_fn
+from engines import checkpoint as ckpt
+from engines.cli import add_data_args, add_model_size_args, add_optim_args, add_runtime_args
+from engines.evaluate import evaluate
+from engines.fit import append_log, build_ema, build_runtime, fit, resume, scale_lrs
+from engines.multiview import multiview_test
+from engines.session import make_loader, start_run
+from engines.tasks import ClassificationTask, RegressionTask
+from models.checkpoint import load_finetune_checkpoint
+from utils.distributed import DistInfo
+
+logger = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("VideoMamba fine-tuning and evaluation", allow_abbrev=False)
+    parser.add_argument("--task", default="classification", choices=["classification", "regression"],
+                        help="regression: one real-valued output (--nb_classes 1), MSE loss and metric")
+    parser.add_argument("--epochs", default=30, type=int)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="videomamba_tiny", type=str)
+    model.add_argument("--orig_t_size", type=int, default=8)
+    model.add_argument("--fc_drop_rate", type=float, default=0.0)
+    model.add_argument("--drop", type=float, default=0.0)
+    model.add_argument("--drop_path", type=float, default=0.1)
+    model.add_argument("--disable_eval_during_finetuning", action="store_true", default=False)
+    model.add_argument("--model_ema", action="store_true", default=False)
+    model.add_argument("--model_ema_decay", type=float, default=0.9999)
+    model.add_argument("--model_ema_force_cpu", action="store_true", default=False)
+    add_model_size_args(parser)
+    add_optim_args(parser, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument("--num_sample", type=int, default=2, help="repeated augmentation")
+    aug.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
+    aug.add_argument("--smoothing", type=float, default=0.1)
+    aug.add_argument("--crop_pct", type=float, default=None, help="accepted for the official launchers; unused")
+    aug.add_argument("--short_side_size", type=int, default=224)
+    aug.add_argument("--test_num_segment", type=int, default=5)
+    aug.add_argument("--test_num_crop", type=int, default=3)
+    aug.add_argument("--reprob", type=float, default=0.25)
+    aug.add_argument("--remode", type=str, default="pixel")
+    aug.add_argument("--recount", type=int, default=1)
+    aug.add_argument("--resplit", action="store_true", default=False, help="accepted for the official launchers; unused")
+    aug.add_argument("--mixup", type=float, default=0.8)
+    aug.add_argument("--cutmix", type=float, default=1.0)
+    aug.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
+    aug.add_argument("--mixup_prob", type=float, default=1.0)
+    aug.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    aug.add_argument("--mixup_mode", type=str, default="batch")
+    ft = parser.add_argument_group("initial weights")
+    ft.add_argument("--finetune", default="", help="pretrained checkpoint to start from")
+    ft.add_argument("--delete_head", action="store_true")
+    ft.add_argument("--model_key", default="model|module", type=str)
+    ft.add_argument("--model_prefix", default="", type=str)
+    add_data_args(parser, num_frames=16, sampling_rate=4)
+    data = parser.add_argument_group("data set")
+    data.add_argument("--data_set", default="Kinetics", type=str)
+    data.add_argument("--nb_classes", default=400, type=int)
+    data.add_argument("--trimmed", type=int, default=60)
+    data.add_argument("--time_stride", type=int, default=16)
+    add_runtime_args(parser, save_ckpt_freq=100)
+    run = parser.add_argument_group("evaluation")
+    run.add_argument("--test_best", action="store_true", help="multi-view test of checkpoint-best after training")
+    run.add_argument("--eval", action="store_true", help="only evaluate (--resume, newest checkpoint or --finetune)")
+    run.add_argument("--dist_eval", action="store_true", default=False, help="shard validation over ranks")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.task == "regression" and args.nb_classes != 1:
+        raise SystemExit(f"--task regression needs --nb_classes 1, got {args.nb_classes}")
+    if args.task == "classification" and args.nb_classes < 2:
+        raise SystemExit("--nb_classes 1 is regression: pass --task regression (or use run_regression_finetuning.py)")
+    if args.task == "regression":
+        args.mixup = args.cutmix = 0.0
+        args.cutmix_minmax = None
+        args.smoothing = 0.0
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    kwargs: dict[str, Any] = dict(img_size=args.input_size, num_frames=args.num_frames, kernel_size=args.tubelet_size,
+                                  num_classes=args.nb_classes, drop_rate=args.drop, fc_drop_rate=args.fc_drop_rate,
+                                  drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
+                                  checkpoint_num=args.checkpoint_num)
+    if args.depth is not None:
+        kwargs["depth"] = args.depth
+    if args.embed_dim is not None:
+        kwargs["embed_dim"] = args.embed_dim
+    model = timm.create_model(args.model, **kwargs)
+    if args.finetune:
+        load_finetune_checkpoint(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
+                                 delete_head=args.delete_head, orig_t_size=args.orig_t_size)
+    logger.info("model %s: %d parameters", args.model, sum(p.numel() for p in model.parameters()))
+    return model
+
+
+def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, weights: Path | None) -> dict | None:
+    """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of the given weights."""
+    if weights is not None:
+        runtime.load(weights)
+        logger.info("multi-view test of %s", weights)
+    dataset, _ = build_dataset(is_train=False, test_mode=True, args=args)
+    loader = make_loader(dataset, args, info, train=False, batch_size=args.batch_size, shard=True)
+    out = Path(args.output_dir) if args.output_dir else None
+    result = multiview_test(runtime, task, loader, info.world_size, info.rank,
+                            args.test_num_segment * args.test_num_crop, out)
+    if result is not None:
+        key = "acc1" if task.name == "classification" else "mse"
+        summary = (f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%" if key == "acc1" and key in result
+                   else f"MSE {result.get('mse', float('nan')):.4f}")
+        print(f"multi-view test: {summary} over {result['num_videos']} videos "
+              f"({result['missing']} missing, {len(result['incomplete'])} incomplete windows)")
+        append_log(args.output_dir, {f"test_{k}": v for k, v in result.items() if k != "incomplete"})
+    return result
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_args(args)
+    info, writer = start_run(args)
+    task: Any
+    if args.task == "regression":
+        task = RegressionTask()
+    else:
+        task = ClassificationTask(args.nb_classes, args.smoothing, build_mixup_fn(args))
+    logger.info("task: %s", task.name)
+    model = build_model(args)
+    ema = None
+    results: dict[str, Any] = {}
+    val_loader = None
+    if not args.disable_eval_during_finetuning:
+        val_set, _ = build_dataset(is_train=False, test_mode=False, args=args)
+        val_loader = make_loader(val_set, args, info, train=False, batch_size=int(1.5 * args.batch_size),
+                                 shard=args.dist_eval)
+    if args.eval:
+        runtime = build_runtime(args, model, info)
+        state = resume(args, runtime, ema)
+        if state.resumed_from is None and not args.finetune:
+            logger.warning("--eval without --resume, a checkpoint in --output_dir or --finetune: "
+                           "evaluating randomly initialised weights")
+        if val_loader is not None:
+            results["val"] = evaluate(runtime, task, val_loader, reduce=args.dist_eval)
+            logger.info("validation: %s", results["val"])
+            if info.is_main:
+                append_log(args.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
+        results["test"] = run_test(args, runtime, task, info, None)
+        return results
+    train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
+    collate = multiple_samples_collate if args.num_sample > 1 else None
+    train_loader = make_loader(train_set, args, info, train=True, batch_size=args.batch_size, shard=True,
+                               collate_fn=collate)
+    steps_per_epoch = len(train_loader) // args.update_freq
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{args.data_path}: {len(train_set)} training videos are fewer than one step of "
+                         f"batch_size {args.batch_size} × update_freq {args.update_freq} × {info.world_size} ranks")
+    scale_lrs(args, info.world_size)
+    runtime = build_runtime(args, model, info)
+    ema = build_ema(args, runtime.module)
+    state = resume(args, runtime, ema)
+    validate = (lambda: evaluate(runtime, task, val_loader, reduce=args.dist_eval)) if val_loader is not None else None
+    state = fit(args, runtime, task, train_loader, steps_per_epoch, info, ema, validate, writer, state)
+    results["best"] = state.best
+    results["history"] = state.history
+    if args.test_best:
+        best = None
+        if args.output_dir:
+            best = Path(args.output_dir) / ("checkpoint-best" if args.enable_deepspeed else "checkpoint-best.pth")
+            best = best if ckpt.is_complete(best) else None
+        if best is None:
+            logger.warning("no checkpoint-best to test; testing the final weights")
+        results["test"] = run_test(args, runtime, task, info, best)
+    if writer is not None:
+        writer.close()
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,195 @@
+"""The training loop, runtime, checkpoints and validation on a tiny fake model and in-memory data."""
+import json
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from engines import checkpoint as ckpt
+from engines.evaluate import evaluate
+from engines.fit import fit, resume
+from engines.runtime import TorchRuntime
+from engines.tasks import ClassificationTask, RegressionTask
+from engines.train import NonFiniteLossError, train_one_epoch
+from utils.distributed import DistInfo
+
+CPU = torch.device("cpu")
+INFO = DistInfo(0, 1, 0, CPU)
+
+
+class ToyVideos(Dataset):
+    """Clips (3, 2, 4, 4) whose class (0..2) is the channel with the largest mean; ``valid`` False every 5th item."""
+
+    def __init__(self, n: int = 24, seed: int = 0, with_valid: bool = False) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 3
+        self.videos = torch.randn(n, 3, 2, 4, 4, generator=g)
+        self.videos[torch.arange(n), self.labels] += 1.5
+        self.with_valid = with_valid
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        item = {"video": self.videos[i], "label": self.labels[i]}
+        if self.with_valid:
+            item["valid"] = i % 5 != 4
+        return item
+
+
+class ToyNet(nn.Module):
+    def __init__(self, out: int = 3) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, out)
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+
+def _runtime(model, lr=0.5, opt="sgd"):
+    params = [{"params": list(model.parameters()), "weight_decay": 0.0, "lr_scale": 1.0}]
+    optimizer = torch.optim.SGD(params, lr=lr) if opt == "sgd" else torch.optim.AdamW(params, lr=lr)
+    return TorchRuntime(model, optimizer, CPU, None, clip_grad=None, distributed=False)
+
+
+def _args(tmp_path, **kw):
+    base = dict(epochs=3, update_freq=1, print_freq=100, output_dir=str(tmp_path), save_ckpt=True, save_ckpt_freq=1,
+                lr=0.3, min_lr=0.01, warmup_epochs=0, warmup_steps=-1, warmup_lr=0.0, weight_decay=0.0,
+                weight_decay_end=None, resume="", auto_resume=True, start_epoch=0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_training_lowers_the_loss():
+    torch.manual_seed(0)
+    loader = DataLoader(ToyVideos(), batch_size=4, shuffle=True)
+    runtime = _runtime(ToyNet(), lr=0.5)
+    task = ClassificationTask(3)
+    lr = np.full(100, 0.5)
+    wd = np.zeros(100)
+    first = train_one_epoch(runtime, task, loader, 0, lr, wd, 0, len(loader))
+    for epoch in range(1, 6):
+        last = train_one_epoch(runtime, task, loader, epoch, lr, wd, epoch * len(loader), len(loader))
+    assert last["loss"] < 0.7 * first["loss"]
+    assert last["lr"] == pytest.approx(0.5)
+
+
+def test_gradient_accumulation_matches_a_big_batch():
+    data = ToyVideos(n=8)
+    task = ClassificationTask(3)
+    lr, wd = np.full(10, 0.1), np.zeros(10)
+    torch.manual_seed(0)
+    net_a = ToyNet()
+    net_b = ToyNet()
+    net_b.load_state_dict(net_a.state_dict())
+    run_a, run_b = _runtime(net_a), _runtime(net_b)
+    train_one_epoch(run_a, task, DataLoader(data, batch_size=4), 0, lr, wd, 0, 2, update_freq=1)
+    train_one_epoch(run_b, task, DataLoader(data, batch_size=2), 0, lr, wd, 0, 2, update_freq=2)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+class NaNAfter:
+    """Wraps a task: the loss becomes NaN from the ``n``-th call on."""
+
+    def __init__(self, task, n: int) -> None:
+        self.task, self.n, self.calls = task, n, 0
+        self.best_key, self.higher_is_better = task.best_key, task.higher_is_better
+
+    def training_loss(self, *a):
+        self.calls += 1
+        loss, extra = self.task.training_loss(*a)
+        return (loss * float("nan") if self.calls >= self.n else loss), extra
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    loader = DataLoader(ToyVideos(n=12), batch_size=4)
+    runtime = _runtime(ToyNet())
+    task = NaNAfter(ClassificationTask(3), n=5)  # epoch 0 = calls 1..3, NaN in epoch 1
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 4"):
+        fit(_args(tmp_path), runtime, task, loader, len(loader), INFO)
+    saved = ckpt.read(tmp_path / "checkpoint-latest.pth")
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0.pth", "checkpoint-latest.pth"]
+    assert not list(tmp_path.glob(".*tmp"))
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "log.txt").read_text().splitlines()] == [0]
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = ToyVideos(n=12)
+
+    def make():
+        torch.manual_seed(0)
+        net = ToyNet()
+        loader = DataLoader(data, batch_size=4, shuffle=True)
+        return net, loader, _runtime(net, lr=0.3, opt="adamw")
+
+    net_a, loader_a, run_a = make()
+    torch.manual_seed(1)
+    fit(_args(tmp_path / "a"), run_a, ClassificationTask(3), loader_a, 3, INFO)
+    # A second run is "killed" after epoch 1: only checkpoint-1 survives; --auto_resume continues from it.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint-1.pth").write_bytes((tmp_path / "a" / "checkpoint-1.pth").read_bytes())
+    net_b, loader_b, run_b = make()
+    torch.manual_seed(123)  # whatever the fresh process's RNG is, the checkpoint's RNG state takes over
+    args_b = _args(tmp_path / "b")
+    state = resume(args_b, run_b, None)
+    assert state.start_epoch == 2
+    fit(args_b, run_b, ClassificationTask(3), loader_b, 3, INFO, state=state)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    opt_a, opt_b = run_a.optimizer.state_dict(), run_b.optimizer.state_dict()
+    assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]
+
+
+def test_checkpoint_files_atomic_latest_and_rng(tmp_path):
+    ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-0.pth")
+    ckpt.save_atomic({"epoch": 1}, tmp_path / "checkpoint-latest.pth")
+    ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-best.pth")
+    (tmp_path / ".checkpoint-2.pth.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "checkpoint-3").mkdir()  # DeepSpeed folder without its completion marker
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
+    assert ckpt.find_latest(tmp_path / "nothing") is None
+    ckpt.mark_complete(tmp_path / "checkpoint-3")
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-3"
+    state = ckpt.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pth"):
+        ckpt.read(tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ckpt.read(tmp_path / "missing.pth")
+
+
+def test_validation_excludes_undecodable_items():
+    data = ToyVideos(n=10, with_valid=True)
+    net = ToyNet()
+    runtime = _runtime(net)
+    stats = evaluate(runtime, ClassificationTask(3), DataLoader(data, batch_size=3))
+    keep = [i for i in range(10) if i % 5 != 4]
+    with torch.no_grad():
+        logits = net(data.videos[keep])
+    acc1 = 100.0 * (logits.argmax(1) == data.labels[keep]).float().mean().item()
+    assert stats["missing"] == 2 and stats["num_samples"] == 8
+    assert stats["acc1"] == pytest.approx(acc1)
+    assert stats["acc5"] == pytest.approx(100.0)
+
+
+def test_regression_task_loss_and_metric():
+    net = ToyNet(out=1)
+    runtime = _runtime(net)
+    data = [{"video": torch.randn(3, 2, 4, 4), "label": torch.tensor(float(i))} for i in range(6)]
+    stats = evaluate(runtime, RegressionTask(), DataLoader(data, batch_size=4))
+    with torch.no_grad():
+        pred = net(torch.stack([d["video"] for d in data])).squeeze(1)
+    assert stats["mse"] == pytest.approx(((pred - torch.arange(6.0)) ** 2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="nb_classes 1"):
+        RegressionTask().predict(ToyNet(out=3), data[0] | {"video": data[0]["video"][None]}, CPU)

@@ -1,0 +1,105 @@
+"""End-to-end fine-tuning through run_class_finetuning.py on a tiny synthetic video set (CPU, tiny model)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_class_finetuning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def video_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_synthetic_dataset.py"), "--out", str(out),
+                    "--num_train", "16", "--num_val", "8", "--num_test", "4", "--size", "32", "--frames", "8"],
+                   check=True, capture_output=True)
+    return out
+
+
+def _argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "videomamba_tiny", "--depth", "2", "--embed_dim", "32", "--data_set", "Kinetics_sparse",
+            "--data_path", str(data), "--prefix", str(data), "--nb_classes", "4", "--num_frames", "4",
+            "--input_size", "32", "--short_side_size", "32", "--batch_size", "4", "--num_sample", "1",
+            "--warmup_epochs", "0", "--lr", "2e-3", "--min_lr", "1e-4", "--no_lr_scale", "--device", "cpu",
+            "--num_workers", "0", "--aa", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0",
+            "--drop_path", "0", "--output_dir", str(out), "--test_num_segment", "2", "--test_num_crop", "2",
+            "--save_ckpt_freq", "1", "--print_freq", "100", *extra]
+
+
+def _run(argv: list[str]) -> dict:
+    return run_class_finetuning.main(run_class_finetuning.get_args_parser().parse_args(argv))
+
+
+def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_path):
+    out = tmp_path / "run"
+    result = _run(_argv(video_set, out, "--epochs", "4", "--test_best"))
+    losses = [r["train_loss"] for r in result["history"]]
+    assert losses[-1] < losses[0]
+    best_acc = max(r["val_acc1"] for r in result["history"])
+    assert result["best"] == best_acc
+    assert (out / "checkpoint-best.pth").is_file() and (out / "args.json").is_file()
+    test = result["test"]
+    assert test["num_videos"] == 4 and test["missing"] == 0 and test["duplicates"] == 0
+    assert len((out / "test_videos.csv").read_text().splitlines()) == 1 + 4
+    logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in logged if "epoch" in r] == [0, 1, 2, 3]
+    assert logged[-1]["test_acc1"] == test["acc1"]
+
+    evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
+    assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
+    assert evaluated["test"]["acc1"] == pytest.approx(test["acc1"])
+
+
+def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _run(_argv(video_set, full, "--epochs", "3", "--disable_eval_during_finetuning"))
+    resumed.mkdir()
+    shutil.copy(full / "checkpoint-0.pth", resumed / "checkpoint-0.pth")  # what a run killed in epoch 1 leaves
+    result = _run(_argv(video_set, resumed, "--epochs", "3", "--disable_eval_during_finetuning"))
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    a = torch.load(full / "checkpoint-latest.pth", weights_only=False)
+    b = torch.load(resumed / "checkpoint-latest.pth", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_deepspeed_and_plain_paths_train_the_same(video_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29631")
+    common = ("--epochs", "1", "--disable_eval_during_finetuning", "--clip_grad", "1.0", "--update_freq", "2")
+    plain = _run(_argv(video_set, tmp_path / "plain", *common))
+    try:
+        ds = _run(_argv(video_set, tmp_path / "ds", *common, "--enable_deepspeed"))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert (tmp_path / "ds" / "checkpoint-latest" / "complete").is_file()
+    assert ds["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-4)
+    a = torch.load(tmp_path / "plain" / "checkpoint-latest.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "ds" / "checkpoint-latest" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_regression_mode_reports_mse(video_set, tmp_path):
+    data = tmp_path / "regression"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        lines = (video_set / f"{split}.csv").read_text().splitlines()
+        (data / f"{split}.csv").write_text("".join(f"{p} {int(y) * 0.5 - 0.75}\n" for p, y in
+                                                   (line.split() for line in lines)))
+    argv = _argv(data, tmp_path / "out", "--epochs", "1", "--test_best", "--task", "regression")
+    argv[argv.index("--nb_classes") + 1] = "1"
+    argv[argv.index("--prefix") + 1] = str(video_set)
+    result = _run(argv)
+    assert result["history"][0]["val_mse"] >= 0 and result["test"]["mse"] >= 0
+    assert result["best"] == result["history"][0]["val_mse"]
+    with pytest.raises(SystemExit, match="--task regression"):
+        _run(_argv(data, tmp_path / "bad", "--epochs", "1", "--nb_classes", "1"))
