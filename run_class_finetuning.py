@@ -53,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     aug.add_argument("--num_sample", type=int, default=2, help="repeated augmentation")
     aug.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
     aug.add_argument("--smoothing", type=float, default=0.1)
+    aug.add_argument("--train_crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                     help="area range of the training random resized crop (timm's --scale)")
     aug.add_argument("--crop_pct", type=float, default=None, help="accepted for the official launchers; unused")
     aug.add_argument("--short_side_size", type=int, default=224)
     aug.add_argument("--test_num_segment", type=int, default=5)

@@ -140,10 +140,14 @@ class TrainTransform:
     """
 
     def __init__(self, input_size: int, flip: bool, jitter: tuple[int, int],
-                 rand_augment: VideoRandAugment | None = None, erasing: ClipRandomErasing | None = None) -> None:
+                 rand_augment: VideoRandAugment | None = None, erasing: ClipRandomErasing | None = None,
+                 scale: tuple[float, float] = RRC_SCALE) -> None:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"--train_crop_scale must satisfy 0 < MIN <= MAX <= 1, got {scale}")
         self.input_size = input_size
         self.flip = flip
         self.jitter = jitter
+        self.scale = tuple(scale)
         self.rand_augment = rand_augment
         self.erasing = erasing
 
@@ -151,7 +155,7 @@ class TrainTransform:
         clip = frames_to_tensor(frames)
         if self.rand_augment is not None:
             clip = torch.from_numpy(self.rand_augment(frames)).permute(0, 3, 1, 2)
-        box = sample_jittered_crop_box(clip.shape[2], clip.shape[3], self.jitter)
+        box = sample_jittered_crop_box(clip.shape[2], clip.shape[3], self.jitter, self.scale)
         out = _crop_resize(clip, box, self.input_size)
         if self.flip and random.random() < 0.5:
             out = out.flip(-1)
@@ -161,7 +165,7 @@ class TrainTransform:
         return out
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.input_size}, jitter={self.jitter}, flip={self.flip}, "
+        return (f"{type(self).__name__}(size={self.input_size}, jitter={self.jitter}, scale={self.scale}, flip={self.flip}, "
                 f"rand_augment={self.rand_augment}, erasing={self.erasing})")
 
 
@@ -252,7 +256,8 @@ def _aa_policy(args: Namespace) -> str | None:
 
 
 def build_train_transform(args: Namespace, flip: bool) -> Callable[[np.ndarray], torch.Tensor]:
-    """Training transform from ``args`` (input_size, aa, train_interpolation, reprob, remode, recount).
+    """Training transform from ``args`` (input_size, aa, train_interpolation, reprob, remode, recount,
+    train_crop_scale: the random-resized-crop area range, default (0.08, 1)).
 
     Short-side jitter range: ``jitter_range(args.input_size)`` = [256, 320] at 224, scaled linearly otherwise.
     ``flip`` is False for SSv2 (left/right carries the label there). ``train_interpolation`` (default bicubic) is
@@ -268,7 +273,8 @@ def build_train_transform(args: Namespace, flip: bool) -> Callable[[np.ndarray],
     if reprob > 0:
         erasing = ClipRandomErasing(reprob, mode=getattr(args, "remode", "pixel"),
                                     max_count=int(getattr(args, "recount", 1)))
-    return TrainTransform(input_size, flip, jitter_range(input_size), rand_augment, erasing)
+    scale = tuple(getattr(args, "train_crop_scale", RRC_SCALE))
+    return TrainTransform(input_size, flip, jitter_range(input_size), rand_augment, erasing, scale)
 
 
 def build_val_transform(args: Namespace) -> Callable[[np.ndarray], torch.Tensor]:

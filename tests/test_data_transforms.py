@@ -261,3 +261,25 @@ def test_aa_off_spellings_disable_rand_augment():
     for off in (None, "", "None", "none"):
         assert build_train_transform(make_args(aa=off), True).rand_augment is None
     assert math.isclose(build_train_transform(make_args(reprob=0.25), True).erasing.probability, 0.25)
+
+
+def test_train_crop_scale_flag_bounds_the_crop_area(monkeypatch):
+    seen = []
+    import datasets.transforms as transforms
+
+    real = transforms.sample_jittered_crop_box
+
+    def spy(height, width, jitter, scale):
+        box = real(height, width, jitter, scale)
+        seen.append((scale, box[2] * box[3] / (height * width)))
+        return box
+
+    monkeypatch.setattr(transforms, "sample_jittered_crop_box", spy)
+    seed_all(0)
+    transform = build_train_transform(make_args(train_crop_scale=(0.5, 1.0)), flip=False)
+    for _ in range(50):
+        transform(textured_clip())
+    assert all(scale == (0.5, 1.0) for scale, _ in seen)
+    assert min(area for _, area in seen) >= 0.5 * 0.9
+    with pytest.raises(ValueError, match="train_crop_scale"):
+        build_train_transform(make_args(train_crop_scale=(0.0, 1.0)), flip=False)
