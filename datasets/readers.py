@@ -100,6 +100,13 @@ class VideoReader(ABC):
             raise VideoDecodeError(self.path, f"frame index out of range [0, {n}): {idx.min()}..{idx.max()}")
         return idx
 
+    def _source(self) -> Any:
+        """What the decoding library opens: the local path, or a URL's bytes fetched through fsspec."""
+        if is_url(self.path):
+            return io.BytesIO(read_bytes(self.path))
+        _check_local_file(self.path)
+        return _local(self.path)
+
     @abstractmethod
     def _open(self) -> Any:
         """Open the underlying file and return the handle."""
@@ -133,11 +140,7 @@ class DecordReader(VideoReader):
     def _open(self) -> Any:
         import decord
 
-        if is_url(self.path):
-            source: Any = io.BytesIO(read_bytes(self.path))
-        else:
-            _check_local_file(self.path)
-            source = _local(self.path)
+        source = self._source()
         vr = decord.VideoReader(source, num_threads=self.num_threads, ctx=decord.cpu(0))
         if len(vr) == 0:
             raise VideoDecodeError(self.path, "no video frames")
@@ -175,11 +178,7 @@ class PyAVReader(VideoReader):
     def _open(self) -> Any:
         import av
 
-        if is_url(self.path):
-            source: Any = io.BytesIO(read_bytes(self.path))
-        else:
-            _check_local_file(self.path)
-            source = _local(self.path)
+        source = self._source()
         container = av.open(source, mode="r")
         if not container.streams.video:
             container.close()
