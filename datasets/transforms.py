@@ -165,7 +165,8 @@ class TrainTransform:
         return out
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.input_size}, jitter={self.jitter}, scale={self.scale}, flip={self.flip}, "
+        return (f"{type(self).__name__}(size={self.input_size}, jitter={self.jitter}, scale={self.scale}, "
+                f"flip={self.flip}, "
                 f"rand_augment={self.rand_augment}, erasing={self.erasing})")
 
 

@@ -8,7 +8,8 @@ Bad input (unreadable, truncated, zero-byte, missing or non-video files) is logg
 Training replaces it by another random sample, at most ``max_retries`` times in a row, and raises
 ``BadInputError`` naming the files when that budget runs out or more than ``max_bad_fraction`` of the files
 failed. Validation and test never replace: the view comes back as zeros with ``valid=False``. Counts are per
-process (each DataLoader worker holds its own copy of the dataset).
+process (each DataLoader worker holds its own copy of the dataset). Evaluation frames are deterministic, so the
+last decoded clip is kept and reused by the next views of the same window and segment (the other test crops).
 """
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ class VideoClsDataset(Dataset):
         self.tracker = BadInputTracker(len(entries), max_bad_fraction, max_retries)
         self.views = self._make_views(windows)
         self._zero: torch.Tensor | None = None
+        self._last_clip: tuple[tuple[int, int, int], np.ndarray] | None = None
 
     def _make_views(self, windows: tuple[float, float] | None) -> list[View]:
         views = []
@@ -181,10 +183,18 @@ class VideoClsDataset(Dataset):
     def _apply_eval_transform(self, frames: np.ndarray, view: View) -> torch.Tensor:
         return self.transform(frames, view.crop) if self.mode == "test" else self.transform(frames)
 
+    def _eval_frames(self, view: View) -> np.ndarray:
+        """Frames of an evaluation view; consecutive crops of one window and segment share one decode."""
+        key = (view.video_id, view.window_index, view.segment)
+        if self._last_clip is None or self._last_clip[0] != key:
+            self._last_clip = None  # free the previous clip first; nothing stale is left if decoding fails
+            self._last_clip = (key, self.load_frames(view))
+        return self._last_clip[1]
+
     def _eval_item(self, index: int) -> dict[str, Any]:
         view = self.views[index]
         try:
-            video, valid = self._apply_eval_transform(self.load_frames(view), view), True
+            video, valid = self._apply_eval_transform(self._eval_frames(view), view), True
         except VideoDecodeError as e:
             self.tracker.record(e)
             video, valid = self._zero_video(view), False

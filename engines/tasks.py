@@ -10,16 +10,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from engines.masking import attention_mask, with_cls_column
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _video(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
@@ -121,17 +117,21 @@ class DistillationTask:
         self.loss_type = loss_type
         self.loss_ratio = loss_ratio
         self.resolution = clip_input_resolution
-        self.renormalise = clip_input_norm == "clip"
+        # ImageNet-normalised → CLIP-normalised is one affine map per channel: x · scale + shift.
+        self.renorm: tuple[torch.Tensor, torch.Tensor] | None = None
+        if clip_input_norm == "clip":
+            im_mean, im_std, cl_mean, cl_std = (
+                torch.tensor(v).view(1, 3, 1, 1, 1)
+                for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+            self.renorm = (im_std / cl_std, (im_mean - cl_mean) / cl_std)
 
     def teacher_input(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) ImageNet-normalised → resized to the CLIP resolution, optionally CLIP-normalised."""
         b, c, t, h, w = video.shape
         x = video.float()
-        if self.renormalise:
-            shape = (1, 3, 1, 1, 1)
-            im_mean, im_std = (torch.tensor(v, device=x.device).view(shape) for v in (IMAGENET_MEAN, IMAGENET_STD))
-            cl_mean, cl_std = (torch.tensor(v, device=x.device).view(shape) for v in (CLIP_MEAN, CLIP_STD))
-            x = ((x * im_std + im_mean) - cl_mean) / cl_std
+        if self.renorm is not None:
+            scale, shift = (t.to(x.device) for t in self.renorm)
+            x = x * scale + shift
         if (h, w) != (self.resolution, self.resolution):
             frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
             frames = F.interpolate(frames, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)

@@ -11,6 +11,7 @@ from typing import Any, Collection
 
 import torch
 import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
@@ -236,7 +237,7 @@ def default_video_cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "", "hf_hub_id": "", "num_classes": 400, "input_size": (3, 8, 224, 224), "pool_size": None,
         "crop_pct": 1.0, "interpolation": "bicubic", "fixed_input_size": True,
-        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
     }
 

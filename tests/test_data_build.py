@@ -253,3 +253,17 @@ def test_pretraining_dataset(media, tmp_path, raw_transforms):
     assert set(item) == {"video"}
     idx = indices_of(item["video"])[0]
     assert idx == [min(int(idx[-1] + 1 - 32 + 32 * k / 7), idx[-1]) for k in range(8)]  # dense, rate 4
+
+
+def test_test_crops_of_one_segment_share_one_decode(media, tmp_path, raw_transforms, monkeypatch):
+    args = make_args(media, tmp_path, ["v60.mp4 1", "v9.mp4 3"], test_num_segment=2, test_num_crop=3)
+    ds, _ = build_dataset(False, True, args)
+    decodes = []
+    real = ds.load_frames
+    monkeypatch.setattr(ds, "load_frames", lambda view, rng=None: decodes.append(view) or real(view, rng))
+    views = eval_views(ds)
+    assert len(views) == 2 * 2 * 3
+    assert [(v.video_id, v.segment) for v in decodes] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    expected = [(v, 0, j, S.sparse_eval_indices(n, 8, j, 2), k, True)
+                for v, n in enumerate((60, 9)) for j in range(2) for k in range(3)]
+    assert views == expected

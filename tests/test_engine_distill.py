@@ -115,3 +115,16 @@ def test_loader_masks_get_a_cls_column_and_shape_errors_are_clear():
     assert targets.shape == (1, 1, 5, 6)
     with pytest.raises(ValueError, match="teacher returns"):
         task.targets_and_mask({"mask": torch.zeros(1, 12, dtype=torch.bool)}, video)
+
+
+def test_clip_input_norm_maps_imagenet_normalisation_to_clip_normalisation():
+    pixels = torch.rand(1, 3, 2, 8, 8)  # in [0, 1]
+    shape = (1, 3, 1, 1, 1)
+    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(shape)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(shape)
+    clip = (pixels - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(shape)) / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]).view(shape)
+    renorm = DistillationTask(FakeTeacher(), "tube", 0.5, clip_input_resolution=8, clip_input_norm="clip")
+    keep = DistillationTask(FakeTeacher(), "tube", 0.5, clip_input_resolution=8)
+    torch.testing.assert_close(renorm.teacher_input(imagenet), clip, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(keep.teacher_input(imagenet), imagenet)
