@@ -1,7 +1,7 @@
 """Bidirectional Mamba mixer (the "v2" bimamba of Vim/VideoMamba) with the official parameter names.
 
 The forward direction and the time-reversed backward direction share ``in_proj`` and ``out_proj`` and
-have their own conv / projections / SSM parameters (suffix ``_b``); their outputs are summed.
+have their own conv / projections / SSM parameters (suffix ``_b``); their outputs are summed and gated.
 """
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.ops import causal_conv1d_fn, selective_scan_fn
+
+# Largest channel chunk (batch · channels · L elements) the lean inference path scans at once: 4 MB in fp32.
+LEAN_CHUNK_ELEMENTS = 1 << 20
 
 
 class BiMambaMixer(nn.Module):
@@ -85,28 +89,71 @@ class BiMambaMixer(nn.Module):
         self.D.fill_(1.0)
         self.D_b.fill_(1.0)
 
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
-        """One scan direction: x, z (B, d_inner, L) -> gated SSM output (B, d_inner, L)."""
-        conv = getattr(self, f"conv1d{suffix}")
-        x_proj = getattr(self, f"x_proj{suffix}")
-        dt_proj = getattr(self, f"dt_proj{suffix}")
-        A_log = getattr(self, "A_log" if suffix == "" else "A_b_log")
-        D = getattr(self, f"D{suffix}")
+    def _direction_params(self, suffix: str) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, torch.Tensor, torch.Tensor]:
+        """conv1d, x_proj, dt_proj, A = -exp(A_log) (fp32) and D of the direction ``suffix`` ("" or "_b")."""
+        A_log = self.A_log if suffix == "" else self.A_b_log
+        return (getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}"),
+                -torch.exp(A_log.float()), getattr(self, f"D{suffix}"))
 
-        x = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu")
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
+    def _split_projection(self, x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_proj output (B, L, dt_rank + 2N) -> dt (B, L, dt_rank) and B, C as contiguous (B, N, L)."""
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L); bias goes to the scan
-        A = -torch.exp(A_log.float())
-        return selective_scan_fn(
-            x, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float(), z=z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True,
-        )
+        return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
+    def _direction(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
+        """One scan direction: x (B, d_inner, L) -> ungated SSM output (B, d_inner, L)."""
+        conv, x_proj, dt_proj, A, D = self._direction_params(suffix)
+        x = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+        dt, B, C = self._split_projection(x_proj(x.transpose(1, 2)))
+        # delta = dt_proj without its bias (the scan adds it), computed straight into (B, d_inner, L) layout.
+        return selective_scan_fn(x, torch.matmul(dt_proj.weight, dt.transpose(1, 2)), A, B, C, D.float(),
+                                 delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states (B, L, d_model) -> (B, L, d_model): out_proj(forward scan + reversed backward scan)."""
+        """hidden_states (B, L, d_model) -> (B, L, d_model).
+
+        out_proj((forward scan + reversed backward scan) · silu(z)). The official code gates each direction
+        with silu(z) inside its scan and then sums; gating the sum once is the same function and keeps
+        neither a flipped copy of z nor a second gated output alive. Without autograd on CPU, the lean
+        path below computes the same function with a much smaller memory peak.
+        """
+        if not torch.is_grad_enabled() and hidden_states.device.type != "cuda":
+            return self._forward_lean(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        y = self._direction(x, z, "")
-        y_b = self._direction(x.flip(-1), z.flip(-1), "_b").flip(-1)
-        return self.out_proj((y + y_b).transpose(1, 2))
+        y = self._direction(x, "") + self._direction(x.flip(-1), "_b").flip(-1)
+        return self.out_proj((y * F.silu(z)).transpose(1, 2))
+
+    def _forward_lean(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Inference: both directions add into one output buffer, which is then gated in place.
+
+        The backward direction runs its conv backwards in time on the unflipped input and flips only its small
+        projections and one channel chunk at a time; the scans run over channel chunks of at most
+        ``LEAN_CHUNK_ELEMENTS`` elements, so Δ and the scan's temporaries stay small; in_proj runs in two halves
+        (x first, z after the scans). No tensor larger than (B, d_inner, L) is allocated.
+        """
+        # in_proj in two halves: x now, z only once the scans are done.
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+        b_x, b_z = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
+        x = F.linear(hidden_states, w_x, b_x).transpose(1, 2)  # (B, d_inner, L)
+        y = x.new_zeros(x.shape)
+        for suffix, reverse in (("", False), ("_b", True)):
+            conv, x_proj, dt_proj, A, D = self._direction_params(suffix)
+            u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
+            x_dbl = x_proj(u.transpose(1, 2))
+            dt, B, C = self._split_projection(x_dbl.flip(1) if reverse else x_dbl)
+            step = max(1, LEAN_CHUNK_ELEMENTS // (u.shape[0] * u.shape[2]))
+            for c in range(0, self.d_inner, step):
+                rows = slice(c, c + step)
+                y_c = selective_scan_fn(
+                    u[:, rows].flip(-1) if reverse else u[:, rows],
+                    torch.matmul(dt_proj.weight[rows], dt.transpose(1, 2)), A[rows], B, C, D[rows].float(),
+                    delta_bias=dt_proj.bias[rows].float(), delta_softplus=True,
+                )
+                y[:, rows] += y_c.flip(-1) if reverse else y_c
+            del u
+        del x
+        # Gate in (B, L, d_inner) layout: silu(z) is computed contiguous and takes y's product in place.
+        gated = F.silu(F.linear(hidden_states, w_z, b_z), inplace=True).mul_(y.transpose(1, 2))
+        del y
+        return self.out_proj(gated)

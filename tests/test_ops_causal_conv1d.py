@@ -105,3 +105,36 @@ def test_cuda_glue_matches_pure_path(monkeypatch):
 def test_kernel_is_used_only_for_supported_widths():
     assert cuda_glue.conv_kernel_supports(torch.empty(8, 4))
     assert not cuda_glue.conv_kernel_supports(torch.empty(8, 5))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "ref"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("length", [1, 3, 11])
+def test_reverse_is_the_conv_of_the_flipped_sequence(backend, channels_last, length):
+    """reverse=True equals flip ∘ conv ∘ flip, values and gradients, for (batch, dim, L) inputs in either layout
+    (channels-last: a transposed view of (batch, L, dim), as the mixer passes its in_proj output)."""
+    ops.set_backend(backend)
+    gen = torch.Generator().manual_seed(length)
+    base = torch.randn(2, length, 5, generator=gen, dtype=torch.float64)
+    weight = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for reverse in (True, False):
+        leaf = base.clone().requires_grad_(True)
+        x = leaf.transpose(1, 2) if channels_last else leaf.transpose(1, 2).contiguous()
+        if reverse:
+            out = causal_conv1d_fn(x, weight, bias, "silu", reverse=True)
+        else:
+            out = causal_conv1d_ref(x.flip(-1), weight, bias, "silu").flip(-1)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * torch.arange(out.numel()).view_as(out)).sum(), (leaf, weight, bias)))
+    torch.testing.assert_close(outs[0], outs[1])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_channels_last_forward_matches_contiguous():
+    x = torch.randn(3, 17, 6).transpose(1, 2)  # (batch, dim, L) with stride(1) == 1
+    weight, bias = torch.randn(6, 4), torch.randn(6)
+    torch.testing.assert_close(causal_conv1d_fn(x, weight, bias, "silu"),
+                               causal_conv1d_fn(x.contiguous(), weight, bias, "silu"))

@@ -109,3 +109,24 @@ def test_build_failure_is_remembered_and_reported(monkeypatch):
                 selective_scan_cpu.load_cpu_kernel()
     finally:
         selective_scan_cpu.reset_cpu_kernel()
+
+
+def test_delta_softplus_matches_torch(kernel):
+    """The vectorised discretisation Δ = softplus(delta + bias): within 4e-7 of float64 softplus over ±30, x
+    itself above torch's threshold 20, and the tiny positive floor exp(-87) far below zero."""
+    gen = torch.Generator().manual_seed(3)
+    delta = torch.randn(2, 7, 37, generator=gen) * 10
+    bias = torch.randn(7, generator=gen)
+    got = kernel.discretise(delta, bias, True)
+    want = torch.nn.functional.softplus((delta + bias[:, None]).double())
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert ((got.double() - want).abs() / want).max() < 4e-7
+    edges = torch.tensor([[[-200.0, -87.0, -20.0, 0.0, 1e-4, 20.0, 20.5, 1e3, 3.0]]])
+    out = kernel.discretise(edges, None, True)
+    torch.testing.assert_close(out[..., 2:], torch.nn.functional.softplus(edges)[..., 2:], rtol=4e-7, atol=0)
+    assert torch.equal(out[..., 5:8], edges[..., 5:8])
+    assert (out[..., :2] > 0).all() and (out[..., :2] < 1e-37).all()
+    # non-contiguous and non-fp32 inputs are converted; no softplus is a plain bias add
+    strided = delta.transpose(1, 2).contiguous().transpose(1, 2).double()
+    torch.testing.assert_close(kernel.discretise(strided, bias, True), got, rtol=0, atol=0)
+    torch.testing.assert_close(kernel.discretise(delta, bias, False), delta + bias[:, None])

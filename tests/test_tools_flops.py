@@ -32,7 +32,7 @@ def test_count_matches_hand_computation_and_restores_ops():
 
     calls = DEPTH * 2  # two directions per layer
     assert report.scan_calls == calls
-    assert report.scan == calls * (9 * D_INNER * L * N + 2 * D_INNER * L)  # the mixer passes D and z
+    assert report.scan == calls * (9 * D_INNER * L * N + D_INNER * L)  # the mixer passes D; it gates the sum itself
     assert report.conv1d == calls * D_INNER * L * WIDTH
 
     in_proj, out_proj = DIM * 2 * D_INNER, D_INNER * DIM

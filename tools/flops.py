@@ -94,7 +94,7 @@ class _ExplicitOps:
         return (out, u.new_zeros(batch, d_inner, A.shape[-1])) if return_last_state else out
 
     def causal_conv1d_fn(self, x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                         activation: str | None = None) -> Tensor:
+                         activation: str | None = None, reverse: bool = False) -> Tensor:
         """Record one conv x (B, D, L), weight (D, W); return zeros (B, D, L)."""
         batch, dim, seqlen = x.shape
         self.conv1d += causal_conv1d_flops(batch, dim, seqlen, weight.shape[-1])
@@ -135,7 +135,9 @@ def _paper_part(counts: dict[str, dict]) -> int:
 def count_flops(model: nn.Module, x: torch.Tensor) -> FlopReport:
     """Count one forward of ``model`` on ``x`` (works on the meta device: only shapes matter)."""
     explicit = _ExplicitOps()
-    with explicit.installed(), torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
+    # Grad mode on: the mixer's autograd path calls in_proj as one module (its lean no-grad path splits it),
+    # which is what the per-module paper-convention count needs. On the meta device nothing is computed.
+    with explicit.installed(), torch.enable_grad(), FlopCounterMode(display=False, depth=None) as counter:
         model(x)
     return FlopReport(
         params=sum(p.numel() for p in model.parameters()),

@@ -1,7 +1,8 @@
 """Causal depthwise conv1d (+ optional SiLU), as used by the Mamba mixer before the scan.
 
 x (batch, dim, L), weight (dim, width), bias (dim,) -> (batch, dim, L); output t sees inputs
-t-width+1 .. t only (zero left padding).
+t-width+1 .. t only (zero left padding). With ``reverse`` the conv runs backwards in time: it equals
+``causal_conv1d_fn(x.flip(-1), ...).flip(-1)`` (output t sees inputs t .. t+width-1) without the two copies.
 """
 from typing import Optional
 
@@ -37,13 +38,34 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     return out.to(x.dtype)
 
 
-def _causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str]) -> Tensor:
-    """F.conv1d with groups=dim on the left-padded input, computed in weight's dtype."""
+def _causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str],
+                         reverse: bool = False) -> Tensor:
+    """Computed in weight's dtype. Channels-last inputs (x.stride(1) == 1, e.g. a transposed view of a
+    (batch, L, dim) projection) take `width` shifted multiply-adds that keep that layout and need no padded
+    copy; others F.conv1d on the padded input (right-padded with mirrored taps when ``reverse``)."""
     width = weight.shape[1]
-    out = F.conv1d(F.pad(x.to(weight.dtype), (width - 1, 0)), weight.unsqueeze(1),
-                   None if bias is None else bias.to(weight.dtype), groups=weight.shape[0])
+    if x.stride(1) == 1 and x.shape[1] > 1:
+        xl = x.to(weight.dtype).transpose(1, 2)  # (batch, L, dim) view
+        length = xl.shape[1]
+        if bias is None:
+            out = xl.new_zeros(xl.shape)
+        else:
+            out = bias.to(weight.dtype).expand(xl.shape).clone()
+        for k in range(width):
+            shift = width - 1 - k  # tap k reads x[t - shift] (x[t + shift] when reverse)
+            if shift >= length:
+                continue
+            if reverse:
+                out[:, :length - shift].addcmul_(xl[:, shift:], weight[:, k])
+            else:
+                out[:, shift:].addcmul_(xl[:, :length - shift], weight[:, k])
+        out = out.transpose(1, 2)
+    else:
+        pad, taps = ((0, width - 1), weight.flip(-1)) if reverse else ((width - 1, 0), weight)
+        out = F.conv1d(F.pad(x.to(weight.dtype), pad), taps.unsqueeze(1),
+                       None if bias is None else bias.to(weight.dtype), groups=weight.shape[0])
     if activation is not None:
-        out = F.silu(out)
+        out = F.silu(out, inplace=not out.requires_grad)  # in place when autograd does not need the input
     return out.to(x.dtype)
 
 
@@ -56,11 +78,12 @@ def _conv_kernel_importable() -> bool:
 
 
 def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                     activation: Optional[str] = None) -> Tensor:
+                     activation: Optional[str] = None, reverse: bool = False) -> Tensor:
     """Causal depthwise conv1d: the causal_conv1d CUDA kernel when usable, else F.conv1d.
 
     Backend "cuda" forced: ImportError with the install command when causal_conv1d is missing.
-    "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d.
+    "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d, which also runs ``reverse`` natively;
+    the other backends run it on flipped copies.
     """
     _check(x, weight, activation)
     requested = get_backend()
@@ -70,12 +93,12 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
             raise ValueError("the 'cuda' conv backend needs CUDA tensors")
     use_kernel = requested in ("cuda", "auto") and x.is_cuda and conv_kernel_supports(weight) \
         and (requested == "cuda" or _conv_kernel_importable())
-    if use_kernel:
-        announce("causal_conv1d", "cuda", "cuda")
-        return causal_conv1d_cuda(x, weight, bias, activation)
     device = "cuda" if x.is_cuda else "cpu"
-    if requested == "ref":
-        announce("causal_conv1d", "ref", device)
-        return causal_conv1d_ref(x, weight, bias, activation)
+    if use_kernel or requested == "ref":
+        name, fn = ("cuda", causal_conv1d_cuda) if use_kernel else ("ref", causal_conv1d_ref)
+        announce("causal_conv1d", name, device)
+        if reverse:
+            return fn(x.flip(-1), weight, bias, activation).flip(-1)
+        return fn(x, weight, bias, activation)
     announce("causal_conv1d", "torch", device)
-    return _causal_conv1d_torch(x, weight, bias, activation)
+    return _causal_conv1d_torch(x, weight, bias, activation, reverse)

@@ -1,11 +1,12 @@
 """Autograd glue shared by the CPU kernels (vectorised PyTorch and fused C++).
 
-A kernel computes only the recurrence, on fp32 contiguous tensors with B/C time-major:
+A kernel computes the recurrence, on fp32 contiguous tensors with B/C time-major, and the discretisation:
+  discretise(delta, delta_bias, softplus) -> dt         dt = softplus(delta + delta_bias), fp32 contiguous
   fwd(u, dt, A, Bt, Ct) -> (y, last_state)              y_t = C_t · h_t, h_t = exp(dt_t·A)·h_{t-1} + dt_t·u_t·B_t
   bwd(u, dt, A, Bt, Ct, dy) -> [du, ddt, dA, dBt, dCt]
 with u, dt, y, dy (batch, d_inner, L), A (d_inner, N), Bt, Ct (batch, G, L, N), last_state
-(batch, d_inner, N). This module does everything elementwise around it once for both kernels:
-delta bias and softplus, the D skip, the silu(z) gate, fp32 casts and casting results back.
+(batch, d_inner, N). This module does everything else elementwise around it once for both kernels:
+the D skip, the silu(z) gate, fp32 casts and casting results back.
 """
 from typing import Any, Optional, Tuple, Union
 
@@ -37,19 +38,18 @@ class SelectiveScanFunction(torch.autograd.Function):
                 D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                 softplus: bool) -> Tuple[Tensor, Tensor]:
         B4, C4 = check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-        dt = delta.float() if delta_bias is None else delta.float() + delta_bias.float()[:, None]
-        dt = (F.softplus(dt) if softplus else dt).contiguous()
+        dt = kernel.discretise(delta, delta_bias, softplus)
         uf = u.float().contiguous()
         y, last_state = kernel.fwd(uf, dt, A.float().contiguous(), _time_major(B4), _time_major(C4))
         if D is not None:
-            y = torch.addcmul(y, uf, D.float()[:, None])
-        gate = None if z is None else F.silu(z.float())
-        out = y if gate is None else y * gate
+            y.addcmul_(uf, D.float()[:, None])  # y is the kernel's fresh output
+        # The gate is not saved (backward recomputes it from z), so the gated output can take its buffer.
+        out = y if z is None else F.silu(z.float()).mul_(y)
         ctx.kernel = kernel
         ctx.softplus = softplus
         ctx.squeeze_b = B.dim() == 3
         ctx.squeeze_c = C.dim() == 3
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, None if gate is None else y)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, None if z is None else y)
         ctx.mark_non_differentiable(last_state)
         return out.to(u.dtype), last_state
 

@@ -17,6 +17,8 @@ from typing import List, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scan_args import discretise_delta
+
 logger = logging.getLogger(__name__)
 
 EXTENSION_NAME = "videomamba_selective_scan_cpu"
@@ -71,6 +73,13 @@ class FusedCpuKernel:
         if not extra:
             return A, Bt, Ct
         return F.pad(A, (0, extra)), F.pad(Bt, (0, extra)), F.pad(Ct, (0, extra))
+
+    def discretise(self, delta: Tensor, delta_bias: Optional[Tensor], softplus: bool) -> Tensor:
+        """Δ = softplus(delta + delta_bias) as fp32 contiguous (batch, d_inner, L), in one vectorised pass."""
+        if not softplus:
+            return discretise_delta(delta, delta_bias, softplus).contiguous()
+        bias = delta.new_empty(0) if delta_bias is None else delta_bias.float()
+        return self.module.delta_softplus(delta.float().contiguous(), bias)
 
     def fwd(self, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor) -> Tuple[Tensor, Tensor]:
         y, last_state = self.module.fwd(u, dt, *self._pad(A, Bt, Ct))

@@ -4,10 +4,12 @@ Same interface as the fused C++ extension (see `scan_autograd`), so one autograd
 both. No autograd graph is built; it materialises a few (batch, d_inner, L, N) fp32 tensors, which
 is fine for a fallback: the C++ kernel is the fast path.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .scan_args import discretise_delta
 
 
 def linear_scan(a: Tensor, x: Tensor) -> Tensor:
@@ -43,6 +45,11 @@ def _states(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor) -> Tuple[Tensor, Tenso
     Bx = _expand(Bt, u.shape[1])
     h = linear_scan(a, (dt * u)[..., None] * Bx)
     return a, Bx, h
+
+
+def discretise(delta: Tensor, delta_bias: Optional[Tensor], softplus: bool) -> Tensor:
+    """Δ = delta (+ delta_bias), softplus when asked, as fp32 contiguous (batch, d_inner, L)."""
+    return discretise_delta(delta, delta_bias, softplus).contiguous()
 
 
 def fwd(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor) -> Tuple[Tensor, Tensor]:

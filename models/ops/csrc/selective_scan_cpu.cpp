@@ -1,7 +1,7 @@
 // Fused selective-scan recurrence for CPU, forward and backward.
 //
-// Only the part that touches the (batch, dim, L, N) state lives here; the elementwise prologue
-// and epilogue (delta bias + softplus, D skip, silu(z) gate) run as vectorised ATen ops in
+// The part that touches the (batch, dim, L, N) state lives here, with the delta bias + softplus
+// prologue (`delta_softplus`); the D skip and silu(z) gate run as vectorised ATen ops in
 // models/ops/scan_autograd.py. Layout (prepared there): all tensors fp32 and contiguous;
 //   u, dt, dy: (batch, dim, L)     A: (dim, N)     Bt, Ct: (batch, G, L, N), time-major.
 // Forward:  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,  y_t = C_t . h_t.
@@ -55,7 +55,7 @@ inline float hsum(vf8 v) {
 
 // exp(x) per lane, relative error < 3e-7. x is clamped to [-87, 88]: decays below 1.6e-38 come
 // out as 1.6e-38 instead of a denormal or zero.
-inline vf8 exp8(vf8 x) {
+inline __attribute__((always_inline)) vf8 exp8(vf8 x) {
   x = x > splat(-87.0f) ? x : splat(-87.0f);
   x = x < splat(88.0f) ? x : splat(88.0f);
   // k = round(x / ln2) with the 1.5 * 2^23 trick (exact under round-to-nearest).
@@ -74,6 +74,39 @@ inline vf8 exp8(vf8 x) {
   // 2^k written straight into the exponent field; k + 127 stays within [1, 254].
   const vi8 bits = (__builtin_convertvector(kf, vi8) + 127) << 23;
   return p * (vf8)bits;  // vector cast = bit reinterpretation
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)) per lane, relative error < 4e-7 (that of exp8). With
+// e = exp(-|x|) in (0, 1] and s = e / (2 + e) <= 1/3, log1p(e) = 2 atanh(s), summed to s^19 (the rest
+// is below 1e-10). For x > 20 the log1p term is under half an ulp of x, so the result is x, as torch's
+// softplus (threshold 20) returns.
+inline __attribute__((always_inline)) vf8 softplus8(vf8 x) {
+  const vf8 zero = splat(0.0f);
+  const vf8 e = exp8(x > zero ? -x : x);
+  const vf8 s = e / (e + 2.0f), s2 = s * s;
+  vf8 p = splat(1.0f / 19.0f);
+  p = p * s2 + 1.0f / 17.0f;
+  p = p * s2 + 1.0f / 15.0f;
+  p = p * s2 + 1.0f / 13.0f;
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return (x > zero ? x : zero) + 2.0f * s * p;
+}
+
+SCAN_TARGET_CLONES
+void softplus_row(const float* x, float bias, int64_t L, float* out) {
+  int64_t t = 0;
+  for (; t + kLanes <= L; t += kLanes) store8(out + t, softplus8(load8(x + t) + bias));
+  if (t < L) {  // tail: through an 8-lane buffer padded with zeros
+    float buf[kLanes] = {0.0f};
+    std::memcpy(buf, x + t, (L - t) * sizeof(float));
+    store8(buf, softplus8(load8(buf) + bias));
+    std::memcpy(out + t, buf, (L - t) * sizeof(float));
+  }
 }
 
 // Pointers of one (batch, channel) row.
@@ -257,9 +290,31 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
   return {du, ddt, dA_rows.sum(0), dB_parts.sum(0), dC_parts.sum(0)};
 }
 
+// dt = softplus(delta + bias[channel]) for contiguous fp32 delta (batch, dim, L) and bias (dim) or empty:
+// the discretisation step of the scan in one vectorised pass (ATen's softplus is scalar log1p/exp).
+at::Tensor delta_softplus(const at::Tensor& delta, const at::Tensor& bias) {
+  TORCH_CHECK(delta.scalar_type() == at::kFloat && delta.is_contiguous() && delta.device().is_cpu() &&
+                  delta.dim() == 3,
+              "selective_scan_cpu: delta must be a contiguous fp32 CPU tensor (batch, dim, L)");
+  const int64_t dim = delta.size(1), L = delta.size(2);
+  const bool has_bias = bias.numel() > 0;
+  const at::Tensor b = bias.contiguous();
+  TORCH_CHECK(!has_bias || (b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == dim),
+              "selective_scan_cpu: delta_bias must be fp32 (dim,) or empty");
+  at::Tensor out = at::empty_like(delta);
+  const float* in = delta.data_ptr<float>();
+  const float* bp = has_bias ? b.data_ptr<float>() : nullptr;
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, delta.size(0) * dim, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) softplus_row(in + i * L, bp ? bp[i % dim] : 0.0f, L, o + i * L);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective-scan recurrence forward: (y, last_state)");
   m.def("bwd", &scan_bwd, "selective-scan recurrence backward: [du, ddt, dA, dBt, dCt]");
+  m.def("delta_softplus", &delta_softplus, "softplus(delta + bias) in one vectorised pass");
 }
