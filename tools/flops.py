@@ -7,8 +7,9 @@ are custom ops invisible to such counters, so they are replaced during counting 
 counted explicitly, per call (one call = one direction of one layer):
 
 * scan: 9·B·D·L·N (discretisation exp(δA), δ·B·u, the state update and the C readout), plus B·D·L for
-  the D skip and B·D·L for the z gate: the formula of the fvcore handles used by Vim/VMamba
-  (state-spaces/mamba issue #110);
+  the D skip and B·D·L for a z gate when the scan is given one: the formula of the fvcore handles used by
+  Vim/VMamba (state-spaces/mamba issue #110). Our mixer gates the sum of its two directions once, outside
+  the scan: like every elementwise op, that product is not counted;
 * causal conv1d: B·D·L·W multiply-adds (kernel width W).
 
 The official fvcore numbers saw only ``in_proj``, ``out_proj``, the patch embedding and the head (the
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                 report = count_flops(model, torch.empty(1, 3, frames, args.img_size, args.img_size, device="meta"))
                 rows.append(_row(arch, frames, args.img_size, report, paper=False))
     print("GFLOPs per view (batch 1), fvcore convention: 1 multiply-add = 1 FLOP; "
-          "scan = 9·B·D·L·N + B·D·L (D) + B·D·L (z) per direction per layer.")
+          "scan = 9·B·D·L·N + B·D·L (D) per direction per layer (+ B·D·L when a z gate is passed).")
     print(format_table(["model", "frames x size", "params (M)", "dense G", "conv1d G", "scan G", "total G",
                         "paper-convention G"], rows))
     print("paper-convention = in_proj + out_proj + patch embedding + head (what fvcore saw in the official code).")
