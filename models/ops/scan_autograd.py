@@ -29,8 +29,9 @@ def _cast(grad: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
 class SelectiveScanFunction(torch.autograd.Function):
     """Selective scan whose recurrence runs in `kernel`; the returned last state carries no gradient.
 
-    Saves, besides the inputs, Δ and the pre-gate output y (both (batch, d_inner, L)) so the
-    backward skips the softplus and the D skip; the recurrence itself is recomputed by the kernel.
+    Saves the inputs except delta, Δ (which replaces delta: backward needs only Δ) and, with a z gate, the
+    pre-gate output y (both (batch, d_inner, L)), so the backward skips the softplus and the D skip; the
+    recurrence itself is recomputed by the kernel.
     """
 
     @staticmethod
@@ -49,13 +50,14 @@ class SelectiveScanFunction(torch.autograd.Function):
         ctx.softplus = softplus
         ctx.squeeze_b = B.dim() == 3
         ctx.squeeze_c = C.dim() == 3
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, None if z is None else y)
+        ctx.delta_dtype = delta.dtype  # delta itself is not needed again: dt holds what backward uses
+        ctx.save_for_backward(u, A, B, C, D, z, delta_bias, dt, None if z is None else y)
         ctx.mark_non_differentiable(last_state)
         return out.to(u.dtype), last_state
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor, _dlast: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        u, delta, A, B, C, D, z, delta_bias, dt, y = ctx.saved_tensors
+        u, A, B, C, D, z, delta_bias, dt, y = ctx.saved_tensors
         B4 = B.unsqueeze(1) if ctx.squeeze_b else B
         C4 = C.unsqueeze(1) if ctx.squeeze_c else C
         uf = u.float().contiguous()
@@ -85,7 +87,7 @@ class SelectiveScanFunction(torch.autograd.Function):
             dB = dB.squeeze(1)
         if ctx.squeeze_c:
             dC = dC.squeeze(1)
-        return (None, _cast(du, u), _cast(ddt, delta), _cast(dA, A), _cast(dB, B), _cast(dC, C),
+        return (None, _cast(du, u), ddt.to(ctx.delta_dtype), _cast(dA, A), _cast(dB, B), _cast(dC, C),
                 _cast(dD, D), _cast(dz, z), _cast(ddelta_bias, delta_bias), None)
 
 
