@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from models.ops import causal_conv1d_fn, selective_scan_fn
 
-# Largest channel chunk (batch · channels · L elements) the lean inference path scans at once: 4 MB in fp32.
-LEAN_CHUNK_ELEMENTS = 1 << 20
+# Largest channel chunk (batch · channels · L elements) the lean inference path scans at once: 1 MB in fp32.
+LEAN_CHUNK_ELEMENTS = 1 << 18
 
 
 class BiMambaMixer(nn.Module):
@@ -142,12 +142,13 @@ class BiMambaMixer(nn.Module):
             u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
             x_dbl = x_proj(u.transpose(1, 2))
             dt, B, C = self._split_projection(x_dbl.flip(1) if reverse else x_dbl)
+            dt = dt.transpose(1, 2).contiguous()  # (B, dt_rank, L), read by every chunk's Δ projection
             step = max(1, LEAN_CHUNK_ELEMENTS // (u.shape[0] * u.shape[2]))
             for c in range(0, self.d_inner, step):
                 rows = slice(c, c + step)
                 y_c = selective_scan_fn(
                     u[:, rows].flip(-1) if reverse else u[:, rows],
-                    torch.matmul(dt_proj.weight[rows], dt.transpose(1, 2)), A[rows], B, C, D[rows].float(),
+                    torch.matmul(dt_proj.weight[rows], dt), A[rows], B, C, D[rows].float(),
                     delta_bias=dt_proj.bias[rows].float(), delta_softplus=True,
                 )
                 y[:, rows] += y_c.flip(-1) if reverse else y_c
