@@ -141,8 +141,11 @@ class BiMambaMixer(nn.Module):
             conv, x_proj, dt_proj, A, D = self._direction_params(suffix)
             u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
             x_dbl = x_proj(u.transpose(1, 2))
-            dt, B, C = self._split_projection(x_dbl.flip(1) if reverse else x_dbl)
+            dt, B, C = torch.split(x_dbl.flip(1) if reverse else x_dbl, [self.dt_rank, self.d_state, self.d_state],
+                                   dim=-1)
             dt = dt.transpose(1, 2).contiguous()  # (B, dt_rank, L), read by every chunk's Δ projection
+            # (B, N, L) views of time-major memory: the CPU scan takes them as they are, with no copy per chunk.
+            B, C = B.contiguous().transpose(1, 2), C.contiguous().transpose(1, 2)
             step = max(1, LEAN_CHUNK_ELEMENTS // (u.shape[0] * u.shape[2]))
             for c in range(0, self.d_inner, step):
                 rows = slice(c, c + step)

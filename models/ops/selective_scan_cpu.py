@@ -2,12 +2,13 @@
 
 Built once with torch.utils.cpp_extension on first use into `$TORCH_EXTENSIONS_DIR` when set,
 else `~/.cache/videomamba/torch_extensions`; torch rebuilds only when the source changes and
-serialises concurrent builds of the same directory with a lock file. Flags: -O3 only, never
--march=native; on x86-64 the hot loops carry an AVX2+FMA clone chosen at load time from the CPU's
+serialises concurrent builds of the same directory with a lock file. Flags: -O3 and, on Linux, -fopenmp;
+never -march=native; on x86-64 the hot loops carry an AVX2+FMA clone chosen at load time from the CPU's
 features, so a cached binary runs on any x86-64 (or aarch64) host.
 """
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 EXTENSION_NAME = "videomamba_selective_scan_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
-BUILD_FLAGS = ["-O3"]
+# OpenMP makes at::parallel_for (inlined from ATen's headers) run the rows on torch's threads. The extension
+# links libgomp.so.1 by name; torch, imported first, has already loaded its own libgomp.so.1, and the loader
+# reuses that one, so there is a single OpenMP runtime. Apple's clang has no -fopenmp: serial there.
+_OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
+BUILD_FLAGS = ["-O3", *_OPENMP_FLAGS]
+LINK_FLAGS = list(_OPENMP_FLAGS)
 
 LANES = 8  # the C++ loops work on 8-lane vectors: N is zero-padded to a multiple of this
 
@@ -50,6 +56,7 @@ def _build() -> ModuleType:
         name=EXTENSION_NAME,
         sources=[str(SOURCE)],
         extra_cflags=BUILD_FLAGS,
+        extra_ldflags=LINK_FLAGS,
         build_directory=str(directory),
         verbose=False,
     )

@@ -8,7 +8,8 @@
 //
 // One task is one (batch, channel) row: it walks time sequentially with the N-state in vector
 // registers, so no (batch, dim, L, N) tensor is ever allocated. Rows run in parallel with
-// at::parallel_for (respects torch.set_num_threads).
+// at::parallel_for (respects torch.set_num_threads). Its OpenMP body is inlined from ATen's headers,
+// so the extension is compiled with -fopenmp (see selective_scan_cpu.py); without it the loop is serial.
 // State loops use 8-lane vector types, so N must be a multiple of 8 (the caller pads with zeros);
 // N = 8 and 16 (every VideoMamba layer) are compiled with constant trip counts so the state and
 // its adjoint stay in registers. On x86-64 the row functions are cloned for x86-64-v3 (AVX2+FMA)
