@@ -96,9 +96,11 @@ class BiMambaMixer(nn.Module):
                 -torch.exp(A_log.float()), getattr(self, f"D{suffix}"))
 
     def _split_projection(self, x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x_proj output (B, L, dt_rank + 2N) -> dt (B, L, dt_rank) and B, C as contiguous (B, N, L)."""
+        """x_proj output (B, L, dt_rank + 2N) -> dt as contiguous (B, dt_rank, L) (the Δ projection's operand;
+        a strided one made MKL keep per-thread buffers) and B, C as (B, N, L) views of time-major memory,
+        which the CPU scans read without a copy (the CUDA glue makes them unit-stride along L itself)."""
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        return dt.transpose(1, 2).contiguous(), B.contiguous().transpose(1, 2), C.contiguous().transpose(1, 2)
 
     def _direction(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
         """One scan direction: x (B, d_inner, L) -> ungated SSM output (B, d_inner, L)."""
@@ -106,7 +108,7 @@ class BiMambaMixer(nn.Module):
         x = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu")
         dt, B, C = self._split_projection(x_proj(x.transpose(1, 2)))
         # delta = dt_proj without its bias (the scan adds it), computed straight into (B, d_inner, L) layout.
-        return selective_scan_fn(x, torch.matmul(dt_proj.weight, dt.transpose(1, 2)), A, B, C, D.float(),
+        return selective_scan_fn(x, torch.matmul(dt_proj.weight, dt), A, B, C, D.float(),
                                  delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -141,11 +143,7 @@ class BiMambaMixer(nn.Module):
             conv, x_proj, dt_proj, A, D = self._direction_params(suffix)
             u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
             x_dbl = x_proj(u.transpose(1, 2))
-            dt, B, C = torch.split(x_dbl.flip(1) if reverse else x_dbl, [self.dt_rank, self.d_state, self.d_state],
-                                   dim=-1)
-            dt = dt.transpose(1, 2).contiguous()  # (B, dt_rank, L), read by every chunk's Δ projection
-            # (B, N, L) views of time-major memory: the CPU scan takes them as they are, with no copy per chunk.
-            B, C = B.contiguous().transpose(1, 2), C.contiguous().transpose(1, 2)
+            dt, B, C = self._split_projection(x_dbl.flip(1) if reverse else x_dbl)  # shared by every chunk
             step = max(1, LEAN_CHUNK_ELEMENTS // (u.shape[0] * u.shape[2]))
             for c in range(0, self.d_inner, step):
                 rows = slice(c, c + step)

@@ -82,8 +82,8 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """Causal depthwise conv1d: the causal_conv1d CUDA kernel when usable, else F.conv1d.
 
     Backend "cuda" forced: ImportError with the install command when causal_conv1d is missing.
-    "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d, which also runs ``reverse`` natively;
-    the other backends run it on flipped copies.
+    "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d, or shifted multiply-adds for channels-last
+    input, and run ``reverse`` natively; the other backends run it on flipped copies.
     """
     _check(x, weight, activation)
     requested = get_backend()
