@@ -5,13 +5,16 @@ Formats (one sample per line, blank lines ignored, exactly these fields):
   regression      ``path value``                  value: float
   trimmed         ``path label duration``         duration in seconds (label int, or float for regression)
   frames          ``folder total_frames label``   SSV2 extracted frames
-A malformed line raises ``ListFileError`` naming the file and the 1-based line number.
+A malformed line raises ``ListFileError`` naming the file and the 1-based line number. ``read_list_lines`` is the
+lenient reader for checking tools: it keeps every line's exact bytes and reports malformed lines instead of raising.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 SPLIT_FILES = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}
 FORMATS = {
@@ -36,6 +39,17 @@ class ListEntry:
     total_frames: int | None = None
 
 
+@dataclass(frozen=True)
+class ListLine:
+    """One non-blank list line: 1-based ``number``, its exact bytes (line ending included) and either the parsed
+    ``entry`` or ``error``, what is wrong with it."""
+
+    number: int
+    raw: bytes
+    entry: ListEntry | None
+    error: str | None = None
+
+
 def list_file_path(data_path: str | os.PathLike, mode: str) -> Path:
     """The list file of ``mode`` ("train" | "validation" | "test") under ``data_path``."""
     if mode not in SPLIT_FILES:
@@ -54,10 +68,15 @@ def _parse_label(text: str, regression: bool) -> int | float:
     return float(text) if regression else int(text)
 
 
+def split_fields(line: str, split: str = " ") -> list[str]:
+    """The stripped fields of ``line``: any run of whitespace separates them when ``split`` is a space."""
+    return [p.strip() for p in (line.split() if split == " " else line.split(split))]
+
+
 def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regression: bool = False) -> ListEntry:
     """Parse one stripped list line of format ``fmt``; raises ``ValueError`` describing what is wrong."""
     fields = FORMATS[fmt]
-    parts = [p.strip() for p in (line.split() if split == " " else line.split(split))]
+    parts = split_fields(line, split)
     if len(parts) != len(fields) or not all(parts):
         raise ValueError(f"expected {len(fields)} fields '{' '.join(fields)}' separated by {split!r}")
     try:
@@ -77,27 +96,69 @@ def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regressi
         raise ValueError(f"bad value in '{' '.join(fields)}' ({e})") from None
 
 
-def read_list(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str = "",
-              regression: bool = False) -> list[ListEntry]:
-    """All entries of the list file at ``path`` in format ``fmt`` (see the module docstring)."""
+def read_list_lines(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str = "",
+                    regression: bool = False) -> list[ListLine]:
+    """Every non-blank line of the list at ``path``, parsed or with its error (malformed lines do not raise).
+
+    Lines are split as in text mode (``\\n``, ``\\r\\n`` or ``\\r``), so numbers match an editor's; a missing
+    file raises ``ListFileError``.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown list format {fmt!r}; expected one of {sorted(FORMATS)}")
     path = Path(path)
     if not path.is_file():
         raise ListFileError(f"{path}: list file not found")
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                entries.append(parse_line(line, fmt, split, prefix, regression))
-            except ValueError as e:
-                raise ListFileError(f"{path}:{number}: {e}: {line!r}") from None
-    if not entries:
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            lines.append(ListLine(number, raw, None, f"not UTF-8 text ({e.reason} at byte {e.start})"))
+            continue
+        if not line:
+            continue
+        try:
+            lines.append(ListLine(number, raw, parse_line(line, fmt, split, prefix, regression)))
+        except ValueError as e:
+            lines.append(ListLine(number, raw, None, f"{e}: {line!r}"))
+    return lines
+
+
+def read_list(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str = "",
+              regression: bool = False) -> list[ListEntry]:
+    """All entries of the list file at ``path`` in format ``fmt`` (see the module docstring)."""
+    lines = read_list_lines(path, fmt, split, prefix, regression)
+    for line in lines:
+        if line.entry is None:
+            raise ListFileError(f"{path}:{line.number}: {line.error}")
+    if not lines:
         raise ListFileError(f"{path}: no entries")
-    return entries
+    return [line.entry for line in lines]
+
+
+def guess_format(lines: Iterable[str], split: str = " ") -> tuple[str, bool]:
+    """``(format, regression)`` of a video list from its text lines: ``trimmed`` when most non-blank lines have 3
+    fields, else ``classification``; regression when a label of those lines is a number but not an integer.
+
+    Frame-folder lists (3 fields too) are never guessed: name that format explicitly.
+    """
+    rows = [split_fields(line, split) for line in lines if line.strip()]
+    counts = Counter(len(r) for r in rows)
+    width = counts.most_common(1)[0][0] if counts else 2
+    fmt = "trimmed" if width == 3 else "classification"
+    return fmt, any(_is_float_not_int(r[1]) for r in rows if len(r) == width and width >= 2)
+
+
+def _is_float_not_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 def read_paths(path: str | os.PathLike, split: str = " ", prefix: str = "") -> list[ListEntry]:
@@ -106,8 +167,7 @@ def read_paths(path: str | os.PathLike, split: str = " ", prefix: str = "") -> l
     if not path.is_file():
         raise ListFileError(f"{path}: list file not found")
     with open(path, encoding="utf-8") as f:
-        entries = [ListEntry(join_prefix(prefix, (line.split() if split == " " else line.split(split))[0].strip()), 0)
-                   for line in f if line.strip()]
+        entries = [ListEntry(join_prefix(prefix, split_fields(line, split)[0]), 0) for line in f if line.strip()]
     if not entries:
         raise ListFileError(f"{path}: no entries")
     return entries
