@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python t
 
 from tqdm import tqdm
 
-from datasets.lists import FORMATS, ListFileError, ListLine, guess_format, read_list_lines
+from datasets.lists import ListEntry, ListFileError, ListLine, guess_format, read_list_lines
 from datasets.readers import BACKENDS, PyAVReader, VideoDecodeError, is_url, open_video, resolve_backend
 from datasets.sampling import clip_indices
 from tools.build_list import VIDEO_EXTENSIONS
@@ -54,8 +54,8 @@ _SIGNATURES = {
 }
 HEAD_BYTES = 192
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
-# Reasons raised by datasets/readers.py's PyAV reader, in the order they are tried.
 _DECORD_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # "[04:23:00] src/video/x.cc:83: "
+# Reasons raised by datasets/readers.py's PyAV reader, in the order they are tried.
 _PYAV_REASONS = (("truncated", "truncated"), ("no video frames", "no_frames"), ("no video stream", "not_video"))
 
 
@@ -127,21 +127,20 @@ def mp4_truncation(path: str) -> str | None:
 
     Each box starts with its 32-bit size (1: a 64-bit size follows; 0: up to the end of the file). A box running
     past the end of the file, or no ``moov`` index box at all, means the file was not written or copied to the end.
+    Anything the walk cannot judge (a few bytes of trailing padding, an invalid size) gives None.
     """
     size, offset, seen = os.path.getsize(path), 0, set()
     with open(path, "rb") as f:
-        while offset < size:
+        while offset + 8 <= size:
             f.seek(offset)
             header = f.read(16)
-            if len(header) < 8:
-                return f"the file ends inside a box header at byte {offset}"
             box_size, kind = struct.unpack(">I4s", header[:8])
-            if box_size == 1:
-                box_size = struct.unpack(">Q", header[8:16])[0] if len(header) == 16 else 0
+            if box_size == 1 and len(header) == 16:
+                box_size = struct.unpack(">Q", header[8:16])[0]
             elif box_size == 0:
                 box_size = size - offset
             if box_size < 8:
-                return f"invalid size {box_size} of box {kind!r} at byte {offset}"
+                return None
             if offset + box_size > size:
                 return (f"box {kind.decode('latin-1')!r} at byte {offset} needs {box_size} bytes, "
                         f"the file has {size - offset} left")
@@ -151,15 +150,14 @@ def mp4_truncation(path: str) -> str | None:
 
 
 def diagnose(path: str, error: VideoDecodeError, backend: str) -> tuple[str, str]:
-    """(problem, reason) for a video the backend failed on, explained with the container and the PyAV reader."""
+    """(problem, reason) for a video the backend cannot open, explained with the container and the PyAV reader."""
     head = read_head(path)
     kind = container_kind(head)
     if kind is None:
         return "not_video", f"no known video container (file starts with {head[:12]!r}); {backend}: {error.reason}"
-    if kind == "mp4":
-        cut = mp4_truncation(path)
-        if cut is not None:
-            return "truncated", f"{cut}; {backend}: {error.reason}"
+    cut = mp4_truncation(path) if kind == "mp4" else None
+    if cut is not None:
+        return "truncated", f"{cut}; {backend}: {error.reason}"
     second = error
     if backend != "pyav":
         reader = PyAVReader(path)
@@ -221,15 +219,19 @@ def _inspect(path: str, config: ScanConfig) -> VideoReport:
         return VideoReport(path, *_late_frames(path, config.backend, e), num_frames, fps)
     finally:
         reader.close()
-    cut = mp4_truncation(path) if local and container_kind(read_head(path)) == "mp4" else None
-    if cut is not None:
-        return VideoReport(path, "truncated", cut, num_frames, fps)
     return VideoReport(path, None, "", num_frames, fps)
 
 
 def _late_frames(path: str, backend: str, error: VideoDecodeError) -> tuple[str, str]:
-    """The video opened but frames failed: truncated when its first frame decodes with a fresh reader."""
-    reader = open_video(path, backend)
+    """The video opened but frames failed: truncated when the file is cut short or its first frame decodes.
+
+    The first frame is tried with the PyAV reader, which decodes in order: decord's threaded decoder reads ahead,
+    so whether it reaches a corrupt packet before returning frame 0 varies from run to run.
+    """
+    cut = mp4_truncation(path) if container_kind(read_head(path)) == "mp4" else None
+    if cut is not None:
+        return "truncated", f"{cut}; {backend}: {error.reason}"
+    reader = PyAVReader(path)
     try:
         reader.get_frames([0])
     except VideoDecodeError:
@@ -272,32 +274,23 @@ def scan(paths: Sequence[str], check: Callable[[str], VideoReport], num_workers:
                         if progress is not None:
                             progress.update()
         except BrokenProcessPool:
-            for future, path in in_flight.items():  # finished before the crash: keep
+            for future, path in in_flight.items():
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    results[path] = future.result()
-            suspects = [path for path in in_flight.values() if path not in results]
-            logger.warning("a worker died (decoder crash?); re-checking %d files one process each", len(suspects))
-            for path in suspects:
-                results[path] = _run_isolated(path, check)
+                    results[path] = future.result()  # finished before the crash
+                else:
+                    logger.warning("a worker died (decoder crash?); re-checking %s in a process of its own", path)
+                    results[path] = _run_isolated(path, check)
                 if progress is not None:
                     progress.update()
     return {path: results[path] for path in paths}
 
 
 # ---------------------------------------------------------------- inputs and reports
-@dataclass(frozen=True)
-class _FolderEntry:
-    """A folder scan's stand-in for a list entry: only the path."""
-
-    path: str
-    duration: float | None = None
-
-
 def read_source(path: Path, fmt: str, split: str, prefix: str) -> Source:
     """The entries of one input: a list file's lines, or every video file under a folder (sorted)."""
     if path.is_dir():
         videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-        lines = [ListLine(k + 1, (str(v.relative_to(path)) + "\n").encode(), _FolderEntry(str(v)))
+        lines = [ListLine(k + 1, (str(v.relative_to(path)) + "\n").encode(), ListEntry(str(v), 0))
                  for k, v in enumerate(videos)]
         return Source(str(path), lines, is_folder=True)
     if not path.is_file():
@@ -323,8 +316,8 @@ def report_rows(source: Source, videos: dict[str, VideoReport], tolerance: float
                "duration": video.duration}
         listed = line.entry.duration
         if video.problem is None and listed is not None and abs(video.duration - listed) > tolerance:
-            row.update(problem="duration", reason=f"the list says {listed:g} s, the video lasts "
-                                                  f"{video.duration:.3f} s ({video.num_frames} frames at {video.fps:g} fps)")
+            row.update(problem="duration", reason=f"the list says {listed:g} s, the video lasts {video.duration:.3f} s "
+                                                  f"({video.num_frames} frames at {video.fps:g} fps)")
         rows.append(row)
     return rows
 
