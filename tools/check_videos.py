@@ -290,7 +290,7 @@ def read_source(path: Path, fmt: str, split: str, prefix: str) -> Source:
     """The entries of one input: a list file's lines, or every video file under a folder (sorted)."""
     if path.is_dir():
         videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-        lines = [ListLine(k + 1, (str(v.relative_to(path)) + "\n").encode(), ListEntry(str(v), 0))
+        lines = [ListLine(k + 1, os.fsencode(v.relative_to(path)) + b"\n", ListEntry(str(v), 0))
                  for k, v in enumerate(videos)]
         return Source(str(path), lines, is_folder=True)
     if not path.is_file():
@@ -358,7 +358,6 @@ def clean_targets(sources: Sequence[Source], out: Path) -> list[Path]:
 
 def write_clean(source: Source, target: Path) -> None:
     """The kept lines of ``source``, byte-for-byte and in order (folders: readable paths relative to the folder)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"".join(line.raw for line, row in zip(source.lines, source.rows) if row["keep"]))
 
 
@@ -377,7 +376,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="cleaned list (a file for one input, a folder for several)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report (every line) as JSON")
     parser.add_argument("--num_workers", type=int, default=1, help="decoding processes")
-    parser.add_argument("--video_backend", "--backend", dest="backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--video_backend", "--backend", dest="backend", choices=BACKENDS, default="auto",
+                        help="decoder, as in training (auto: decord when installed, else PyAV)")
     parser.add_argument("--sampling", choices=SAMPLINGS, default="sparse", help="test-view frame sampling")
     parser.add_argument("--num_frames", type=int, default=16, help="frames per test view")
     parser.add_argument("--test_num_segment", type=int, default=4, help="temporal test views")
@@ -405,6 +405,11 @@ def run(args: argparse.Namespace) -> tuple[list[Source], dict[str, VideoReport]]
     config = _validate(args)
     sources = [read_source(Path(p), args.format, args.split, args.prefix) for p in args.inputs]
     targets = clean_targets(sources, args.out) if args.out is not None else []
+    for folder in {t.parent for t in targets} | ({args.json.parent} if args.json is not None else set()):
+        try:  # before the scan, not after hours of it
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the output folder {folder} ({e.strerror})") from None
     paths = list(dict.fromkeys(line.entry.path for s in sources for line in s.lines if line.entry is not None))
     with tqdm(total=len(paths), desc="checking", unit="video", file=sys.stderr) as bar:
         videos = scan(paths, partial(check_video, config=config), args.num_workers, bar)
