@@ -83,9 +83,12 @@ def test_forward_composes_prenorm_residual_blocks():
         hidden = m.layers[0].mixer(_rms(residual, m.layers[0].norm.weight))
         residual = residual + hidden
         hidden = m.layers[1].mixer(_rms(residual, m.layers[1].norm.weight))
-        feature = _rms(residual + hidden, m.norm_f.weight)[:, 0]
+        tokens = _rms(residual + hidden, m.norm_f.weight)
+        feature = tokens[:, 0]
         logits = feature @ m.head.weight.T + m.head.bias
-        torch.testing.assert_close(m.forward_features(x), feature, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.forward_features(x), tokens, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.forward_head(m.forward_features(x), pre_logits=True), feature,
+                                   rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m(x), logits, rtol=1e-5, atol=1e-5)
 
 
