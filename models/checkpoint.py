@@ -159,7 +159,8 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "
 
 def read_state_dict(path: str | os.PathLike, model_key: str = "model|module",
                     model_prefix: str = "") -> dict[str, torch.Tensor]:
-    """The un-prefixed state dict of a checkpoint file: ``read_checkpoint``, ``extract_state_dict``, ``strip_prefixes``."""
+    """The un-prefixed state dict of a checkpoint file (``read_checkpoint``, ``extract_state_dict``,
+    ``strip_prefixes``)."""
     return strip_prefixes(extract_state_dict(read_checkpoint(path), model_key, path), model_prefix)
 
 

@@ -160,15 +160,16 @@ class MambaVideoBackbone(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's parameter groups: embeddings, one group per block, then everything after the blocks.
+        """timm's parameter groups: embeddings, one group per block, then (unmatched, so timm's last group)
+        everything after the blocks: final norm, head, decoders.
 
-        The groups are ``engines.optim.layer_id``'s layers (0, 1..depth, depth + 1), so timm's layer-decay
-        helpers give the official scales; ``coarse`` changes nothing (one block per group either way).
+        These are ``engines.optim.layer_id``'s layers (0, 1..depth, depth + 1), so timm's layer-decay helpers
+        give the official scales; ``coarse`` changes nothing (one block per group either way).
         """
         del coarse
         return {
             "stem": r"^cls_token|^pos_embed|^temporal_pos_embedding|^patch_embed",
-            "blocks": [(r"^layers\.(\d+)", None), (r"^(?!layers\.)", (99999,))],
+            "blocks": r"^layers\.(\d+)",
         }
 
     @torch.jit.ignore
@@ -208,7 +209,7 @@ class MambaVideoBackbone(nn.Module):
             raise ValueError("mask must keep the cls token (position 0) visible and leave the same number of "
                              f"visible tokens in every sample, got visible counts {visible.tolist()}")
 
-    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The sequence the blocks run on: ``pos_drop(embed(x))`` (B, 1 + L, C), or with a token ``mask``
         (bool (B, 1 + L), True = dropped, cls kept, equal count per sample) only the visible tokens in order."""
         tokens = self.pos_drop(self.embed(x))
@@ -272,7 +273,7 @@ class MambaVideoBackbone(nn.Module):
             output_fmt: "NCTHW" gives (B, C, T', H', W') maps, "NLC" (B, T'*H'*W', C) tokens (frame-major,
                 spatial-first within a frame); the cls token is split off either way.
             intermediates_only: return only the list of intermediates.
-            mask: optional token mask (see ``tokens``); only the visible tokens run through the blocks, so
+            mask: optional token mask (see ``prepare_tokens``); only the visible tokens run through the blocks, so
                 output_fmt must be "NLC" and L is the number of visible patch tokens.
 
         Returns:
@@ -282,9 +283,10 @@ class MambaVideoBackbone(nn.Module):
         if output_fmt not in ("NCTHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
         if mask is not None and output_fmt != "NLC":
-            raise ValueError("with a token mask only the visible tokens remain, which form no grid: use output_fmt='NLC'")
+            raise ValueError("with a token mask only the visible tokens remain, which form no grid: "
+                             "use output_fmt='NLC'")
         take, max_index = feature_take_indices(len(self.layers), indices)
-        tokens = self.tokens(x, mask)
+        tokens = self.prepare_tokens(x, mask)
         stop = max_index + 1 if stop_early else len(self.layers)
         last, streams = self._run_blocks(tokens, set(take), stop, need_last=not intermediates_only)
         if norm:
@@ -351,7 +353,7 @@ class VideoMamba(MambaVideoBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, T, H, W) -> final-normed tokens (B, 1 + T'*H'*W', embed_dim), cls first."""
-        last, _ = self._run_blocks(self.tokens(x))
+        last, _ = self._run_blocks(self.prepare_tokens(x))
         return self.norm_tokens(last)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -84,7 +84,7 @@ class VideoMambaPretrain(MambaVideoBackbone):
         last = len(self.layers) - 1
         inner = sorted(r for r in self.return_index if r != last)
         if last == 0:  # one block: the stream entering it is the (fp32) embedding itself
-            tokens = self.tokens(x, mask)
+            tokens = self.prepare_tokens(x, mask)
             streams = {-1: tokens.float() if self.layers[0].residual_in_fp32 else tokens}
         else:
             indices = sorted({*inner, last - 1})
