@@ -15,8 +15,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, resolve_pretrained_cfg
-from timm.models._pretrained import PretrainedCfg
+from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
 
 from models.checkpoint import checkpoint_filter_fn, extract_state_dict, read_state_dict, strip_prefixes
 

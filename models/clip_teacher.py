@@ -23,8 +23,13 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._pretrained import PretrainedCfg
+from timm.models import (
+    PretrainedCfg,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 
 from .checkpoint import inflate_patch_weight
 from .pos_embed import resample_abs_pos_embed
