@@ -1,4 +1,4 @@
-"""VideoMamba models; importing this package registers them with timm."""
+"""VideoMamba classifiers, pretraining students and CLIP teachers; importing this package registers them with timm."""
 from .videomamba import VideoMamba, videomamba_middle, videomamba_small, videomamba_tiny
 from .videomamba_pretrain import (
     VideoMambaPretrain,

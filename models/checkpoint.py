@@ -2,7 +2,9 @@
 
 ``checkpoint_filter_fn`` is pure: it adapts a state dict to a model's shapes (head dropping, 2D->3D patch
 embedding inflation, bicubic spatial / linear temporal position-table resampling) and returns a new dict.
-``load_finetune_checkpoint`` reads the file, finds and un-prefixes the state dict, filters and loads it.
+``read_state_dict`` reads a file and finds and un-prefixes its state dict; ``load_finetune_checkpoint`` (the
+``--finetune`` path) and ``timm.create_model(..., pretrained=True)`` (``models/build.py``) both read files with
+it and adapt them with ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
@@ -155,6 +157,13 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "
     return out
 
 
+def read_state_dict(path: str | os.PathLike, model_key: str = "model|module",
+                    model_prefix: str = "") -> dict[str, torch.Tensor]:
+    """The un-prefixed state dict of a checkpoint file (``read_checkpoint``, ``extract_state_dict``,
+    ``strip_prefixes``)."""
+    return strip_prefixes(extract_state_dict(read_checkpoint(path), model_key, path), model_prefix)
+
+
 def load_finetune_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
@@ -168,8 +177,7 @@ def load_finetune_checkpoint(
 
     Returns and logs a report: {"path", "missing_keys", "unexpected_keys"}.
     """
-    state_dict = extract_state_dict(read_checkpoint(path), model_key, path)
-    state_dict = strip_prefixes(state_dict, model_prefix)
+    state_dict = read_state_dict(path, model_key, model_prefix)
     state_dict = checkpoint_filter_fn(state_dict, model, delete_head=delete_head, orig_t_size=orig_t_size,
                                       inflate=inflate)
     result = model.load_state_dict(state_dict, strict=False)

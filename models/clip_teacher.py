@@ -6,18 +6,32 @@ QuickGELU, and a linear projection. Parameter names are OpenAI's (``conv1.weight
 ``transformer.resblocks.{i}.attn.in_proj_weight``, ``proj``...), so the visual state dict of an
 OpenAI checkpoint loads directly; ``tools/convert_clip.py`` writes such a file from OpenAI,
 open_clip or Hugging Face checkpoints.
+
+The teachers are timm models (``clip_b16``, ``clip_l14``, ``clip_l14_336``): ``timm.create_model("clip_b16",
+pretrained=True)`` loads ``pretrained_cfg_overlay=dict(file=...)`` when given, else ``$VIDEOMAMBA_CLIP_DIR``'s file;
+calling the functions directly also takes the weights' path as ``pretrained``.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.models import (
+    PretrainedCfg,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 
+from .checkpoint import inflate_patch_weight
 from .pos_embed import resample_abs_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -30,6 +44,8 @@ CLIP_ARCHS: dict[str, dict[str, Any]] = {
     "ViT-L/14": dict(input_resolution=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
     "ViT-L/14-336": dict(input_resolution=336, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
 }
+# Registered timm model name -> architecture.
+CLIP_VARIANTS: dict[str, str] = {"clip_b16": "ViT-B/16", "clip_l14": "ViT-L/14", "clip_l14_336": "ViT-L/14-336"}
 CLIP_FILE_NAMES: dict[str, str] = {
     "ViT-B/16": "vit_b16.pth",
     "ViT-L/14": "vit_l14.pth",
@@ -195,35 +211,21 @@ class CLIPTeacher(nn.Module):
         return x
 
 
-def inflate_conv_weight(weight: torch.Tensor, time_dim: int, center: bool = True) -> torch.Tensor:
-    """Turn a 2D patch kernel (width, 3, p, p) into a 3D one (width, 3, time_dim, p, p).
+def clip_checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: CLIPTeacher, center: bool = True,
+                              source: str = "state dict") -> dict[str, torch.Tensor]:
+    """Return OpenAI-named visual weights adapted to ``model`` (a new dict; the input is left untouched).
 
-    ``center`` puts the 2D kernel at the middle time step (zeros elsewhere); otherwise it is repeated and
-    divided by time_dim, so a static video gives the same tokens either way.
-    """
-    if center:
-        out = weight.new_zeros(weight.shape[0], weight.shape[1], time_dim, *weight.shape[2:])
-        out[:, :, time_dim // 2] = weight
-        return out
-    return weight.unsqueeze(2).repeat(1, 1, time_dim, 1, 1) / time_dim
-
-
-def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tensor], center: bool = True,
-                         source: str = "state dict") -> None:
-    """Load OpenAI-named visual weights strictly, adapting them to the model first.
-
-    A 2D ``conv1.weight`` or one with a different temporal size is inflated to the model's kernel_size, and
-    ``positional_embedding`` is bicubically resampled to the model's input resolution.
+    A 2D ``conv1.weight`` or one with another temporal size is inflated to the model's kernel_size
+    (``models.checkpoint.inflate_patch_weight``, "center" or "avg"), and ``positional_embedding`` is bicubically
+    resampled to the model's input resolution. Anything else that does not match exactly is a ValueError
+    naming ``source``, as the teacher is always loaded strictly.
     """
     sd = dict(state_dict)
     own = model.state_dict()
-    conv = sd.get("conv1.weight")
-    if conv is not None and conv.shape != own["conv1.weight"].shape:
-        if conv.ndim == 5 and conv.shape[2] == 1:
-            conv = conv[:, :, 0]
-        if conv.ndim == 4:
-            conv = inflate_conv_weight(conv, model.kernel_size, center=center)
-        sd["conv1.weight"] = conv
+    conv, want_conv = sd.get("conv1.weight"), own["conv1.weight"]
+    if conv is not None and conv.shape != want_conv.shape and conv.ndim in (4, 5) \
+            and conv.shape[:2] == want_conv.shape[:2] and conv.shape[-2:] == want_conv.shape[-2:]:
+        sd["conv1.weight"] = inflate_patch_weight(conv, model.kernel_size, "center" if center else "avg")
     pos = sd.get("positional_embedding")
     want = own["positional_embedding"].shape
     if pos is not None and pos.ndim == 2 and pos.shape[1] == want[1] and pos.shape[0] != want[0]:
@@ -240,7 +242,13 @@ def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tens
             f"shape mismatches {wrong[:5]}. Convert the weights for the right architecture with "
             "`python tools/convert_clip.py --src ... --arch ... --out ...`"
         )
-    model.load_state_dict(sd, strict=True)
+    return sd
+
+
+def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tensor], center: bool = True,
+                         source: str = "state dict") -> None:
+    """Load OpenAI-named visual weights strictly, adapted by ``clip_checkpoint_filter_fn``."""
+    model.load_state_dict(clip_checkpoint_filter_fn(state_dict, model, center=center, source=source), strict=True)
 
 
 def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Path:
@@ -282,33 +290,77 @@ def read_clip_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(sd)
 
 
+def _clip_cfg(resolution: int) -> dict[str, Any]:
+    """Default cfg of a teacher: no downloadable weights, OpenAI CLIP mean/std, frames of resolution² (any count)."""
+    return {
+        "url": "", "hf_hub_id": "", "num_classes": 0, "input_size": (3, resolution, resolution), "pool_size": None,
+        "crop_pct": 1.0, "interpolation": "bicubic", "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD,
+        "first_conv": "conv1", "classifier": None,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    variant: _clip_cfg(CLIP_ARCHS[arch]["input_resolution"]) for variant, arch in CLIP_VARIANTS.items()
+})
+
+
+def _teacher_weights(arch: str, variant: str, pretrained: str | os.PathLike | bool,
+                     cfg: PretrainedCfg) -> tuple[dict[str, torch.Tensor], Path | None]:
+    """The converted state dict to load and its file: a path given as ``pretrained``, else the cfg's in-memory
+    ``state_dict`` (no file) or ``file`` (``pretrained_cfg_overlay``), else ``$VIDEOMAMBA_CLIP_DIR``'s file."""
+    if pretrained is True or pretrained == "auto":
+        if cfg.state_dict is not None:
+            return dict(cfg.state_dict), None
+        path = resolve_clip_weights(arch, cfg.file or True)
+    else:
+        path = resolve_clip_weights(arch, pretrained)
+    logger.info("loading CLIP %s teacher weights from %s", arch, path)
+    return read_clip_weights(path), path
+
+
 def build_clip_teacher(arch: str, pretrained: str | os.PathLike | bool | None = None, center: bool = True,
                        frozen: bool = True, **kwargs: Any) -> CLIPTeacher:
-    """Build the named CLIP architecture, load converted weights when ``pretrained`` is given, freeze it.
+    """Build the named CLIP architecture with timm's builder, load converted weights when ``pretrained``, freeze it.
 
+    ``pretrained``: a path to converted weights, or True / "auto" for the file of
+    ``pretrained_cfg_overlay=dict(file=...)`` when given, else ``$VIDEOMAMBA_CLIP_DIR/<canonical name>``.
     kwargs are CLIPTeacher's (clip_norm_type, input_resolution, kernel_size, return_attn, clip_return_layer,
-    clip_return_interval, clip_return_cls) and override the architecture's sizes.
+    clip_return_interval, clip_return_cls), overriding the architecture's sizes, plus timm's ``pretrained_cfg``,
+    ``pretrained_cfg_overlay`` and ``cache_dir``. Weights load strictly through ``clip_checkpoint_filter_fn``.
     """
     if arch not in CLIP_ARCHS:
         raise ValueError(f"unknown CLIP architecture {arch!r}; choose one of {sorted(CLIP_ARCHS)}")
-    path = resolve_clip_weights(arch, pretrained) if pretrained else None
-    model = CLIPTeacher(**{**CLIP_ARCHS[arch], **kwargs})
-    if path is not None:
-        logger.info("loading CLIP %s teacher weights from %s", arch, path)
-        load_clip_state_dict(model, read_clip_weights(path), center=center, source=str(path))
+    variant = next(v for v, a in CLIP_VARIANTS.items() if a == arch)
+    cfg_arg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    filter_fn = None
+    if pretrained:
+        cfg = resolve_pretrained_cfg(variant, cfg_arg, overlay)
+        overlay["state_dict"], path = _teacher_weights(arch, variant, pretrained, cfg)
+        if path is not None:
+            overlay["file"] = str(path)
+        source = str(path) if path is not None else f"{variant} pretrained_cfg state_dict"
+        filter_fn = partial(clip_checkpoint_filter_fn, center=center, source=source)
+    model = build_model_with_cfg(
+        CLIPTeacher, variant, bool(pretrained), pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=filter_fn, kwargs_filter=("num_classes", "in_chans"), **{**CLIP_ARCHS[arch], **kwargs})
+    model.pretrained_cfg = model.default_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "state_dict"}
     return model.freeze() if frozen else model
 
 
+@register_model
 def clip_b16(pretrained: str | os.PathLike | bool | None = None, **kwargs: Any) -> CLIPTeacher:
     """CLIP ViT-B/16 teacher (width 768, 12 blocks, output 512); see ``build_clip_teacher``."""
     return build_clip_teacher("ViT-B/16", pretrained, **kwargs)
 
 
+@register_model
 def clip_l14(pretrained: str | os.PathLike | bool | None = None, **kwargs: Any) -> CLIPTeacher:
     """CLIP ViT-L/14 teacher (width 1024, 24 blocks, output 768); see ``build_clip_teacher``."""
     return build_clip_teacher("ViT-L/14", pretrained, **kwargs)
 
 
+@register_model
 def clip_l14_336(pretrained: str | os.PathLike | bool | None = None, **kwargs: Any) -> CLIPTeacher:
     """CLIP ViT-L/14 teacher at 336 px; see ``build_clip_teacher``."""
     return build_clip_teacher("ViT-L/14-336", pretrained, **kwargs)

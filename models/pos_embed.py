@@ -8,6 +8,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed as timm_resample_abs_pos_embed
 
 
 def resample_abs_pos_embed(
@@ -16,24 +17,19 @@ def resample_abs_pos_embed(
     num_prefix_tokens: int = 1,
     interpolation: str = "bicubic",
 ) -> torch.Tensor:
-    """Resize a (1, prefix + H*W, C) spatial table to (1, prefix + new_h*new_w, C).
+    """Resize a (1, prefix + H*W, C) square spatial table to (1, prefix + new_h*new_w, C).
 
-    The prefix (cls) tokens are kept; the square grid is interpolated in fp32 and cast back.
+    ``timm.layers.resample_abs_pos_embed`` without antialiasing: the official code interpolates with plain
+    ``F.interpolate(mode="bicubic", align_corners=False)`` (timm's antialiased default differs by O(1) when
+    upsampling). The prefix (cls) tokens are kept; the grid is interpolated in fp32 and cast back.
     """
     if pos_embed.ndim != 3:
         raise ValueError(f"expected a (1, tokens, C) position table, got shape {tuple(pos_embed.shape)}")
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    old = int(math.isqrt(grid.shape[1]))
-    if old * old != grid.shape[1]:
-        raise ValueError(f"position table has {grid.shape[1]} grid tokens, which is not a square grid")
-    new_h, new_w = new_size
-    if (old, old) == (new_h, new_w):
-        return pos_embed.clone()
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new_h, new_w), mode=interpolation, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    grid_tokens = pos_embed.shape[1] - num_prefix_tokens
+    if math.isqrt(grid_tokens) ** 2 != grid_tokens:
+        raise ValueError(f"position table has {grid_tokens} grid tokens, which is not a square grid")
+    return timm_resample_abs_pos_embed(pos_embed, list(new_size), num_prefix_tokens=num_prefix_tokens,
+                                       interpolation=interpolation, antialias=False, align_corners=False)
 
 
 def resample_temporal_pos_embed(pos_embed: torch.Tensor, new_t: int) -> torch.Tensor:

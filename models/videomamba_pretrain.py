@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from models.build import build_video_model, default_video_cfg
 from models.pos_embed import sinusoid_table
-from models.videomamba import MambaVideoBackbone, build_registered, default_video_cfg
+from models.videomamba import MODEL_SIZES, MambaVideoBackbone
 
 
 class LinearDecoder(nn.Module):
@@ -42,7 +43,10 @@ class VideoMambaPretrain(MambaVideoBackbone):
     depth-1, depth-1-s, ...: index depth-1 yields the residual stream entering the last block's mixer
     (unnormalised); every other index r yields ``norm`` of the stream entering block r+1. Features are
     stacked from the shallowest to the deepest, decoder k taking feature k.
+    ``forward_intermediates`` (with ``mask``) and ``norm_tokens`` use ``norm`` as the final norm.
     """
+
+    final_norm_name = "norm"
 
     def __init__(
         self,
@@ -71,24 +75,24 @@ class VideoMambaPretrain(MambaVideoBackbone):
         self.register_buffer("clip_pos_embed", sinusoid_table(num_tokens, decoder_dim), persistent=False)
         self.init_weights()
 
-    def _check_mask(self, mask: torch.Tensor, batch: int, tokens: int) -> None:
-        if mask.dtype != torch.bool or tuple(mask.shape) != (batch, tokens):
-            raise ValueError(f"mask must be bool of shape ({batch}, {tokens}), got {mask.dtype} {tuple(mask.shape)}")
-        visible = (~mask).sum(1)
-        if bool(mask[:, 0].any() | (visible != visible[0]).any()):
-            raise ValueError("mask must keep the cls token (position 0) visible and leave the same number of "
-                             f"visible tokens in every sample, got visible counts {visible.tolist()}")
-
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Aligned student features before the decoders: (K, B, N_visible, embed_dim)."""
-        tokens = self.embed(x)
-        B, N, C = tokens.shape
-        self._check_mask(mask, B, N)
-        visible = tokens[~mask].reshape(B, -1, C)
-        inner = {r + 1 for r in self.return_index if r != self.depth - 1}
-        _, last_residual, kept = self.run_blocks(visible, keep=inner)
-        features = [self.norm(kept[i].to(self.norm.weight.dtype)) for i in sorted(inner)]
-        features.append(last_residual)
+        """Aligned student features before the decoders: (K, B, N_visible, embed_dim).
+
+        Read from ``forward_intermediates`` on the visible tokens: ``norm`` of the output of each return index
+        but the last, then the raw output of block depth - 2 (the stream entering the last block).
+        """
+        last = len(self.layers) - 1
+        inner = sorted(r for r in self.return_index if r != last)
+        if last == 0:  # one block: the stream entering it is the (fp32) embedding itself
+            tokens = self.prepare_tokens(x, mask)
+            streams = {-1: tokens.float() if self.layers[0].residual_in_fp32 else tokens}
+        else:
+            indices = sorted({*inner, last - 1})
+            outputs = self.forward_intermediates(x, indices=indices, return_prefix_tokens=True, output_fmt="NLC",
+                                                 intermediates_only=True, mask=mask)
+            streams = {i: torch.cat([cls, patches], dim=1) for i, (patches, cls) in zip(indices, outputs)}
+        features = [self.norm_tokens(streams[r]) for r in inner]
+        features.append(streams[last - 1])
         return torch.stack(features)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,16 +110,24 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _build_student(size: str, pretrained: bool, **kwargs: Any) -> VideoMambaPretrain:
+    variant = f"videomamba_{size}_pretrain"
+    if kwargs.get("num_classes", 0):
+        raise ValueError(f"{variant} has no classifier; got num_classes={kwargs['num_classes']}")
+    return build_video_model(VideoMambaPretrain, variant, pretrained, kwargs_filter=("num_classes",),
+                             **{**MODEL_SIZES[size], **kwargs})
+
+
 @register_model
 def videomamba_tiny_pretrain(pretrained: bool = False, **kwargs: Any) -> VideoMambaPretrain:
-    return build_registered(VideoMambaPretrain, "videomamba_tiny_pretrain", "tiny", pretrained, **kwargs)
+    return _build_student("tiny", pretrained, **kwargs)
 
 
 @register_model
 def videomamba_small_pretrain(pretrained: bool = False, **kwargs: Any) -> VideoMambaPretrain:
-    return build_registered(VideoMambaPretrain, "videomamba_small_pretrain", "small", pretrained, **kwargs)
+    return _build_student("small", pretrained, **kwargs)
 
 
 @register_model
 def videomamba_middle_pretrain(pretrained: bool = False, **kwargs: Any) -> VideoMambaPretrain:
-    return build_registered(VideoMambaPretrain, "videomamba_middle_pretrain", "middle", pretrained, **kwargs)
+    return _build_student("middle", pretrained, **kwargs)

@@ -10,21 +10,13 @@ import torch
 import models  # noqa: F401  (registers the models with timm)
 
 from models.checkpoint import checkpoint_filter_fn, inflate_patch_weight, load_finetune_checkpoint
-from models.ops import get_backend, set_backend
 from models.pos_embed import resample_abs_pos_embed
 from models.videomamba import VideoMamba
 from models.videomamba_pretrain import VideoMambaPretrain
 
+pytestmark = pytest.mark.usefixtures("torch_backend")
+
 TINY = dict(img_size=32, patch_size=16, depth=1, embed_dim=16, num_frames=4, num_classes=5)
-
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    """Use the vectorised PyTorch scan so these tests do not depend on building the C++ kernel."""
-    previous = get_backend()
-    set_backend("torch")
-    yield
-    set_backend(previous)
 
 
 def _model(**overrides) -> VideoMamba:
@@ -163,6 +155,18 @@ def test_spatial_pos_embed_interpolation():
     torch.testing.assert_close(filtered, resample_abs_pos_embed(state["pos_embed"], (4, 4)))
     constant = dict(state, pos_embed=torch.full((1, 5, 16), 0.7))
     torch.testing.assert_close(checkpoint_filter_fn(constant, model_64)["pos_embed"], torch.full((1, 17, 16), 0.7))
+
+
+def test_spatial_resampling_is_the_official_bicubic():
+    """timm's resampler without antialiasing: F.interpolate(bicubic, align_corners=False) on the grid, cls kept."""
+    table = torch.randn(1, 1 + 3 * 3, 8).to(torch.bfloat16)
+    grid = table[:, 1:].float().reshape(1, 3, 3, 8).permute(0, 3, 1, 2)
+    for size in ((5, 5), (2, 2), (4, 6)):
+        want = torch.nn.functional.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+        want = torch.cat([table[:, :1], want.permute(0, 2, 3, 1).reshape(1, -1, 8).to(table.dtype)], dim=1)
+        assert torch.equal(resample_abs_pos_embed(table, size), want), size
+    with pytest.raises(ValueError, match="not a square grid"):
+        resample_abs_pos_embed(torch.zeros(1, 1 + 6, 8), (2, 2))
 
 
 def test_temporal_pos_embed_linear_interpolation(tmp_path, caplog):

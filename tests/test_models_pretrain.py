@@ -5,21 +5,13 @@ import torch
 import torch.nn.functional as F
 
 import models  # noqa: F401  (registers the models with timm)
-from models.ops import get_backend, set_backend
 from models.pos_embed import sinusoid_table
 from models.videomamba_pretrain import VideoMambaPretrain
 
+pytestmark = pytest.mark.usefixtures("torch_backend")
+
 TINY = dict(img_size=32, patch_size=16, depth=3, embed_dim=32, num_frames=4, clip_output_dim=24)
 N_TOKENS = 1 + 4 * 4
-
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    """Use the vectorised PyTorch scan so these tests do not depend on building the C++ kernel."""
-    previous = get_backend()
-    set_backend("torch")
-    yield
-    set_backend(previous)
 
 
 def _mask(batch: int, masked_per_sample: int, seed: int = 0) -> torch.Tensor:

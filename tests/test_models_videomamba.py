@@ -5,19 +5,11 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the models with timm)
-from models.ops import get_backend, set_backend
 from models.videomamba import VideoMamba
 
+pytestmark = pytest.mark.usefixtures("torch_backend")
+
 TINY = dict(img_size=32, patch_size=16, depth=2, embed_dim=32, num_frames=4, num_classes=5)
-
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    """Use the vectorised PyTorch scan so these tests do not depend on building the C++ kernel."""
-    previous = get_backend()
-    set_backend("torch")
-    yield
-    set_backend(previous)
 
 
 def _mixer_keys(prefix: str) -> set:
@@ -83,9 +75,12 @@ def test_forward_composes_prenorm_residual_blocks():
         hidden = m.layers[0].mixer(_rms(residual, m.layers[0].norm.weight))
         residual = residual + hidden
         hidden = m.layers[1].mixer(_rms(residual, m.layers[1].norm.weight))
-        feature = _rms(residual + hidden, m.norm_f.weight)[:, 0]
+        tokens = _rms(residual + hidden, m.norm_f.weight)
+        feature = tokens[:, 0]
         logits = feature @ m.head.weight.T + m.head.bias
-        torch.testing.assert_close(m.forward_features(x), feature, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.forward_features(x), tokens, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.forward_head(m.forward_features(x), pre_logits=True), feature,
+                                   rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m(x), logits, rtol=1e-5, atol=1e-5)
 
 
@@ -169,3 +164,25 @@ def test_pretrained_from_local_file(tmp_path):
                             img_size=32, num_frames=4, depth=1, embed_dim=16, num_classes=4)
     for key, value in src.state_dict().items():
         assert torch.equal(dst.state_dict()[key], value), key
+
+
+def test_norm_is_mambas_fp32_rmsnorm():
+    """timm's RmsNormFp32 computes Mamba's RMSNorm bit for bit: fp32 math, output in the input dtype."""
+    torch.manual_seed(4)
+    m = VideoMamba(**TINY)
+    norm = m.layers[0].norm
+    assert [n for n, _ in norm.named_parameters()] == ["weight"] and norm.eps == 1e-5
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+
+    def mamba_rms(x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight.float()).to(x.dtype)
+
+    x = 3 * torch.randn(2, 7, 32)
+    assert torch.equal(norm(x), mamba_rms(x))
+    xb = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(xb)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, mamba_rms(xb))
+        assert torch.equal(norm(x), mamba_rms(x))

@@ -1,0 +1,89 @@
+"""Building the VideoMamba classifiers and students through ``timm.models.build_model_with_cfg``.
+
+No model has downloadable weights: ``pretrained=True`` reads the local file named by
+``pretrained_cfg_overlay=dict(file=PATH)`` (or takes ``pretrained_cfg_overlay=dict(state_dict=...)``), and nothing
+is downloaded. Files are read by ``models.checkpoint.read_state_dict`` (official checkpoints: the state dict under
+``model``/``module``, ``module.``/``backbone.``/``encoder.`` prefixes, legacy pickles holding ``args``) and adapted
+by ``checkpoint_filter_fn`` (2D->3D patch kernels, spatial/temporal position tables, a head of another size is
+dropped), then loaded non-strictly, as ``--finetune`` does.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
+
+from models.checkpoint import checkpoint_filter_fn, extract_state_dict, read_state_dict, strip_prefixes
+
+
+def default_video_cfg(**kwargs: Any) -> dict[str, Any]:
+    """Default cfg: no downloadable weights (url/hf_hub_id empty), ImageNet mean/std, 8x224x224 clips.
+
+    ``input_size`` is (C, T, H, W); ``num_classes`` is the default head size (1000, as the constructor's).
+    """
+    return {
+        "url": "", "hf_hub_id": "", "num_classes": 1000, "input_size": (3, 8, 224, 224), "pool_size": None,
+        "crop_pct": 1.0, "interpolation": "bicubic", "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
+    }
+
+
+def pretrained_state_dict(cfg: PretrainedCfg, variant: str) -> dict[str, torch.Tensor]:
+    """The un-prefixed state dict a resolved cfg points at: its in-memory ``state_dict`` or its local ``file``."""
+    if cfg.state_dict is not None:
+        source = f"{variant} pretrained_cfg state_dict"
+        return strip_prefixes(extract_state_dict(cfg.state_dict, "model|module", source))
+    if cfg.file:
+        return read_state_dict(os.fspath(cfg.file))
+    raise ValueError(
+        f"{variant}: no downloadable weights are configured; pass a local checkpoint with "
+        f"pretrained_cfg_overlay=dict(file='/path/to/ckpt.pth') or build with pretrained=False and use "
+        f"models.checkpoint.load_finetune_checkpoint")
+
+
+def _channels(kwargs: dict[str, Any]) -> None:
+    """Map timm's ``in_chans`` onto the official constructor's ``channels`` (in place)."""
+    if "in_chans" in kwargs:
+        in_chans = kwargs.pop("in_chans")
+        if kwargs.setdefault("channels", in_chans) != in_chans:
+            raise ValueError(f"in_chans={in_chans} and channels={kwargs['channels']} disagree")
+
+
+def build_video_model(cls: type[nn.Module], variant: str, pretrained: bool = False,
+                      kwargs_filter: tuple[str, ...] = (), **kwargs: Any) -> nn.Module:
+    """Build ``cls`` for a registered variant with timm's builder; ``kwargs`` are the constructor's plus timm's
+    ``pretrained_cfg`` / ``pretrained_cfg_overlay`` / ``cache_dir``.
+
+    ``num_frames`` and ``img_size`` default to the cfg's ``input_size`` (C, T, H, W). timm's builder only knows image
+    sizes, so it is handed the frame size (C, H, W) and ``model.pretrained_cfg['input_size']`` is the clip size.
+    The head is the filter's business (kept when its shape matches, else dropped): the cfg handed to timm records
+    the model's own ``num_classes`` so that timm does not drop it by count.
+    """
+    cfg_arg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    cfg = resolve_pretrained_cfg(variant, cfg_arg, overlay)
+    clip_size = tuple(cfg.input_size)
+    _channels(kwargs)
+    kwargs.setdefault("num_frames", clip_size[1])
+    overlay["input_size"] = (clip_size[0], *clip_size[-2:])
+    if pretrained:
+        overlay["state_dict"] = pretrained_state_dict(cfg, variant)
+        overlay["num_classes"] = kwargs.get("num_classes", cfg.num_classes)
+    model = build_model_with_cfg(
+        cls, variant, pretrained, pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False,
+        kwargs_filter=("in_chans", *kwargs_filter), **kwargs)
+    model.pretrained_cfg = model.default_cfg = _public_cfg(model.pretrained_cfg, input_size=clip_size)
+    return model
+
+
+def _public_cfg(cfg: Mapping[str, Any], **updates: Any) -> dict[str, Any]:
+    """The cfg kept on the model: without the in-memory state dict (which would pin a copy of the weights)."""
+    out = {k: v for k, v in cfg.items() if k != "state_dict"}
+    out.update(updates)
+    return out
