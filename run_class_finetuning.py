@@ -47,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="videomamba_tiny", type=str)
     model.add_argument("--orig_t_size", type=int, default=8)
     model.add_argument("--fc_drop_rate", type=float, default=0.0)
-    model.add_argument("--drop", type=float, default=0.0)
+    model.add_argument("--drop", type=float, default=0.0,
+                       help="dropout after the position embeddings (the official script parses but ignores it)")
     model.add_argument("--drop_path", type=float, default=0.1)
     model.add_argument("--disable_eval_during_finetuning", action="store_true", default=False)
     model.add_argument("--model_ema", action="store_true", default=False)

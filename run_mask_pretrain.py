@@ -121,8 +121,8 @@ def build_teacher(args: argparse.Namespace) -> torch.nn.Module:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     info, writer = start_run(args)
     report_ignored(args)
+    teacher = build_teacher(args).to(info.device)  # first: a missing teacher file fails before the student is built
     student = build_student(args)
-    teacher = build_teacher(args).to(info.device)
     task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
                             args.clip_input_resolution, args.clip_input_norm)
     dataset = build_pretraining_dataset(args)

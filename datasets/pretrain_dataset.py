@@ -4,8 +4,8 @@ Frames follow the official pretraining loader (``datasets.sampling``): with ``nu
 from each of ``num_segments`` equal segments (``pretrain_segment_indices``; ``num_segments`` must equal
 ``num_frames``), else ``num_frames`` frames ``sampling_rate`` apart from a random start (``pretrain_clip_indices``).
 The transform does the multi-scale crop, optional colour jitter and flip, and normalisation; ``mask_generator`` is
-None for ``--mask_type attention`` (the engine masks from the teacher), and the "mask" key is then absent. Unreadable files follow the training bad-input policy of
-``datasets.video_dataset``.
+None for ``--mask_type attention`` (the engine masks from the teacher), and the "mask" key is then absent.
+Unreadable files follow the training bad-input policy of ``datasets.video_dataset``.
 """
 from __future__ import annotations
 

@@ -48,9 +48,11 @@ def fetch_checkpoint(path_or_url: str | os.PathLike, check_hash: bool = True) ->
     _logger.info("downloading %s to %s", text, cached)
     try:
         torch.hub.download_url_to_file(text, str(cached), hash_prefix=match.group(1) if match else None)
-    except (OSError, RuntimeError) as err:
+    except OSError as err:
         raise RuntimeError(f"cannot download checkpoint {text} ({err}). Offline? Fetch it on a connected machine "
                            f"and pass the local file, or copy it to {cached}") from err
+    except RuntimeError as err:  # the file's SHA-256 does not start with the prefix in its name
+        raise RuntimeError(f"checkpoint {text}: {err}") from err
     return cached
 
 

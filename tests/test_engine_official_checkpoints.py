@@ -99,6 +99,14 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
         assert group["weight_decay"] == (0.05 if decayed else 0.0), name
     for key, value in ema.items():
         torch.testing.assert_close(ema_model.module.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # checkpoints written before issue 12 keep the EMA under "ema"
+    legacy = torch.load(path, weights_only=False)
+    legacy["ema"] = {k: v - 1.0 for k, v in legacy.pop("model_ema").items()}
+    torch.save(legacy, tmp_path / "legacy.pth")
+    ours_args.resume = str(tmp_path / "legacy.pth")
+    resume(ours_args, runtime, ema_model)
+    for key, value in legacy["ema"].items():
+        torch.testing.assert_close(ema_model.module.state_dict()[key], value, rtol=0, atol=0, msg=key)
     # the resumed optimiser steps
     for param in ours.values():
         param.grad = torch.ones_like(param)

@@ -81,10 +81,10 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
 
 def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    _run(_argv(video_set, full, "--epochs", "3", "--disable_eval_during_finetuning"))
+    _run(_argv(video_set, full, "--epochs", "3", "--disable_eval_during_finetuning", "--model_ema"))
     resumed.mkdir()
     shutil.copy(full / "checkpoint-0.pth", resumed / "checkpoint-0.pth")  # what a run killed in epoch 1 leaves
-    result = _run(_argv(video_set, resumed, "--epochs", "3", "--disable_eval_during_finetuning"))
+    result = _run(_argv(video_set, resumed, "--epochs", "3", "--disable_eval_during_finetuning", "--model_ema"))
     assert [r["epoch"] for r in result["history"]] == [1, 2]
     # without --test_best the final weights get the multi-view test, logged with the official keys
     last = json.loads((resumed / "log.txt").read_text().splitlines()[-1])
@@ -94,6 +94,9 @@ def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    assert "ema" not in a  # the official key
+    for key, value in a["model_ema"].items():
+        torch.testing.assert_close(b["model_ema"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_deepspeed_and_plain_paths_train_the_same(video_set, tmp_path, monkeypatch):
@@ -131,3 +134,22 @@ def test_regression_mode_reports_mse(video_set, tmp_path):
     assert result["best"] == result["history"][0]["val_mse"]
     with pytest.raises(SystemExit, match="--task regression"):
         _run(_argv(data, tmp_path / "bad", "--epochs", "1", "--nb_classes", "1"))
+
+
+def test_k710_checkpoint_into_600_classes_needs_label_map(tmp_path):
+    """--finetune of a Kinetics-710 checkpoint: 400 classes keep the first rows, 600 need --label_map."""
+    base = ["--model", "videomamba_tiny", "--depth", "1", "--embed_dim", "16", "--num_frames", "2",
+            "--input_size", "32", "--tubelet_size", "1", "--finetune", str(tmp_path / "k710.pth")]
+    parse = run_class_finetuning.get_args_parser().parse_args
+    source = run_class_finetuning.build_model(parse(base[:-2] + ["--nb_classes", "710"]))
+    torch.save({"model": source.state_dict()}, tmp_path / "k710.pth")
+    head = source.head.weight.detach()
+    k400 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "400"]))
+    assert torch.equal(k400.head.weight.detach(), head[:400])
+    with pytest.raises(ValueError, match="needs --label_map"):
+        run_class_finetuning.build_model(parse(base + ["--nb_classes", "600"]))
+    rows = list(range(110, 710))
+    (tmp_path / "label_mixto600.json").write_text(json.dumps(rows))
+    k600 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "600", "--label_map",
+                                                          str(tmp_path / "label_mixto600.json")]))
+    assert torch.equal(k600.head.weight.detach(), head[110:])
