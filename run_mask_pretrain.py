@@ -19,6 +19,7 @@ import torch
 
 import models
 from datasets.build import build_pretraining_dataset
+from datasets.collate import multiple_samples_collate
 from datasets.masking import MASK_TYPES
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
                          report_ignored, str2bool)
@@ -76,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "1: --num_frames frames --sampling_rate apart from a random start")
     add_ignored(data, "--use_decord", default=True)
     aug = parser.add_argument_group("augmentation")
-    aug.add_argument("--num_sample", type=int, default=1)
+    aug.add_argument("--num_sample", type=int, default=1, help="repeated augmentation: clips per decoded video")
     aug.add_argument("--flip", type=str2bool, default=False)
     aug.add_argument("--color_jitter", type=float, default=0.0,
                      help="> 0: brightness/contrast/saturation jitter of this strength, drawn per frame")
@@ -126,7 +127,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
                             args.clip_input_resolution, args.clip_input_norm)
     dataset = build_pretraining_dataset(args)
-    loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True)
+    collate = multiple_samples_collate if args.num_sample > 1 else None
+    loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True, collate_fn=collate)
     steps_per_epoch = len(loader) // args.update_freq
     if steps_per_epoch == 0:
         raise SystemExit(f"{args.data_path}: {len(dataset)} videos are fewer than one step of batch_size "

@@ -8,7 +8,7 @@
   frame folders), filename_tmpl, max_bad_fraction (default 0.1), max_retries (default 10), plus whatever the
   transform builders of ``datasets.transforms`` read.
 ``build_pretraining_dataset(args)`` reads data_path (a list file, or a folder holding train.csv), prefix, split,
-  num_frames, sampling_rate, num_segments, video_backend, max_bad_fraction, max_retries, and the args of
+  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, and the args of
   ``build_pretrain_transform`` / ``build_mask_generator``.
 """
 from __future__ import annotations
@@ -113,4 +113,5 @@ def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
         max_retries=getattr(args, "max_retries", 10),
         max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
         num_segments=getattr(args, "num_segments", 1),
+        num_sample=getattr(args, "num_sample", 1),
     )

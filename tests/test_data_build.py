@@ -3,6 +3,7 @@ each item decodes, per-view tagging, trimmed windows, repeated augmentation and 
 import importlib.util
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -256,6 +257,16 @@ def test_pretraining_dataset(media, tmp_path, raw_transforms):
     assert set(item) == {"video"}
     idx = indices_of(item["video"])[0]
     assert idx == [idx[0] + 4 * k for k in range(8)] and 0 <= idx[0] <= 60 - 32  # stride 4 from a random start
+    # --num_sample 2: two clips of one decode, each with its own mask, flattened by the collate
+    args.mask_type, args.num_sample = "random", 2
+    ds = build_pretraining_dataset(args)
+    np.random.seed(0)
+    items = [ds[0], ds[1]]
+    assert items[0]["video"].shape == (2, 3, 8, 32, 32) and items[0]["mask"].shape == (2, 8 * 2 * 2)
+    assert torch.equal(items[0]["video"][0], items[0]["video"][1])  # the raw test transform: same decode
+    assert not torch.equal(items[0]["mask"][0], items[0]["mask"][1])
+    batch = multiple_samples_collate(items)
+    assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["mask"].shape == (4, 32)
     args.num_segments = 4
     with pytest.raises(ValueError, match="--num_segments 4"):
         build_pretraining_dataset(args)
