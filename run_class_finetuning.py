@@ -2,8 +2,13 @@
 
 Examples (from the repository root):
   python run_class_finetuning.py --model videomamba_tiny --data_path lists/ --nb_classes 400 --output_dir out/ ...
-  python run_class_finetuning.py ... --eval --resume out/checkpoint-best.pth     # multi-view test only
+  python run_class_finetuning.py ... --eval --resume out/checkpoint-best.pth     # validation + multi-view test
 Launch on GPUs with ``torchrun --nproc_per_node N`` or slurm ``srun``; add ``--enable_deepspeed`` for DeepSpeed.
+
+As in the official script, training always ends with the multi-view test (of ``checkpoint-best`` with
+``--test_best``, else of the final weights), logged to ``log.txt`` as ``{"Final top-1": ..., "Final Top-5": ...}``
+(regression: ``"Final MSE Loss"``). ``--eval`` tests ``checkpoint-best`` with ``--test_best``, else ``--resume``,
+else the newest checkpoint of ``--output_dir`` (not with ``--no_auto_resume``), else the ``--finetune`` weights.
 """
 from __future__ import annotations
 
@@ -20,13 +25,14 @@ from datasets.build import build_dataset
 from datasets.collate import multiple_samples_collate
 from datasets.mixup import build_mixup_fn
 from engines import checkpoint as ckpt
-from engines.cli import add_data_args, add_model_size_args, add_optim_args, add_runtime_args
+from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
+                         report_ignored)
 from engines.evaluate import evaluate
 from engines.fit import append_log, build_ema, build_runtime, fit, resume, scale_lrs
 from engines.multiview import multiview_test
 from engines.session import make_loader, start_run
 from engines.tasks import ClassificationTask, RegressionTask
-from models.checkpoint import load_finetune_checkpoint
+from models.checkpoint import load_finetune_checkpoint, read_label_map
 from utils.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
@@ -41,28 +47,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="videomamba_tiny", type=str)
     model.add_argument("--orig_t_size", type=int, default=8)
     model.add_argument("--fc_drop_rate", type=float, default=0.0)
-    model.add_argument("--drop", type=float, default=0.0)
+    model.add_argument("--drop", type=float, default=0.0,
+                       help="dropout after the position embeddings (the official script parses but ignores it)")
     model.add_argument("--drop_path", type=float, default=0.1)
     model.add_argument("--disable_eval_during_finetuning", action="store_true", default=False)
     model.add_argument("--model_ema", action="store_true", default=False)
     model.add_argument("--model_ema_decay", type=float, default=0.9999)
     model.add_argument("--model_ema_force_cpu", action="store_true", default=False)
+    add_ignored(model, "--attn_drop_rate", type=float, default=0.0)
+    add_ignored(model, "--use_learnable_pos_emb", switch=True)
+    add_ignored(model, "--init_scale", type=float, default=0.001)
+    add_ignored(model, "--use_mean_pooling", switch=True, default=True)
+    add_ignored(model, "--use_cls", switch=False, dest="use_mean_pooling")
     add_model_size_args(parser)
-    add_optim_args(parser, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
+    add_optim_args(parser, lr=1e-3, min_lr=1e-6, warmup_epochs=5, layer_decay=0.75)
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--num_sample", type=int, default=2, help="repeated augmentation")
     aug.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
     aug.add_argument("--smoothing", type=float, default=0.1)
     aug.add_argument("--train_crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
                      help="area range of the training random resized crop (timm's --scale)")
-    aug.add_argument("--crop_pct", type=float, default=None, help="accepted for the official launchers; unused")
+    add_ignored(aug, "--color_jitter", type=float, default=0.4)
+    add_ignored(aug, "--crop_pct", type=float, default=None)
     aug.add_argument("--short_side_size", type=int, default=224)
     aug.add_argument("--test_num_segment", type=int, default=5)
     aug.add_argument("--test_num_crop", type=int, default=3)
     aug.add_argument("--reprob", type=float, default=0.25)
     aug.add_argument("--remode", type=str, default="pixel")
     aug.add_argument("--recount", type=int, default=1)
-    aug.add_argument("--resplit", action="store_true", default=False, help="accepted for the official launchers; unused")
+    add_ignored(aug, "--resplit", switch=True)
     aug.add_argument("--mixup", type=float, default=0.8)
     aug.add_argument("--cutmix", type=float, default=1.0)
     aug.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
@@ -74,16 +87,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     ft.add_argument("--delete_head", action="store_true")
     ft.add_argument("--model_key", default="model|module", type=str)
     ft.add_argument("--model_prefix", default="", type=str)
+    ft.add_argument("--label_map", default=None, type=str,
+                    help="JSON list of the checkpoint's head rows to keep, in class order (710-class checkpoints "
+                         "fine-tuned to 600/700 classes: the official k710/label_mixto600.json / ...700.json)")
     add_data_args(parser, num_frames=16, sampling_rate=4)
     data = parser.add_argument_group("data set")
-    data.add_argument("--data_set", default="Kinetics", type=str)
+    data.add_argument("--data_set", default="Kinetics", type=str,
+                      help="Kinetics, Kinetics_sparse, mitv1_sparse, SSV2, UCF101, HMDB51, LVU, Breakfast, COIN")
+    data.add_argument("--filename_tmpl", default="img_{:05}.jpg", type=str)
+    data.add_argument("--use_decord", action="store_true", default=True)
+    data.add_argument("--no_use_decord", action="store_false", dest="use_decord",
+                      help="SSV2 from extracted frame folders (line format: folder, frame count, label)")
+    add_ignored(data, "--eval_data_path", type=str, default=None)
+    add_ignored(data, "--num_segments", type=int, default=1)
     data.add_argument("--nb_classes", default=400, type=int)
     data.add_argument("--trimmed", type=int, default=60)
     data.add_argument("--time_stride", type=int, default=16)
     add_runtime_args(parser, save_ckpt_freq=100)
     run = parser.add_argument_group("evaluation")
-    run.add_argument("--test_best", action="store_true", help="multi-view test of checkpoint-best after training")
-    run.add_argument("--eval", action="store_true", help="only evaluate (--resume, newest checkpoint or --finetune)")
+    run.add_argument("--test_best", action="store_true",
+                     help="the final multi-view test (and --eval) uses checkpoint-best instead of the final weights")
+    run.add_argument("--eval", action="store_true",
+                     help="only evaluate: checkpoint-best with --test_best, else --resume, else the newest checkpoint "
+                          "of --output_dir (unless --no_auto_resume), else --finetune")
     run.add_argument("--dist_eval", action="store_true", default=False, help="shard validation over ranks")
     return parser
 
@@ -110,17 +136,33 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         kwargs["embed_dim"] = args.embed_dim
     model = timm.create_model(args.model, **kwargs)
     if args.finetune:
+        label_map = read_label_map(args.label_map) if args.label_map else None
         load_finetune_checkpoint(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
-                                 delete_head=args.delete_head, orig_t_size=args.orig_t_size)
+                                 delete_head=args.delete_head, orig_t_size=args.orig_t_size, label_map=label_map)
     logger.info("model %s: %d parameters", args.model, sum(p.numel() for p in model.parameters()))
     return model
 
 
-def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, weights: Path | None) -> dict | None:
-    """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of the given weights."""
+def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[str, Any]:
+    """The log.txt line of a multi-view test: the official keys ("Final top-1", "Final Top-5" or
+    "Final MSE Loss") followed by ours (``test_*``, the weights tested)."""
+    if task_name == "classification":
+        record: dict[str, Any] = {"Final top-1": result.get("acc1"), "Final Top-5": result.get("acc5")}
+    else:
+        record = {"Final MSE Loss": result.get("mse")}
+    record.update({f"test_{k}": v for k, v in result.items() if k != "incomplete"})
+    record["test_weights"] = weights
+    return record
+
+
+def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, weights: Path | None,
+             description: str) -> dict | None:
+    """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of ``weights`` (None: the
+    weights the runtime holds, named by ``description``)."""
     if weights is not None:
-        runtime.load(weights)
-        logger.info("multi-view test of %s", weights)
+        runtime.load(weights, model_only=True)
+        description = str(weights)
+    logger.info("multi-view test of %s", description)
     dataset, _ = build_dataset(is_train=False, test_mode=True, args=args)
     loader = make_loader(dataset, args, info, train=False, batch_size=args.batch_size, shard=True)
     out = Path(args.output_dir) if args.output_dir else None
@@ -132,13 +174,43 @@ def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, 
                    else f"MSE {result.get('mse', float('nan')):.4f}")
         print(f"multi-view test: {summary} over {result['num_videos']} videos "
               f"({result['missing']} missing, {len(result['incomplete'])} incomplete windows)")
-        append_log(args.output_dir, {f"test_{k}": v for k, v in result.items() if k != "incomplete"})
+        append_log(args.output_dir, final_record(task.name, result, description))
     return result
+
+
+def evaluate_only(args: argparse.Namespace, model: torch.nn.Module, task: Any, info: DistInfo,
+                  val_loader: Any) -> dict[str, Any]:
+    """``--eval``: validation (unless --disable_eval_during_finetuning) and the multi-view test of the weights
+    chosen by ``checkpoint_to_evaluate`` (else the --finetune weights)."""
+    try:
+        weights = ckpt.checkpoint_to_evaluate(args.output_dir, args.resume, args.test_best, args.enable_deepspeed,
+                                              search=args.auto_resume)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from err
+    if weights is not None:
+        description = str(weights)
+    elif args.finetune:
+        description = f"--finetune {args.finetune}"
+    else:
+        description = "randomly initialised weights (no --resume, checkpoint in --output_dir or --finetune)"
+    logger.info("--eval: evaluating %s", description)
+    runtime = build_runtime(args, model, info)
+    if weights is not None:
+        runtime.load(weights, model_only=True)
+    results: dict[str, Any] = {"weights": description}
+    if val_loader is not None:
+        results["val"] = evaluate(runtime, task, val_loader, reduce=args.dist_eval)
+        logger.info("validation: %s", results["val"])
+        if info.is_main:
+            append_log(args.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
+    results["test"] = run_test(args, runtime, task, info, None, description)
+    return results
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     info, writer = start_run(args)
+    report_ignored(args)
     task: Any
     if args.task == "regression":
         task = RegressionTask()
@@ -146,26 +218,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         task = ClassificationTask(args.nb_classes, args.smoothing, build_mixup_fn(args))
     logger.info("task: %s", task.name)
     model = build_model(args)
-    ema = None
-    results: dict[str, Any] = {}
     val_loader = None
     if not args.disable_eval_during_finetuning:
         val_set, _ = build_dataset(is_train=False, test_mode=False, args=args)
         val_loader = make_loader(val_set, args, info, train=False, batch_size=int(1.5 * args.batch_size),
                                  shard=args.dist_eval)
     if args.eval:
-        runtime = build_runtime(args, model, info)
-        state = resume(args, runtime, ema)
-        if state.resumed_from is None and not args.finetune:
-            logger.warning("--eval without --resume, a checkpoint in --output_dir or --finetune: "
-                           "evaluating randomly initialised weights")
-        if val_loader is not None:
-            results["val"] = evaluate(runtime, task, val_loader, reduce=args.dist_eval)
-            logger.info("validation: %s", results["val"])
-            if info.is_main:
-                append_log(args.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
-        results["test"] = run_test(args, runtime, task, info, None)
-        return results
+        return evaluate_only(args, model, task, info, val_loader)
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
     collate = multiple_samples_collate if args.num_sample > 1 else None
     train_loader = make_loader(train_set, args, info, train=True, batch_size=args.batch_size, shard=True,
@@ -180,16 +239,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     state = resume(args, runtime, ema)
     validate = (lambda: evaluate(runtime, task, val_loader, reduce=args.dist_eval)) if val_loader is not None else None
     state = fit(args, runtime, task, train_loader, steps_per_epoch, info, ema, validate, writer, state)
-    results["best"] = state.best
-    results["history"] = state.history
+    results: dict[str, Any] = {"best": state.best, "history": state.history}
+    best = None
     if args.test_best:
-        best = None
-        if args.output_dir:
-            best = Path(args.output_dir) / ("checkpoint-best" if args.enable_deepspeed else "checkpoint-best.pth")
-            best = best if ckpt.is_complete(best) else None
+        best = ckpt.best_checkpoint(Path(args.output_dir), args.enable_deepspeed) if args.output_dir else None
         if best is None:
-            logger.warning("no checkpoint-best to test; testing the final weights")
-        results["test"] = run_test(args, runtime, task, info, best)
+            logger.warning("--test_best: no checkpoint-best to test; testing the final weights")
+    results["test"] = run_test(args, runtime, task, info, best, "the final weights")
     if writer is not None:
         writer.close()
     return results

@@ -5,6 +5,8 @@ Example (from the repository root):
       --clip_teacher_path /weights/vit_b16.pth --mask_type attention --mask_ratio 0.8 --data_path train.csv ...
 Teacher weights come from ``--clip_teacher_path`` or ``$VIDEOMAMBA_CLIP_DIR``; ``--clip_teacher_random`` builds a
 randomly initialised teacher (demos and tests only: it teaches nothing useful).
+As in the official ``run_videomamba_pretraining.py`` (an alias of this script), the lr warm-up starts from 0
+(``--warmup_lr`` is not used) and there is no layer decay; ``log.txt`` records ``loss_clip`` per epoch.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import torch
 
 import models
 from datasets.build import build_pretraining_dataset
-from engines.cli import add_data_args, add_model_size_args, add_optim_args, add_runtime_args, str2bool
+from datasets.collate import multiple_samples_collate
+from datasets.masking import MASK_TYPES
+from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
+                         report_ignored, str2bool)
 from engines.fit import build_runtime, fit, resume, scale_lrs
 from engines.session import make_loader, start_run
 from engines.tasks import DistillationTask
@@ -33,8 +38,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("student")
     model.add_argument("--model", default="videomamba_middle_pretrain", type=str)
     model.add_argument("--drop_path", type=float, default=0.0)
-    model.add_argument("--mask_type", default="tube", choices=["random", "tube", "attention"])
+    model.add_argument("--mask_type", default="tube", choices=MASK_TYPES)
     model.add_argument("--mask_ratio", default=0.75, type=float)
+    add_ignored(model, "--decoder_depth", type=int, default=4)
+    add_ignored(model, "--normlize_target", type=bool, default=True)
+    add_ignored(model, "--use_learnable_pos_emb", switch=True)
     add_model_size_args(parser)
     clip = parser.add_argument_group("CLIP teacher and distillation")
     clip.add_argument("--clip_teacher", default="clip_b16", choices=sorted(TEACHERS))
@@ -50,20 +58,31 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="imagenet: the student's clip as is (official); clip: re-normalise with CLIP mean/std")
     clip.add_argument("--clip_loss_ratio", default=1.0, type=float)
     clip.add_argument("--clip_loss_type", default="l2", choices=["l2", "mse", "smooth_l1"])
-    clip.add_argument("--clip_decoder_embed_dim", default=None, type=int)
-    clip.add_argument("--clip_output_dim", default=512, type=int)
+    clip.add_argument("--clip_decoder_embed_dim", default=None, type=int,
+                      help="must equal the student's width; default: that width")
+    clip.add_argument("--clip_output_dim", default=768, type=int, help="the teacher's output width (B/16: 512)")
+    add_ignored(clip, "--clip_decoder_type", type=str, default="SA_Decoder")
     clip.add_argument("--clip_norm_type", default="l2", choices=["l2", "none"])
     clip.add_argument("--clip_return_attn", action="store_true", default=False)
     clip.add_argument("--clip_return_layer", default=1, type=int)
     clip.add_argument("--clip_return_interval", default=1, type=float)
-    clip.add_argument("--clip_student_return_interval", default=1, type=int)
+    clip.add_argument("--clip_student_return_interval", default=1, type=float,
+                      help="student layer k of --clip_return_layer is depth - 1 - int(k * interval)")
     clip.add_argument("--clip_return_cls", action="store_true", default=False)
-    add_optim_args(parser, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
+    add_optim_args(parser, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, layer_decay=1.0)
     add_data_args(parser, num_frames=16, sampling_rate=4)
+    data = parser.add_argument_group("pretraining clips")
+    data.add_argument("--num_segments", type=int, default=1,
+                      help="> 1: one random frame from each of this many equal segments (must equal --num_frames); "
+                           "1: --num_frames frames --sampling_rate apart from a random start")
+    add_ignored(data, "--use_decord", default=True)
     aug = parser.add_argument_group("augmentation")
-    aug.add_argument("--num_sample", type=int, default=1)
+    aug.add_argument("--num_sample", type=int, default=1, help="repeated augmentation: clips per decoded video")
     aug.add_argument("--flip", type=str2bool, default=False)
+    aug.add_argument("--color_jitter", type=float, default=0.0,
+                     help="> 0: brightness/contrast/saturation jitter of this strength, drawn per frame")
     add_runtime_args(parser, save_ckpt_freq=50)
+    add_ignored(parser, "--test_best", switch=True)
     return parser
 
 
@@ -102,12 +121,14 @@ def build_teacher(args: argparse.Namespace) -> torch.nn.Module:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     info, writer = start_run(args)
+    report_ignored(args)
+    teacher = build_teacher(args).to(info.device)  # first: a missing teacher file fails before the student is built
     student = build_student(args)
-    teacher = build_teacher(args).to(info.device)
     task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
                             args.clip_input_resolution, args.clip_input_norm)
     dataset = build_pretraining_dataset(args)
-    loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True)
+    collate = multiple_samples_collate if args.num_sample > 1 else None
+    loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True, collate_fn=collate)
     steps_per_epoch = len(loader) // args.update_freq
     if steps_per_epoch == 0:
         raise SystemExit(f"{args.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
@@ -115,7 +136,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scale_lrs(args, info.world_size)
     runtime = build_runtime(args, student, info, find_unused_parameters=True)
     state = resume(args, runtime, None)
-    state = fit(args, runtime, task, loader, steps_per_epoch, info, None, None, writer, state)
+    state = fit(args, runtime, task, loader, steps_per_epoch, info, None, None, writer, state, warmup_start=0.0)
     if writer is not None:
         writer.close()
     return {"history": state.history}

@@ -8,7 +8,7 @@
   frame folders), filename_tmpl, max_bad_fraction (default 0.1), max_retries (default 10), plus whatever the
   transform builders of ``datasets.transforms`` read.
 ``build_pretraining_dataset(args)`` reads data_path (a list file, or a folder holding train.csv), prefix, split,
-  num_frames, sampling_rate, video_backend, max_bad_fraction, max_retries, and the args of
+  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, and the args of
   ``build_pretrain_transform`` / ``build_mask_generator``.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ class DataSetKind:
 
 DATA_SETS = {
     "Kinetics_sparse": DataSetKind("sparse"),
+    "mitv1_sparse": DataSetKind("sparse"),  # Moments in Time, read like Kinetics_sparse (official)
     "Kinetics": DataSetKind("dense"),
     "UCF101": DataSetKind("dense"),
     "HMDB51": DataSetKind("dense"),
@@ -111,4 +112,6 @@ def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
         mask_generator=masking.build_mask_generator(args),
         max_retries=getattr(args, "max_retries", 10),
         max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
+        num_segments=getattr(args, "num_segments", 1),
+        num_sample=getattr(args, "num_sample", 1),
     )

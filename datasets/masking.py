@@ -1,8 +1,14 @@
-"""Mask generators for masked video pretraining.
+"""Mask generators for masked video pretraining (the official ``--mask_type`` rules).
 
 A mask is a flat bool array over the T'·H'·W' patch tokens (frame-major: index t·H'W' + h·W' + w), True = masked.
-Every frame has exactly int(mask_ratio · H'·W') masked patches. Generators draw from ``np.random`` (seeded per
-DataLoader worker by PyTorch).
+With ratio r:
+  tube        int(r·H'W') patches per frame, the same patches in every frame;
+  random      exactly int(r·T'H'W') patches chosen over the whole clip (per-frame counts vary);
+  tube_row    int(r·H') whole rows per frame, chosen independently in each frame (the official name notwithstanding);
+  random_row  T'·int(r·H') whole rows chosen over all T'·H' rows of the clip;
+  attention   no generator: the engine masks from the teacher's attention.
+Generators shuffle with ``np.random`` (seeded per DataLoader worker by PyTorch), so a generator is reproducible
+under ``np.random.seed``.
 """
 from __future__ import annotations
 
@@ -11,11 +17,19 @@ from typing import Callable
 
 import numpy as np
 
-MASK_TYPES = ("tube", "random", "attention")
+MASK_TYPES = ("random", "tube", "attention", "random_row", "tube_row")
 
 
-class _FrameMaskingGenerator:
-    """Shared set-up: window (T', H', W') and the per-frame masked count."""
+def _shuffled(total: int, masked: int) -> np.ndarray:
+    """A random bool vector of length ``total`` with exactly ``masked`` True."""
+    mask = np.zeros(total, dtype=bool)
+    mask[:masked] = True
+    np.random.shuffle(mask)
+    return mask
+
+
+class _MaskingGenerator:
+    """Shared set-up: the token window (T', H', W') and the ratio."""
 
     def __init__(self, window_size: tuple[int, int, int], mask_ratio: float) -> None:
         if not 0.0 <= mask_ratio < 1.0:
@@ -23,31 +37,46 @@ class _FrameMaskingGenerator:
         if len(window_size) != 3 or min(window_size) < 1:
             raise ValueError(f"mask window {window_size}: expected three positive sizes (T', H', W')")
         self.frames, self.height, self.width = (int(v) for v in window_size)
-        self.patches_per_frame = self.height * self.width
-        self.masks_per_frame = int(mask_ratio * self.patches_per_frame)
-
-    def _frame_masks(self, rows: int) -> np.ndarray:
-        """``rows`` independent per-frame masks (rows, H'·W'), each with exactly ``masks_per_frame`` True."""
-        ranks = np.argsort(np.random.random_sample((rows, self.patches_per_frame)), axis=1)
-        return ranks < self.masks_per_frame
+        self.ratio = mask_ratio
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(window=({self.frames}, {self.height}, {self.width}), "
-                f"masked per frame={self.masks_per_frame}/{self.patches_per_frame})")
+        return f"{type(self).__name__}(window=({self.frames}, {self.height}, {self.width}), ratio={self.ratio})"
 
 
-class TubeMaskingGenerator(_FrameMaskingGenerator):
-    """The same random patches masked in every frame (tubes through time) → bool (T'·H'·W',)."""
-
-    def __call__(self) -> np.ndarray:
-        return np.tile(self._frame_masks(1), (self.frames, 1)).reshape(-1)
-
-
-class RandomMaskingGenerator(_FrameMaskingGenerator):
-    """Patches masked independently in each frame, the same count per frame → bool (T'·H'·W',)."""
+class TubeMaskingGenerator(_MaskingGenerator):
+    """The same int(r·H'W') random patches masked in every frame (tubes through time) → bool (T'·H'·W',)."""
 
     def __call__(self) -> np.ndarray:
-        return self._frame_masks(self.frames).reshape(-1)
+        frame = _shuffled(self.height * self.width, int(self.ratio * self.height * self.width))
+        return np.tile(frame, self.frames)
+
+
+class RandomMaskingGenerator(_MaskingGenerator):
+    """Exactly int(r·T'H'W') patches masked anywhere in the clip → bool (T'·H'·W',)."""
+
+    def __call__(self) -> np.ndarray:
+        total = self.frames * self.height * self.width
+        return _shuffled(total, int(self.ratio * total))
+
+
+class TubeRowMaskingGenerator(_MaskingGenerator):
+    """int(r·H') whole patch rows masked in each frame, drawn independently per frame → bool (T'·H'·W',)."""
+
+    def __call__(self) -> np.ndarray:
+        rows = np.stack([_shuffled(self.height, int(self.ratio * self.height)) for _ in range(self.frames)])
+        return np.repeat(rows.reshape(-1), self.width)
+
+
+class RandomRowMaskingGenerator(_MaskingGenerator):
+    """T'·int(r·H') whole patch rows masked, chosen over all T'·H' rows of the clip → bool (T'·H'·W',)."""
+
+    def __call__(self) -> np.ndarray:
+        rows = _shuffled(self.frames * self.height, self.frames * int(self.ratio * self.height))
+        return np.repeat(rows, self.width)
+
+
+_GENERATORS = {"tube": TubeMaskingGenerator, "random": RandomMaskingGenerator, "tube_row": TubeRowMaskingGenerator,
+               "random_row": RandomRowMaskingGenerator}
 
 
 def mask_window_size(args: Namespace) -> tuple[int, int, int]:
@@ -64,15 +93,11 @@ def mask_window_size(args: Namespace) -> tuple[int, int, int]:
 
 
 def build_mask_generator(args: Namespace) -> Callable[[], np.ndarray] | None:
-    """Generator for ``args.mask_type`` (tube | random) with ``args.mask_ratio``; None for ``attention``, whose mask
-    the engine builds from the teacher's attention."""
+    """Generator for ``args.mask_type`` with ``args.mask_ratio``; None for ``attention``, whose mask the engine
+    builds from the teacher's attention."""
     mask_type = getattr(args, "mask_type", "tube")
     if mask_type not in MASK_TYPES:
         raise ValueError(f"--mask_type {mask_type!r}: must be one of {MASK_TYPES}")
     if mask_type == "attention":
         return None
-    window = mask_window_size(args)
-    ratio = float(args.mask_ratio)
-    if mask_type == "tube":
-        return TubeMaskingGenerator(window, ratio)
-    return RandomMaskingGenerator(window, ratio)
+    return _GENERATORS[mask_type](mask_window_size(args), float(args.mask_ratio))

@@ -1,10 +1,13 @@
 """Masked-video pretraining clips: ``{"video": (C,T,H,W), "mask": bool (T'·H'·W',)}`` (True = masked).
 
-Clips of ``num_frames`` use sparse sampling when ``sampling_rate`` is 1 and dense sampling with that stride
-otherwise (the training rules of ``datasets.sampling``). The transform does the multi-scale crop, optional flip
-and normalisation; ``mask_generator`` is None for ``--mask_type attention`` (the engine masks from the teacher),
-and the "mask" key is then absent. Unreadable files follow the training bad-input policy of
-``datasets.video_dataset``.
+Frames follow the official pretraining loader (``datasets.sampling``): with ``num_segments`` > 1 one random frame
+from each of ``num_segments`` equal segments (``pretrain_segment_indices``; ``num_segments`` must equal
+``num_frames``), else ``num_frames`` frames ``sampling_rate`` apart from a random start (``pretrain_clip_indices``).
+The transform does the multi-scale crop, optional colour jitter and flip, and normalisation; ``mask_generator`` is
+None for ``--mask_type attention`` (the engine masks from the teacher), and the "mask" key is then absent.
+With ``num_sample`` S > 1 (repeated augmentation, as the official loader) one decode gives S clips, each with its
+own mask: ``{"video": (S,C,T,H,W), "mask": (S, T'·H'·W')}`` for ``datasets.collate.multiple_samples_collate``.
+Unreadable files follow the training bad-input policy of ``datasets.video_dataset``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch.utils.data import Dataset
 
 from datasets.lists import ListEntry
 from datasets.readers import VideoReader
-from datasets.sampling import clip_indices
+from datasets.sampling import pretrain_clip_indices, pretrain_segment_indices
 from datasets.video_dataset import BadInputTracker, load_with_replacement, torch_seeded_rng
 
 
@@ -26,9 +29,16 @@ class PretrainDataset(Dataset):
     def __init__(self, entries: list[ListEntry], transform: Callable[[np.ndarray], torch.Tensor], *,
                  num_frames: int, sampling_rate: int, open_clip: Callable[[ListEntry], VideoReader],
                  mask_generator: Callable[[], np.ndarray] | None = None, max_retries: int = 10,
-                 max_bad_fraction: float = 0.1) -> None:
+                 max_bad_fraction: float = 0.1, num_segments: int = 1, num_sample: int = 1) -> None:
         if sampling_rate < 1:
             raise ValueError(f"--sampling_rate must be >= 1, got {sampling_rate}")
+        if num_segments < 1 or (num_segments > 1 and num_segments != num_frames):
+            raise ValueError(f"--num_segments {num_segments}: must be 1, or equal --num_frames {num_frames} "
+                             "(one frame is sampled per segment)")
+        if num_sample < 1:
+            raise ValueError(f"--num_sample must be >= 1, got {num_sample}")
+        self.num_segments = num_segments
+        self.num_sample = num_sample
         self.entries = entries
         self.transform = transform
         self.num_frames = num_frames
@@ -49,9 +59,10 @@ class PretrainDataset(Dataset):
         """Decode one training clip of entry ``index``; raises ``VideoDecodeError``."""
         reader = self.open_clip(self.entries[index])
         try:
-            sampling = "sparse" if self.sampling_rate == 1 else "dense"
-            indices = clip_indices(sampling, "train", reader.num_frames, self.num_frames, rng=rng,
-                                   rate=self.sampling_rate)
+            if self.num_segments > 1:
+                indices = pretrain_segment_indices(reader.num_frames, self.num_segments, rng)
+            else:
+                indices = pretrain_clip_indices(reader.num_frames, self.num_frames, self.sampling_rate, rng)
             return reader.get_frames(indices)
         finally:
             reader.close()
@@ -59,6 +70,12 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = torch_seeded_rng()
         _, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(i, rng), self.tracker, rng)
+        samples = [self._sample(frames) for _ in range(self.num_sample)]
+        if self.num_sample == 1:
+            return samples[0]
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+    def _sample(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
         item = {"video": self.transform(frames)}
         if self.mask_generator is not None:
             item["mask"] = torch.as_tensor(np.asarray(self.mask_generator(), dtype=bool))

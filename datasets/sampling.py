@@ -150,6 +150,30 @@ def dense_train_indices(num_video_frames: int, num_frames: int, rate: int,
     return out + [num_video_frames - 1] * (num_frames - len(out))
 
 
+# ---------------------------------------------------------------- masked pretraining (the official VideoMAE loader)
+def pretrain_segment_indices(num_video_frames: int, num_segments: int, rng: np.random.Generator) -> list[int]:
+    """``--num_segments`` J > 1: one frame per segment, i·a + randint[0, a) with a = V // J; V < J gives J zeros."""
+    _check(num_video_frames, num_segments)
+    step = num_video_frames // num_segments
+    if step == 0:
+        return [0] * num_segments
+    return [i * step + int(rng.integers(0, step)) for i in range(num_segments)]
+
+
+def pretrain_clip_indices(num_video_frames: int, num_frames: int, rate: int, rng: np.random.Generator) -> list[int]:
+    """``--num_segments 1``: start s uniform in [0, V − n·r] (0 when V < n·r); each next frame is the previous + r
+    when that is below V − 1, else the previous frame again (so frame V − 1 is only reached as the start)."""
+    _check(num_video_frames, num_frames)
+    span = num_video_frames - num_frames * rate + 1
+    frame = int(rng.integers(0, span)) if span > 0 else 0
+    out = []
+    for _ in range(num_frames):
+        out.append(frame)
+        if frame + rate < num_video_frames - 1:
+            frame += rate
+    return out
+
+
 # ---------------------------------------------------------------- dispatch by data set kind and mode
 SAMPLINGS = ("sparse", "dense", "ssv2", "ssv2_frames")
 MODES = ("train", "validation", "test")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import ColorJitter
 
 from datasets.rand_augment import VideoRandAugment
 from datasets.random_erasing import ClipRandomErasing
@@ -224,23 +225,32 @@ class TestTransform:
 
 
 class PretrainTransform:
-    """Masked pretraining: multi-scale crop (``sample_multiscale_crop_box``) resized to ``input_size``² (bilinear,
-    antialiased like PIL), horizontal flip with p = 0.5 when ``flip``, normalisation."""
+    """Masked pretraining, in the official order: multi-scale crop (``sample_multiscale_crop_box``) resized to
+    ``input_size``² (bilinear, antialiased like PIL); with ``color_jitter`` > 0, torchvision's ColorJitter
+    (brightness, contrast and saturation of that strength) drawn independently for every frame, as the official
+    per-image jitter does (torch RNG; computed on uint8 tensors, which differ from PIL's by rounding);
+    horizontal flip with p = 0.5 when ``flip``; normalisation."""
 
-    def __init__(self, input_size: int, flip: bool) -> None:
+    def __init__(self, input_size: int, flip: bool, color_jitter: float = 0.0) -> None:
+        if color_jitter < 0:
+            raise ValueError(f"--color_jitter {color_jitter}: must be >= 0")
         self.input_size = input_size
         self.flip = flip
+        self.color_jitter = color_jitter
+        self.jitter = ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter > 0 else None
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         clip = frames_to_tensor(frames)
         box = sample_multiscale_crop_box(clip.shape[2], clip.shape[3], self.input_size)
         out = _crop_resize(clip, box, self.input_size, antialias=True)
+        if self.jitter is not None:
+            out = torch.stack([self.jitter(frame) for frame in out])
         if self.flip and random.random() < 0.5:
             out = out.flip(-1)
         return normalize_clip(out)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.input_size}, flip={self.flip})"
+        return f"{type(self).__name__}(size={self.input_size}, flip={self.flip}, color_jitter={self.color_jitter})"
 
 
 def jitter_range(input_size: int) -> tuple[int, int]:
@@ -289,5 +299,7 @@ def build_test_transform(args: Namespace) -> Callable[[np.ndarray, int], torch.T
 
 
 def build_pretrain_transform(args: Namespace) -> Callable[[np.ndarray], torch.Tensor]:
-    """Pretraining transform: multi-scale crop to args.input_size, horizontal flip when args.flip."""
-    return PretrainTransform(int(getattr(args, "input_size", 224)), bool(getattr(args, "flip", False)))
+    """Pretraining transform: multi-scale crop to args.input_size, per-frame colour jitter when
+    args.color_jitter > 0, horizontal flip when args.flip."""
+    return PretrainTransform(int(getattr(args, "input_size", 224)), bool(getattr(args, "flip", False)),
+                             float(getattr(args, "color_jitter", 0.0)))

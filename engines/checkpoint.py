@@ -75,6 +75,37 @@ def find_latest(output_dir: Path) -> Path | None:
     return max(found, key=lambda p: (p / _MARKER).stat().st_mtime_ns if p.is_dir() else p.stat().st_mtime_ns)
 
 
+def best_checkpoint(output_dir: Path, deepspeed: bool = False) -> Path | None:
+    """Complete ``checkpoint-best`` of ``output_dir`` (the official regression script's ``checkpoint-best_val``
+    is accepted too), or None."""
+    suffix = "" if deepspeed else ".pth"
+    for name in ("checkpoint-best", "checkpoint-best_val"):
+        path = Path(output_dir) / f"{name}{suffix}"
+        if is_complete(path):
+            return path
+    return None
+
+
+def checkpoint_to_evaluate(output_dir: str, resume: str, test_best: bool, deepspeed: bool = False,
+                           search: bool = True) -> Path | None:
+    """The weights ``--eval`` tests: with ``--test_best`` the ``checkpoint-best`` of ``output_dir`` (an error when
+    there is none); else ``--resume``; else (unless ``search`` is off: ``--no_auto_resume``) the newest complete
+    checkpoint of ``output_dir``, then its ``checkpoint-best``; None when there is none of these (the
+    ``--finetune`` weights are tested)."""
+    out = Path(output_dir) if output_dir else None
+    if test_best:
+        best = best_checkpoint(out, deepspeed) if out is not None else None
+        if best is None:
+            raise FileNotFoundError(f"--eval --test_best: no complete checkpoint-best in --output_dir "
+                                    f"{output_dir or '(not set)'}")
+        return best
+    if resume:
+        return Path(resume)
+    if out is None or not search:
+        return None
+    return find_latest(out) or best_checkpoint(out, deepspeed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA when present) random states."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -1,7 +1,19 @@
-"""Flags shared by ``run_class_finetuning.py`` and ``run_mask_pretrain.py`` (official names and defaults)."""
+"""Flags shared by ``run_class_finetuning.py`` and ``run_mask_pretrain.py`` (official names, types and defaults).
+
+Official flags that mean nothing for VideoMamba are accepted through ``add_ignored`` so that an official command
+line never hits an argparse error; ``report_ignored`` logs the ones a user set, once.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+from typing import Any
+
+from engines.optim import LAYER_DECAY_MODES
+
+logger = logging.getLogger(__name__)
+
+IGNORED = "ignored: not used by VideoMamba"
 
 
 def str2bool(value: str | bool) -> bool:
@@ -15,13 +27,43 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
+class _Ignored(argparse.Action):
+    """Stores like a plain option (``nargs=0``: stores ``const``) and records the flag in ``ignored_flags``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.ignored_flags = (*getattr(namespace, "ignored_flags", ()), option_string)
+
+
+def add_ignored(group: Any, flag: str, *, switch: bool | None = None, **kwargs: Any) -> None:
+    """An official flag with no effect here. ``switch=True/False``: a store_true/store_false style switch."""
+    if switch is not None:
+        kwargs.update(nargs=0, const=switch)
+        kwargs.setdefault("default", not switch)
+    group.add_argument(flag, action=_Ignored, help=f"official flag, {IGNORED}", **kwargs)
+
+
+def set_ignored_default(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(ignored_flags=())
+
+
+def report_ignored(args: argparse.Namespace) -> list[str]:
+    """Log the official flags the command line set that have no effect here; returns them (sorted, unique)."""
+    flags = sorted(set(args.ignored_flags))
+    if flags:
+        logger.warning("%s: %s", ", ".join(flags), IGNORED)
+    return flags
+
+
 def add_model_size_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model size overrides (tiny configs for tests and demos)")
     group.add_argument("--depth", type=int, default=None, help="number of blocks, overrides the model's default")
     group.add_argument("--embed_dim", type=int, default=None, help="width, overrides the model's default")
 
 
-def add_optim_args(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int) -> None:
+def add_optim_args(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int,
+                   layer_decay: float) -> None:
     group = parser.add_argument_group("optimiser and schedule")
     group.add_argument("--opt", default="adamw", type=str)
     group.add_argument("--opt_eps", default=1e-8, type=float)
@@ -31,7 +73,11 @@ def add_optim_args(parser: argparse.ArgumentParser, lr: float, min_lr: float, wa
     group.add_argument("--weight_decay", type=float, default=0.05)
     group.add_argument("--weight_decay_end", type=float, default=None)
     group.add_argument("--lr", type=float, default=lr, help="base lr for a total batch of 256 (scaled linearly)")
-    group.add_argument("--layer_decay", type=float, default=1.0)
+    group.add_argument("--layer_decay", type=float, default=layer_decay,
+                       help="layer-wise lr decay, active below 1 (see --layer_decay_mode)")
+    group.add_argument("--layer_decay_mode", default="official", choices=LAYER_DECAY_MODES,
+                       help="official: only cls_token/pos_embed/patch_embed get layer_decay**(depth+1), as the "
+                            "official code does for VideoMamba; blocks: true per-block decay")
     group.add_argument("--warmup_lr", type=float, default=1e-6)
     group.add_argument("--min_lr", type=float, default=min_lr)
     group.add_argument("--warmup_epochs", type=int, default=warmup_epochs)
@@ -65,27 +111,29 @@ def add_runtime_args(parser: argparse.ArgumentParser, save_ckpt_freq: int) -> No
     group.add_argument("--checkpoint_num", default=0, type=int)
     group.add_argument("--world_size", default=1, type=int, help="informational; taken from the launcher")
     group.add_argument("--local_rank", default=-1, type=int, help="informational; taken from LOCAL_RANK")
+    group.add_argument("--dist_on_itp", action="store_true", default=False,
+                       help="take rank and world size from OpenMPI (OMPI_COMM_WORLD_*) with MASTER_ADDR/PORT")
     group.add_argument("--dist_url", default="env://")
     group.add_argument("--enable_deepspeed", action="store_true", default=False)
     group.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2])
+    # deepspeed.add_config_arguments: the DeepSpeed config is built from the flags above instead.
+    add_ignored(group, "--deepspeed", switch=True)
+    add_ignored(group, "--deepspeed_config", type=str, default=None)
+    add_ignored(group, "--deepscale", switch=True)
+    add_ignored(group, "--deepscale_config", type=str, default=None)
+    set_ignored_default(parser)
 
 
 def add_data_args(parser: argparse.ArgumentParser, num_frames: int, sampling_rate: int) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data_path", default="you_data_path", type=str)
-    group.add_argument("--eval_data_path", default=None, type=str, help="accepted for the official launchers; unused")
     group.add_argument("--prefix", default="", type=str)
     group.add_argument("--split", default=" ", type=str)
-    group.add_argument("--filename_tmpl", default="img_{:05}.jpg", type=str)
     group.add_argument("--video_backend", default="auto", choices=["auto", "decord", "pyav"])
-    group.add_argument("--use_decord", action="store_true", default=True)
-    group.add_argument("--no_use_decord", action="store_false", dest="use_decord")
-    group.add_argument("--num_segments", type=int, default=1, help="accepted for the official launchers; unused")
     group.add_argument("--num_frames", type=int, default=num_frames)
     group.add_argument("--sampling_rate", type=int, default=sampling_rate)
     group.add_argument("--input_size", default=224, type=int)
-    group.add_argument("--tubelet_size", type=int, default=1)
+    group.add_argument("--tubelet_size", type=int, default=2,
+                       help="temporal patch size (official default 2; every VideoMamba recipe passes 1)")
     group.add_argument("--train_interpolation", type=str, default="bicubic")
-    group.add_argument("--color_jitter", type=float, default=0.4, help="accepted for the official launchers; unused")
-    group.add_argument("--imagenet_default_mean_and_std", default=True, action="store_true",
-                       help="accepted for the official launchers; clips are always ImageNet-normalised")
+    add_ignored(group, "--imagenet_default_mean_and_std", switch=True, default=True)

@@ -1,8 +1,10 @@
 """The epoch loop shared by fine-tuning and pretraining, plus the set-up both entry points need.
 
-``fit`` trains epochs, validates, saves ``checkpoint-{epoch}`` / ``-latest`` / ``-best`` and appends JSON lines
-to ``log.txt``. Validation runs between capturing and restoring the RNG states, so a run resumed from a
-checkpoint continues with exactly the randomness an uninterrupted run would have used.
+``fit`` trains epochs, validates, saves ``checkpoint-{epoch}`` / ``-latest`` / ``-best`` (the official keys
+``model``, ``optimizer``, ``epoch``, ``scaler``, ``args``, ``model_ema`` plus our ``rng``, ``best``, ``step``) and
+appends JSON lines to ``log.txt`` (the official keys ``train_*``, ``val_*``, ``epoch``, ``n_parameters``).
+Validation runs between capturing and restoring the RNG states, so a run resumed from a checkpoint continues with
+exactly the randomness an uninterrupted run would have used.
 """
 from __future__ import annotations
 
@@ -37,10 +39,11 @@ def scale_lrs(args: Any, world_size: int) -> None:
                 args.batch_size * args.update_freq * world_size, args.lr, args.min_lr, args.warmup_lr)
 
 
-def schedules(args: Any, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step lr (warmup from ``warmup_lr``) and weight-decay schedules."""
+def schedules(args: Any, steps_per_epoch: int, warmup_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step lr (warm-up from ``warmup_start``, default ``args.warmup_lr``) and weight-decay schedules."""
+    start = args.warmup_lr if warmup_start is None else warmup_start
     lr = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
-                         args.warmup_steps, args.warmup_lr)
+                         args.warmup_steps, start)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     wd = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
     return lr, wd
@@ -49,7 +52,7 @@ def schedules(args: Any, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
 def build_runtime(args: Any, model: torch.nn.Module, info: DistInfo,
                   find_unused_parameters: bool = False) -> TorchRuntime | DeepSpeedRuntime:
     """Optimiser plus the DeepSpeed engine (``--enable_deepspeed``) or the plain PyTorch runtime."""
-    optimizer = build_optimizer(args, model)
+    optimizer = build_optimizer(args, model, deepspeed=args.enable_deepspeed)
     if args.enable_deepspeed:
         return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(args, info.world_size))
     dtype = amp_dtype(info.device, args.no_amp, args.bf16)
@@ -76,15 +79,19 @@ class RunState:
 
 
 def resume(args: Any, runtime: Any, ema: ModelEmaV2 | None) -> RunState:
-    """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``."""
+    """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``.
+
+    Official checkpoints resume too: their EMA is under ``model_ema`` (ours before issue 12: ``ema``).
+    """
     path = Path(args.resume) if args.resume else None
     if path is None and args.auto_resume and args.output_dir:
         path = ckpt.find_latest(Path(args.output_dir))
     if path is None:
         return RunState(start_epoch=args.start_epoch)
     state = runtime.load(path)
-    if ema is not None and state.get("ema") is not None:
-        ema.module.load_state_dict(state["ema"])
+    ema_state = state.get("model_ema", state.get("ema"))
+    if ema is not None and ema_state is not None:
+        ema.module.load_state_dict(ema_state)
     if state.get("rng") is not None:
         ckpt.set_rng_state(state["rng"])
     logger.info("resumed from %s (finished epoch %d)", path, state["epoch"])
@@ -106,10 +113,16 @@ def append_log(output_dir: str, record: dict[str, Any]) -> None:
 
 def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: int, info: DistInfo,
         ema: ModelEmaV2 | None = None, validate: Callable[[], dict[str, float]] | None = None,
-        log_writer: Any | None = None, state: RunState | None = None) -> RunState:
-    """Train from ``state.start_epoch`` to ``args.epochs``; returns the final state (best metric, history)."""
+        log_writer: Any | None = None, state: RunState | None = None,
+        warmup_start: float | None = None) -> RunState:
+    """Train from ``state.start_epoch`` to ``args.epochs``; returns the final state (best metric, history).
+
+    ``warmup_start``: first lr of the warm-up (None: ``args.warmup_lr``; pretraining passes 0 like the official
+    script).
+    """
     state = state or RunState()
-    lr_schedule, wd_schedule = schedules(args, steps_per_epoch)
+    lr_schedule, wd_schedule = schedules(args, steps_per_epoch, warmup_start)
+    n_parameters = sum(p.numel() for p in runtime.module.parameters() if p.requires_grad)
     out = Path(args.output_dir) if args.output_dir else None
     started = time.time()
     for epoch in range(state.start_epoch, args.epochs):
@@ -132,7 +145,7 @@ def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: 
                         {k: round(v, 4) for k, v in val_stats.items()}, task.best_key, state.best)
         if out is not None and args.save_ckpt:
             client = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "args": vars(args), "rng": rng,
-                      "ema": ema.module.state_dict() if ema is not None else None, "best": state.best}
+                      "model_ema": ema.module.state_dict() if ema is not None else None, "best": state.best}
             tags = ["checkpoint-latest"]
             if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
                 tags.insert(0, f"checkpoint-{epoch}")
@@ -142,7 +155,7 @@ def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: 
                 runtime.save(out, tag, client, info.is_main)
             barrier()
         record = {**{f"train_{k}": v for k, v in train_stats.items()},
-                  **{f"val_{k}": v for k, v in val_stats.items()}, "epoch": epoch}
+                  **{f"val_{k}": v for k, v in val_stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
         state.history.append(record)
         if info.is_main:
             append_log(args.output_dir, record)

@@ -1,8 +1,20 @@
 """Parameter groups with layer-wise lr decay and the optimiser built from the official flags.
 
-Layer ids: embeddings (``cls_token``, ``pos_embed``, ``temporal_pos_embedding``, ``patch_embed.*``) are 0,
-``layers.{i}.*`` is i + 1, everything else (final norm, head, CLIP decoders) is depth + 1. A group's
-``lr_scale`` is ``layer_decay ** (depth + 1 - layer_id)``; the training loop multiplies the scheduled lr by it.
+The groups reproduce the official ``get_parameter_groups`` exactly (membership, order and hyper-parameters), so an
+official ``checkpoint-latest.pth`` resumes with its optimiser state:
+
+* Weight decay 0 for 1-D parameters, names ending in ``.bias`` and the model's ``no_weight_decay()`` names; every
+  other parameter (the 2-D SSM ``A_log`` / ``A_b_log`` included) is decayed.
+* ``--layer_decay`` < 1 splits the groups by layer id, ``lr_scale = layer_decay ** (depth + 1 - layer_id)``.
+  ``--layer_decay_mode official`` (default): the official layer-id function, whose per-block branch is disabled
+  for VideoMamba, gives id 0 to ``cls_token``, ``mask_token``, ``pos_embed`` and ``patch_embed.*`` and
+  ``depth + 1`` (scale 1) to everything else. ``blocks``: true per-block decay, ``layers.{i}.*`` is i + 1 and
+  ``temporal_pos_embedding`` is 0 as well.
+* Groups appear in the order their first parameter has in the official model's ``named_parameters()``
+  (``official_order``), which decides the layout of the saved optimiser state.
+* Official quirk kept: on the plain PyTorch path ``--weight_decay 0`` puts every parameter in one group without
+  layer decay (DeepSpeed always gets the groups).
+The training loop multiplies the scheduled lr by each group's ``lr_scale``.
 """
 from __future__ import annotations
 
@@ -15,20 +27,57 @@ from timm.optim import create_optimizer_v2
 
 logger = logging.getLogger(__name__)
 
-_EMBEDDING_NAMES = ("cls_token", "pos_embed", "temporal_pos_embedding")
+LAYER_DECAY_MODES = ("official", "blocks")
+
+_EMBEDDINGS = ("cls_token", "mask_token", "pos_embed")
+# Module registration order of the official VisionMamba classifier / pretraining student and Mamba mixer.
+_TOP_ORDER = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed", "head", "layers", "norm_f",
+              "norm", "clip_decoder")
+_BLOCK_ORDER = ("mixer", "norm")
+_MIXER_ORDER = ("A_log", "D", "A_b_log", "D_b", "in_proj", "conv1d", "x_proj", "dt_proj", "conv1d_b", "x_proj_b",
+                "dt_proj_b", "out_proj")
 
 
-def layer_id(name: str, depth: int) -> int:
+def layer_id(name: str, depth: int, mode: str = "official") -> int:
     """Layer id of a parameter name for a backbone with ``depth`` blocks (see module docstring)."""
-    if name in _EMBEDDING_NAMES or name.startswith("patch_embed."):
+    if mode not in LAYER_DECAY_MODES:
+        raise ValueError(f"--layer_decay_mode must be one of {LAYER_DECAY_MODES}, got {mode!r}")
+    if name in _EMBEDDINGS or name.startswith("patch_embed"):
         return 0
-    if name.startswith("layers."):
-        return int(name.split(".")[1]) + 1
+    if mode == "blocks":
+        if name == "temporal_pos_embedding":
+            return 0
+        if name.startswith("layers."):
+            return int(name.split(".")[1]) + 1
     return depth + 1
 
 
-def _no_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or name in skip or getattr(param, "_no_weight_decay", False)
+def _rank(part: str, order: tuple[str, ...]) -> int:
+    return order.index(part) if part in order else len(order)
+
+
+def _official_key(name: str) -> tuple[int, ...]:
+    parts = name.split(".")
+    top = _rank(parts[0], _TOP_ORDER)
+    if parts[0] != "layers" or len(parts) < 3 or not parts[1].isdigit():
+        return (top,)
+    block = (int(parts[1]), _rank(parts[2], _BLOCK_ORDER))
+    mixer = _rank(parts[3], _MIXER_ORDER) if parts[2] == "mixer" and len(parts) > 3 else 0
+    return (top, *block, mixer)
+
+
+def official_order(named_params: Iterable[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters in the order of the official model's ``named_parameters()`` (``head`` before ``layers``).
+
+    A stable sort on module ranks: names the official models do not have keep their relative order at the end of
+    their level.
+    """
+    return sorted(named_params, key=lambda item: _official_key(item[0]))
+
+
+def no_weight_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+    """Official rule: 1-D tensors, ``.bias`` and names in the model's ``no_weight_decay()``."""
+    return param.ndim == 1 or name.endswith(".bias") or name in skip
 
 
 def param_groups(
@@ -37,31 +86,32 @@ def param_groups(
     depth: int,
     layer_decay: float = 1.0,
     skip: Iterable[str] = (),
+    mode: str = "official",
 ) -> list[dict[str, Any]]:
-    """Group trainable parameters by (layer id, decay or not); each group has ``lr_scale`` and ``weight_decay``.
+    """Trainable parameters grouped like the official ``get_parameter_groups`` (see module docstring).
 
-    1-D parameters, biases, names in ``skip`` (the model's ``no_weight_decay()``) and parameters flagged
-    ``_no_weight_decay`` get weight decay 0.
+    Each group has ``params``, ``param_names``, ``group_name`` (``decay`` / ``no_decay``, prefixed by
+    ``layer_{id}_`` when ``layer_decay`` < 1), ``weight_decay`` and ``lr_scale``.
     """
     skip = set(skip)
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, param in named_params:
+    split_layers = layer_decay < 1.0
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in official_order(named_params):
         if not param.requires_grad:
             continue
-        lid = layer_id(name, depth)
-        no_decay = _no_decay(name, param, skip)
-        key = (lid, no_decay)
-        if key not in groups:
-            groups[key] = {
-                "params": [],
-                "param_names": [],
-                "layer_id": lid,
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (depth + 1 - lid),
-            }
-        groups[key]["params"].append(param)
-        groups[key]["param_names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+        exempt = no_weight_decay(name, param, skip)
+        group_name = "no_decay" if exempt else "decay"
+        scale = 1.0
+        if split_layers:
+            lid = layer_id(name, depth, mode)
+            group_name = f"layer_{lid}_{group_name}"
+            scale = layer_decay ** (depth + 1 - lid)
+        if group_name not in groups:
+            groups[group_name] = {"params": [], "param_names": [], "group_name": group_name,
+                                  "weight_decay": 0.0 if exempt else weight_decay, "lr_scale": scale}
+        groups[group_name]["params"].append(param)
+        groups[group_name]["param_names"].append(name)
+    return list(groups.values())
 
 
 def model_depth(model: torch.nn.Module) -> int:
@@ -72,21 +122,34 @@ def model_depth(model: torch.nn.Module) -> int:
     return len(layers) if layers is not None else 0
 
 
-def build_optimizer(args: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Optimiser from ``--opt``, ``--lr``, ``--weight_decay``, ``--layer_decay``, ``--opt_eps``, ``--opt_betas``, ``--momentum``."""
+def optimizer_groups(args: Any, model: torch.nn.Module, deepspeed: bool = False) -> list[dict[str, Any]]:
+    """The groups handed to the optimiser (``param_names`` / ``group_name`` dropped), logged once."""
+    if args.weight_decay == 0 and not deepspeed and args.layer_decay_mode == "official":
+        logger.info("--weight_decay 0: one parameter group without layer decay (as the official optimiser factory)")
+        return [{"params": [p for _, p in official_order(model.named_parameters())], "weight_decay": 0.0}]
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = model_depth(model)
-    groups = param_groups(model.named_parameters(), args.weight_decay, depth, getattr(args, "layer_decay", 1.0), skip)
+    groups = param_groups(model.named_parameters(), args.weight_decay, depth, args.layer_decay, skip,
+                          args.layer_decay_mode)
+    logger.info("parameter groups (depth %d, layer decay %s, mode %s, no weight decay for %s):", depth,
+                args.layer_decay, args.layer_decay_mode, sorted(skip))
     for group in groups:
-        group.pop("param_names")
+        logger.info("  %s: %d tensors, lr scale %.6g, weight decay %s", group["group_name"], len(group["params"]),
+                    group["lr_scale"], group["weight_decay"])
+    return [{k: v for k, v in g.items() if k not in ("param_names", "group_name")} for g in groups]
+
+
+def build_optimizer(args: Any, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
+    """Optimiser from ``--opt``, ``--lr``, ``--weight_decay``, ``--layer_decay(_mode)``, ``--opt_eps``,
+    ``--opt_betas``, ``--momentum``."""
+    groups = optimizer_groups(args, model, deepspeed)
     kwargs: dict[str, Any] = {"eps": args.opt_eps}
     if args.opt_betas is not None:
         kwargs["betas"] = tuple(args.opt_betas)
     if args.opt.lower().endswith("sgd") or args.opt.lower() == "momentum":
         kwargs = {"momentum": args.momentum}
     optimizer = create_optimizer_v2(groups, opt=args.opt, lr=args.lr, weight_decay=0.0, **kwargs)
-    logger.info("optimizer %s with %d parameter groups, depth %d, layer decay %s",
-                args.opt, len(groups), depth, getattr(args, "layer_decay", 1.0))
+    logger.info("optimizer %s with %d parameter groups", args.opt, len(groups))
     return optimizer
 
 

@@ -90,10 +90,16 @@ class TorchRuntime:
         if is_main:
             ckpt.save_atomic({**self.state_dict(), **client_state}, Path(output_dir) / f"{tag}.pth")
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Load a checkpoint written by ``save``; returns the whole dict (epoch, args, RNG states...)."""
+    def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
+        """Load a checkpoint written by ``save`` (or the official script); returns the whole dict (epoch, args,
+        RNG states...). ``model_only`` loads the weights alone (evaluation)."""
         state = ckpt.read(path)
-        self.load_state_dict(state)
+        if model_only:
+            if "model" not in state:
+                raise KeyError(f"checkpoint {path} has no 'model' entry (keys: {sorted(map(str, state))[:10]})")
+            self.module.load_state_dict(state["model"])
+        else:
+            self.load_state_dict(state)
         return state
 
 
@@ -165,9 +171,12 @@ class DeepSpeedRuntime:
         if is_main:
             ckpt.mark_complete(Path(output_dir) / tag)
 
-    def load(self, path: Path) -> dict[str, Any]:
+    def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         path = Path(path)
-        _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
+        _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                      load_optimizer_states=not model_only,
+                                                      load_lr_scheduler_states=not model_only,
+                                                      load_module_only=model_only)
         if client_state is None:
             raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")
         return client_state

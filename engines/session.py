@@ -23,7 +23,7 @@ def start_run(args: Any) -> tuple[DistInfo, Any | None]:
 
     Returns the process's ``DistInfo`` and a tensorboardX writer (None without ``--log_dir`` or off rank 0).
     """
-    info = init_distributed(args.device, args.dist_url, need_group=args.enable_deepspeed)
+    info = init_distributed(args.device, args.dist_url, need_group=args.enable_deepspeed, openmpi=args.dist_on_itp)
     setup_logging(args.output_dir or None, info.rank)
     seed = args.seed + info.rank
     random.seed(seed)

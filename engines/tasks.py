@@ -45,8 +45,12 @@ class ClassificationTask:
         target = batch["label"].to(device, non_blocking=True).long()
         if self.mixup is not None:
             x, target = self.mixup(x, target)
-        loss = self.criterion(model(x).float(), target)
-        return loss, {}
+        logits = model(x).float()
+        loss = self.criterion(logits, target)
+        if self.mixup is not None:
+            return loss, {}
+        # The official "class_acc": the fraction of the batch whose arg-max is the label (without mixup only).
+        return loss, {"class_acc": float((logits.detach().argmax(-1) == target).float().mean())}
 
     def predict(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -170,5 +174,6 @@ class DistillationTask:
         if student.shape != targets.shape:
             raise ValueError(f"student output {tuple(student.shape)} does not match teacher targets "
                              f"{tuple(targets.shape)} (check --clip_return_layer and --clip_output_dim)")
-        loss = distillation_loss(student, targets, self.loss_type) * self.loss_ratio
-        return loss, {}
+        loss_clip = distillation_loss(student, targets, self.loss_type)
+        # As the official engine: loss = loss_pixel (always 0 here) + clip_loss_ratio * loss_clip; both terms logged.
+        return loss_clip * self.loss_ratio, {"loss_pixel": 0.0, "loss_clip": float(loss_clip.detach())}

@@ -29,6 +29,12 @@ def _check_finite(value: float, epoch: int, step: int, device: torch.device) -> 
             "lower --lr, set --clip_grad or use --bf16 instead of fp16, then resume from it")
 
 
+def _decayed_weight_decay(optimizer: torch.optim.Optimizer) -> float | None:
+    """The weight decay of the decayed groups (the official ``weight_decay`` log value), None without any."""
+    values = [g["weight_decay"] for g in optimizer.param_groups if g["weight_decay"] > 0]
+    return values[-1] if values else None
+
+
 def train_one_epoch(
     runtime: Any,
     task: Any,
@@ -46,7 +52,8 @@ def train_one_epoch(
     """Run ``steps_per_epoch`` optimiser updates of ``update_freq`` micro-batches each.
 
     Step ``start_step + k`` uses ``lr_schedule[start_step + k]`` (times each group's ``lr_scale``) and the
-    weight decay ``wd_schedule[...]``. Returns the epoch's averages (loss, lr, grad_norm, ...) over all ranks.
+    weight decay ``wd_schedule[...]``. Returns the epoch's averages over all ranks: loss, the task's extra terms
+    (class_acc, loss_clip, ...), lr (the largest group lr), min_lr, weight_decay, grad_norm and loss_scale.
     """
     model = runtime.model
     model.train(True)
@@ -67,11 +74,13 @@ def train_one_epoch(
         grad_norm = runtime.backward_step(loss, update, update_freq)
         if update and ema is not None:
             ema.update(runtime.module)
-        lr = max(g["lr"] for g in runtime.optimizer.param_groups)
+        lrs = [g["lr"] for g in runtime.optimizer.param_groups]
+        lr = max(lrs)
         n = len(batch["video"])
         progress.update(n=n, loss=value, **extra)
         if update:
-            progress.update(lr=lr, grad_norm=grad_norm, loss_scale=runtime.loss_scale)
+            progress.update(lr=lr, min_lr=min(lrs), weight_decay=_decayed_weight_decay(runtime.optimizer),
+                            grad_norm=grad_norm, loss_scale=runtime.loss_scale)
             if log_writer is not None:
                 log_writer.add_scalar("train/loss", value, step)
                 log_writer.add_scalar("train/lr", lr, step)

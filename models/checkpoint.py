@@ -2,15 +2,18 @@
 
 ``checkpoint_filter_fn`` is pure: it adapts a state dict to a model's shapes (head dropping, 2D->3D patch
 embedding inflation, bicubic spatial / linear temporal position-table resampling) and returns a new dict.
-``read_state_dict`` reads a file and finds and un-prefixes its state dict; ``load_finetune_checkpoint`` (the
+``read_state_dict`` reads a file (an ``http(s)://`` URL through torch.hub's cache) and finds and un-prefixes its state dict; ``load_finetune_checkpoint`` (the
 ``--finetune`` path) and ``timm.create_model(..., pretrained=True)`` (``models/build.py``) both read files with
 it and adapt them with ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +27,79 @@ _logger = logging.getLogger(__name__)
 
 STRIPPED_PREFIXES = ("backbone.", "encoder.", "module.")
 INFLATE_MODES = ("center", "avg")
+K710_CLASSES = 710  # Kinetics-710: the official K400/600/700 union checkpoints
+
+
+def fetch_checkpoint(path_or_url: str | os.PathLike, check_hash: bool = True) -> Path:
+    """A local path as is; an ``http(s)://`` URL becomes ``<torch hub dir>/checkpoints/<file name>``, downloaded
+    there once (as ``torch.hub.load_state_dict_from_url``; ``check_hash`` verifies a ``name-<sha256 prefix>.ext``
+    file name). Raises ``RuntimeError`` naming the URL and the cache file when the download fails (offline)."""
+    text = os.fspath(path_or_url)
+    if not text.startswith(("http://", "https://")):
+        return Path(text)
+    name = os.path.basename(urllib.parse.urlparse(text).path)
+    if not name:
+        raise ValueError(f"checkpoint URL {text} names no file")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if cached.is_file():
+        _logger.info("using %s from the torch hub cache for %s", cached, text)
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(name) if check_hash else None
+    _logger.info("downloading %s to %s", text, cached)
+    try:
+        torch.hub.download_url_to_file(text, str(cached), hash_prefix=match.group(1) if match else None)
+    except OSError as err:
+        raise RuntimeError(f"cannot download checkpoint {text} ({err}). Offline? Fetch it on a connected machine "
+                           f"and pass the local file, or copy it to {cached}") from err
+    except RuntimeError as err:  # the file's SHA-256 does not start with the prefix in its name
+        raise RuntimeError(f"checkpoint {text}: {err}") from err
+    return cached
+
+
+def read_label_map(path: str | os.PathLike) -> list[int]:
+    """A ``--label_map`` JSON file: a list of head rows (ints) of the checkpoint, one per target class."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--label_map {path}: cannot read a JSON list of class indices ({err})") from err
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, int) and r >= 0 for r in rows):
+        raise ValueError(f"--label_map {path}: expected a non-empty JSON list of non-negative ints")
+    return rows
+
+
+def select_head_rows(state_dict: Mapping[str, torch.Tensor], num_classes: int,
+                     label_map: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Keep the classifier rows that match the target classes (a new dict; the input is untouched).
+
+    With ``label_map``, rows ``label_map`` (one per target class). Otherwise the official rule for Kinetics-710
+    checkpoints: 710 → 400 classes keeps the first 400 rows; 710 → 600 / 700 needs a label map (``--label_map``)
+    and is an error without one. Any other head is returned as is.
+    """
+    out = dict(state_dict)
+    weight = out.get("head.weight")
+    if weight is None or weight.ndim != 2:
+        return out
+    rows = weight.shape[0]
+    if label_map is not None:
+        top = max(label_map, default=-1)
+        if len(label_map) != num_classes or top >= rows:
+            raise ValueError(f"--label_map has {len(label_map)} entries up to {top}, but the model has "
+                             f"{num_classes} classes and the checkpoint head {rows} rows")
+        index = torch.as_tensor(list(label_map), dtype=torch.long)
+    elif rows == K710_CLASSES and num_classes == 400:
+        index = torch.arange(400)
+    elif rows == K710_CLASSES and num_classes in (600, 700):
+        raise ValueError(f"the checkpoint has a {K710_CLASSES}-class head; fine-tuning to {num_classes} classes "
+                         f"needs --label_map (the official k710/label_mixto{num_classes}.json)")
+    else:
+        return out
+    _logger.info("keeping %d of the %d head rows of the checkpoint%s", len(index), rows,
+                 " (label map)" if label_map is not None else " (the first 400: Kinetics-710 -> 400)")
+    for key in ("head.weight", "head.bias"):
+        if key in out:
+            out[key] = out[key][index]
+    return out
 
 
 def inflate_patch_weight(weight: torch.Tensor, time_dim: int, mode: str = "center") -> torch.Tensor:
@@ -75,16 +151,21 @@ def checkpoint_filter_fn(
     delete_head: bool = False,
     orig_t_size: int | None = None,
     inflate: str = "center",
+    label_map: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return a new state dict adapted to ``model``; the input dict and its tensors are left untouched.
 
-    The classifier ``head.*`` is dropped on ``delete_head`` or when its shape differs from the model's;
+    Unless ``delete_head``, the classifier rows are first selected by ``select_head_rows`` (``label_map``, or the
+    official Kinetics-710 → 400 rule). The classifier ``head.*`` is dropped on ``delete_head`` or when its shape
+    still differs from the model's;
     tensors whose shapes differ are converted (patch inflation, position-table resampling) or rejected.
     Keys the model lacks are kept, so that ``load_state_dict`` reports them as unexpected.
     """
     if inflate not in INFLATE_MODES:
         raise ValueError(f"inflate must be one of {INFLATE_MODES}, got {inflate!r}")
     own = model.state_dict()
+    if not delete_head and "head.weight" in own:
+        state_dict = select_head_rows(state_dict, own["head.weight"].shape[0], label_map)
     head_mismatch = any(k in own and own[k].shape != state_dict[k].shape
                         for k in ("head.weight", "head.bias") if k in state_dict)
     out: dict[str, torch.Tensor] = {}
@@ -160,8 +241,9 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "
 def read_state_dict(path: str | os.PathLike, model_key: str = "model|module",
                     model_prefix: str = "") -> dict[str, torch.Tensor]:
     """The un-prefixed state dict of a checkpoint file (``read_checkpoint``, ``extract_state_dict``,
-    ``strip_prefixes``)."""
-    return strip_prefixes(extract_state_dict(read_checkpoint(path), model_key, path), model_prefix)
+    ``strip_prefixes``); ``path`` may be an ``http(s)://`` URL (``fetch_checkpoint``)."""
+    local = fetch_checkpoint(path)
+    return strip_prefixes(extract_state_dict(read_checkpoint(local), model_key, local), model_prefix)
 
 
 def load_finetune_checkpoint(
@@ -172,14 +254,16 @@ def load_finetune_checkpoint(
     delete_head: bool = False,
     orig_t_size: int | None = None,
     inflate: str = "center",
+    label_map: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Load a (possibly image-pretrained or differently sized) checkpoint into ``model`` non-strictly.
 
-    Returns and logs a report: {"path", "missing_keys", "unexpected_keys"}.
+    ``path`` may be an ``http(s)://`` URL (``fetch_checkpoint``). Returns and logs a report:
+    {"path", "missing_keys", "unexpected_keys"}.
     """
     state_dict = read_state_dict(path, model_key, model_prefix)
     state_dict = checkpoint_filter_fn(state_dict, model, delete_head=delete_head, orig_t_size=orig_t_size,
-                                      inflate=inflate)
+                                      inflate=inflate, label_map=label_map)
     result = model.load_state_dict(state_dict, strict=False)
     report = {"path": str(path), "missing_keys": list(result.missing_keys),
               "unexpected_keys": list(result.unexpected_keys)}

@@ -153,10 +153,8 @@ class MambaVideoBackbone(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Embeddings plus the SSM A_log/D parameters (marked ``_no_weight_decay`` as in Mamba)."""
-        names = {"pos_embed", "cls_token", "temporal_pos_embedding"}
-        names.update(n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False))
-        return names
+        """The official list: the embeddings only (the 2-D SSM ``A_log`` / ``A_b_log`` are decayed)."""
+        return {"pos_embed", "cls_token", "temporal_pos_embedding"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

@@ -39,10 +39,10 @@ class VideoMambaPretrain(MambaVideoBackbone):
     """Student: ``forward(x, mask)`` with x (B, 3, T, H, W) and mask bool (B, 1 + T'*H'*W') (True = masked,
     cls never masked, equal visible count per sample) -> (K, B, N_visible, clip_output_dim).
 
-    With K = clip_return_layer and s = clip_student_return_interval, the official return indices are
-    depth-1, depth-1-s, ...: index depth-1 yields the residual stream entering the last block's mixer
-    (unnormalised); every other index r yields ``norm`` of the stream entering block r+1. Features are
-    stacked from the shallowest to the deepest, decoder k taking feature k.
+    With K = clip_return_layer and s = clip_student_return_interval (a float, as the official flag), the
+    official return indices are depth-1-int(k*s) for k < K: index depth-1 yields the residual stream entering
+    the last block's mixer (unnormalised); every other index r yields ``norm`` of the stream entering block
+    r+1. Features are stacked from the shallowest to the deepest, decoder k taking feature k.
     ``forward_intermediates`` (with ``mask``) and ``norm_tokens`` use ``norm`` as the final norm.
     """
 
@@ -54,7 +54,7 @@ class VideoMambaPretrain(MambaVideoBackbone):
         clip_output_dim: int = 512,
         clip_norm_type: str = "l2",
         clip_return_layer: int = 1,
-        clip_student_return_interval: int = 1,
+        clip_student_return_interval: float = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,11 +62,11 @@ class VideoMambaPretrain(MambaVideoBackbone):
         if decoder_dim != self.embed_dim:
             raise ValueError(f"clip_decoder_embed_dim={decoder_dim} must equal embed_dim={self.embed_dim}: "
                              "the decoders read the student's residual stream directly")
-        shallowest = self.depth - 1 - (clip_return_layer - 1) * clip_student_return_interval
+        shallowest = self.depth - 1 - int((clip_return_layer - 1) * clip_student_return_interval)
         if clip_return_layer < 1 or clip_student_return_interval < 1 or shallowest < 0:
             raise ValueError(f"clip_return_layer={clip_return_layer} with interval {clip_student_return_interval} "
                              f"does not fit in depth {self.depth}")
-        self.return_index = [self.depth - 1 - i * clip_student_return_interval for i in range(clip_return_layer)]
+        self.return_index = [self.depth - 1 - int(i * clip_student_return_interval) for i in range(clip_return_layer)]
         self.norm = self.make_norm()
         self.clip_decoder = nn.ModuleList([
             LinearDecoder(clip_output_dim, decoder_dim, clip_norm_type) for _ in range(clip_return_layer)

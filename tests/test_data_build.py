@@ -3,6 +3,7 @@ each item decodes, per-view tagging, trimmed windows, repeated augmentation and 
 import importlib.util
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -80,8 +81,10 @@ def test_sparse_test_views(media, tmp_path, raw_transforms, backend):
     assert [ds[i]["label"].item() for i in (0, 6, 12)] == [1, 2, 3]
 
 
-def test_sparse_validation_and_train(media, tmp_path, raw_transforms):
-    args = make_args(media, tmp_path, ["v60.mp4 0", "v5.mp4 1"], test_num_segment=3, test_num_crop=3)
+@pytest.mark.parametrize("data_set", ["Kinetics_sparse", "mitv1_sparse"])  # the official build reads both alike
+def test_sparse_validation_and_train(media, tmp_path, raw_transforms, data_set):
+    args = make_args(media, tmp_path, ["v60.mp4 0", "v5.mp4 1"], test_num_segment=3, test_num_crop=3,
+                     data_set=data_set)
     val, _ = build_dataset(False, False, args)
     assert eval_views(val) == [(0, 0, 0, [3, 10, 18, 25, 33, 40, 47, 55], 0, True),
                                (1, 0, 0, [0, 0, 1, 2, 2, 2, 3, 4], 0, True)]
@@ -239,20 +242,34 @@ def test_list_errors_reach_the_caller(media, tmp_path, raw_transforms):
 
 
 def test_pretraining_dataset(media, tmp_path, raw_transforms):
-    args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 0"], sampling_rate=1, mask_type="tube")
+    # the official launchers' setting: --num_segments 8 --num_frames 8 --sampling_rate 1
+    args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 0"], sampling_rate=1, num_segments=8, mask_type="tube")
     ds = build_pretraining_dataset(args)
     torch.manual_seed(0)
     item = ds[0]
     assert item["mask"].dtype == torch.bool and item["mask"].shape == (8 * 2 * 2,)
     assert item["mask"].view(8, 4).float().std(0).max() == 0  # tube: the same patches in every frame
-    seg = 59 / 8
-    assert all(round(seg * i) <= k <= round(seg * (i + 1)) for i, k in enumerate(indices_of(item["video"])[0]))
-    args.mask_type, args.data_path, args.sampling_rate = "attention", str(tmp_path / "train.csv"), 4
+    assert all(7 * i <= k < 7 * i + 7 for i, k in enumerate(indices_of(item["video"])[0]))  # 60 // 8 = 7 per segment
+    args.mask_type, args.data_path = "attention", str(tmp_path / "train.csv")
+    args.sampling_rate, args.num_segments = 4, 1
     ds = build_pretraining_dataset(args)
     item = ds[0]
     assert set(item) == {"video"}
     idx = indices_of(item["video"])[0]
-    assert idx == [min(int(idx[-1] + 1 - 32 + 32 * k / 7), idx[-1]) for k in range(8)]  # dense, rate 4
+    assert idx == [idx[0] + 4 * k for k in range(8)] and 0 <= idx[0] <= 60 - 32  # stride 4 from a random start
+    # --num_sample 2: two clips of one decode, each with its own mask, flattened by the collate
+    args.mask_type, args.num_sample = "random", 2
+    ds = build_pretraining_dataset(args)
+    np.random.seed(0)
+    items = [ds[0], ds[1]]
+    assert items[0]["video"].shape == (2, 3, 8, 32, 32) and items[0]["mask"].shape == (2, 8 * 2 * 2)
+    assert torch.equal(items[0]["video"][0], items[0]["video"][1])  # the raw test transform: same decode
+    assert not torch.equal(items[0]["mask"][0], items[0]["mask"][1])
+    batch = multiple_samples_collate(items)
+    assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["mask"].shape == (4, 32)
+    args.num_segments = 4
+    with pytest.raises(ValueError, match="--num_segments 4"):
+        build_pretraining_dataset(args)
 
 
 def test_test_crops_of_one_segment_share_one_decode(media, tmp_path, raw_transforms, monkeypatch):

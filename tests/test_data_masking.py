@@ -1,10 +1,12 @@
-"""Pretraining mask generators: exact masked counts, tube structure, window size from args, seeding."""
+"""Pretraining mask generators (the official --mask_type rules): exact masked counts, tube and row structure,
+window size from args, seeding."""
 from argparse import Namespace
 
 import numpy as np
 import pytest
 
-from datasets.masking import RandomMaskingGenerator, TubeMaskingGenerator, build_mask_generator, mask_window_size
+from datasets.masking import (RandomMaskingGenerator, RandomRowMaskingGenerator, TubeMaskingGenerator,
+                              TubeRowMaskingGenerator, build_mask_generator, mask_window_size)
 
 
 def pretrain_args(**overrides) -> Namespace:
@@ -26,15 +28,45 @@ def test_tube_mask_same_patches_every_frame_exact_count():
     assert not np.array_equal(generator(), generator())
 
 
-def test_random_mask_independent_frames_exact_count():
+def test_random_mask_exact_count_over_the_whole_clip():
     np.random.seed(0)
     generator = build_mask_generator(pretrain_args(mask_type="random", mask_ratio=0.9, num_frames=16, tubelet_size=2))
     assert isinstance(generator, RandomMaskingGenerator)
-    mask = generator()
-    assert mask.dtype == np.bool_ and mask.shape == (8 * 196,)
-    frames = mask.reshape(8, 196)
-    assert (frames.sum(axis=1) == int(0.9 * 196)).all()
-    assert len({frame.tobytes() for frame in frames}) == 8
+    counts = set()
+    for _ in range(20):
+        mask = generator()
+        assert mask.dtype == np.bool_ and mask.shape == (8 * 196,)
+        assert mask.sum() == int(0.9 * 8 * 196)  # 1411, not 8 * int(0.9 * 196) = 1408
+        frames = mask.reshape(8, 196)
+        assert len({frame.tobytes() for frame in frames}) == 8
+        counts.update(frames.sum(axis=1).tolist())
+    assert len(counts) > 1  # the per-frame count varies: the draw is over the whole clip
+
+
+def test_tube_row_masks_whole_rows_independently_per_frame():
+    np.random.seed(0)
+    generator = build_mask_generator(pretrain_args(mask_type="tube_row", mask_ratio=0.5, input_size=112))
+    assert isinstance(generator, TubeRowMaskingGenerator)
+    patterns = set()
+    for _ in range(10):
+        grid = generator().reshape(8, 7, 7)
+        assert (grid == grid[:, :, :1]).all()  # whole rows
+        assert (grid[:, :, 0].sum(axis=1) == int(0.5 * 7)).all()  # 3 rows in every frame
+        patterns.update(frame.tobytes() for frame in grid[:, :, 0])
+    assert len(patterns) > 1
+
+
+def test_random_row_masks_rows_over_the_whole_clip():
+    np.random.seed(0)
+    generator = build_mask_generator(pretrain_args(mask_type="random_row", mask_ratio=0.5, input_size=112))
+    assert isinstance(generator, RandomRowMaskingGenerator)
+    per_frame = set()
+    for _ in range(20):
+        grid = generator().reshape(8, 7, 7)
+        assert (grid == grid[:, :, :1]).all()
+        assert grid[:, :, 0].sum() == 8 * int(0.5 * 7)  # 24 of the 56 rows of the clip
+        per_frame.update(grid[:, :, 0].sum(axis=1).tolist())
+    assert len(per_frame) > 1
 
 
 def test_masks_cover_all_patches_uniformly_over_draws():
@@ -45,7 +77,8 @@ def test_masks_cover_all_patches_uniformly_over_draws():
 
 
 def test_masks_are_deterministic_under_seed():
-    for generator in (TubeMaskingGenerator((4, 7, 7), 0.75), RandomMaskingGenerator((4, 7, 7), 0.75)):
+    for generator in (TubeMaskingGenerator((4, 7, 7), 0.75), RandomMaskingGenerator((4, 7, 7), 0.75),
+                      TubeRowMaskingGenerator((4, 7, 7), 0.75), RandomRowMaskingGenerator((4, 7, 7), 0.75)):
         np.random.seed(3)
         first = generator()
         np.random.seed(3)
@@ -57,7 +90,7 @@ def test_window_size_attention_and_bad_arguments():
     assert mask_window_size(Namespace(num_frames=8, input_size=224)) == (8, 14, 14)
     assert build_mask_generator(pretrain_args(mask_type="attention")) is None
     with pytest.raises(ValueError, match="mask_type"):
-        build_mask_generator(pretrain_args(mask_type="tube_row"))
+        build_mask_generator(pretrain_args(mask_type="block"))
     with pytest.raises(ValueError, match="mask_ratio"):
         build_mask_generator(pretrain_args(mask_ratio=1.0))
     with pytest.raises(ValueError, match="tubelet_size"):

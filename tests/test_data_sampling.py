@@ -133,3 +133,41 @@ def test_clip_indices_dispatch_and_errors():
         S.sparse_eval_indices(0, 8, 0, 1)
     with pytest.raises(ValueError, match="segment 3"):
         S.ssv2_test_indices(30, 8, 3, 2)
+
+
+# ------------------------------------------------------------------ masked pretraining (official VideoMAE loader)
+def test_pretrain_segments_one_frame_per_segment():
+    # V = 30, J = 8: a = 3, segment i covers [3i, 3i + 2]; every frame of every segment is reachable
+    seen = [set() for _ in range(8)]
+    g = rng()
+    for _ in range(300):
+        for i, k in enumerate(S.pretrain_segment_indices(30, 8, g)):
+            seen[i].add(k)
+    assert seen == [{3 * i, 3 * i + 1, 3 * i + 2} for i in range(8)]
+    assert all(2 * i <= k <= 2 * i + 1 for i, k in enumerate(S.pretrain_segment_indices(17, 8, g)))  # a = 2
+    assert S.pretrain_segment_indices(8, 8, g) == list(range(8))  # a = 1
+    assert S.pretrain_segment_indices(5, 8, g) == [0] * 8  # V < J: all zeros (not front padding)
+
+
+def test_pretrain_clip_stride_from_random_start():
+    # V = 60, n = 8, r = 4: start uniform in [0, 60 - 32] = [0, 28], then start + 4k
+    starts = set()
+    g = rng()
+    for _ in range(600):
+        out = S.pretrain_clip_indices(60, 8, 4, g)
+        assert out == [out[0] + 4 * k for k in range(8)]
+        starts.add(out[0])
+    assert starts == set(range(29))
+
+
+def test_pretrain_clip_short_videos_repeat_below_the_last_frame():
+    g = rng()
+    # V = 9, n = 4, r = 4: V < n·r, start 0; 0 4, then 8 is not below V − 1 = 8, so 4 repeats
+    assert S.pretrain_clip_indices(9, 4, 4, g) == [0, 4, 4, 4]
+    assert S.pretrain_clip_indices(8, 4, 4, g) == [0, 4, 4, 4]
+    assert S.pretrain_clip_indices(1, 3, 2, g) == [0, 0, 0]
+    # V = 8, n = 8, r = 1: start 0 (span 1); frame 7 = V − 1 is never stepped onto
+    assert S.pretrain_clip_indices(8, 8, 1, g) == [0, 1, 2, 3, 4, 5, 6, 6]
+    # V = 10, n = 8, r = 1: start in {0, 1, 2}; from start 2 the clip would end on 9 = V − 1, which repeats 8
+    seen = {tuple(S.pretrain_clip_indices(10, 8, 1, g)) for _ in range(200)}
+    assert seen == {tuple(range(0, 8)), tuple(range(1, 9)), (2, 3, 4, 5, 6, 7, 8, 8)}

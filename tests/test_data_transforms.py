@@ -232,6 +232,25 @@ def test_pretrain_crop_matches_pil_reference_pipeline():
         assert np.abs(out - ref).max() <= 1.01
 
 
+def test_pretrain_colour_jitter_is_drawn_per_frame_after_the_crop():
+    """--color_jitter > 0: torchvision's ColorJitter(b, c, s) on every frame independently (official per-image)."""
+    frames = textured_clip(t=4, h=40, w=56)  # four identical frames
+    plain = build_pretrain_transform(make_args(input_size=32, color_jitter=0.0))
+    jittered = build_pretrain_transform(make_args(input_size=32, color_jitter=0.4))
+    seed_all(3)
+    out_plain = plain(frames)
+    assert all(torch.equal(out_plain[:, t], out_plain[:, 0]) for t in range(4))
+    seed_all(3)
+    out = jittered(frames)
+    assert out.shape == out_plain.shape
+    assert len({out[:, t].numpy().tobytes() for t in range(4)}) == 4  # each frame its own factors
+    assert not torch.equal(out[:, 0], out_plain[:, 0])
+    seed_all(3)
+    assert torch.equal(jittered(frames), out)  # reproducible under the seeds
+    with pytest.raises(ValueError, match="color_jitter"):
+        build_pretrain_transform(make_args(color_jitter=-0.1))
+
+
 def test_random_erasing_shared_box_and_validation():
     seed_all(1)
     clip = torch.zeros(3, 4, 20, 20)

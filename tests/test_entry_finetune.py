@@ -48,26 +48,55 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     assert test["num_videos"] == 4 and test["missing"] == 0 and test["duplicates"] == 0
     assert len((out / "test_videos.csv").read_text().splitlines()) == 1 + 4
     logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
-    assert [r["epoch"] for r in logged if "epoch" in r] == [0, 1, 2, 3]
+    epochs = [r for r in logged if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    official_keys = {"train_lr", "train_min_lr", "train_weight_decay", "train_loss", "train_class_acc",
+                     "train_loss_scale", "train_grad_norm", "val_loss", "val_acc1", "val_acc5", "epoch", "n_parameters"}
+    assert all(official_keys <= set(r) for r in epochs)
+    model = run_class_finetuning.build_model(run_class_finetuning.get_args_parser().parse_args(_argv(video_set, out)))
+    assert epochs[0]["n_parameters"] == sum(p.numel() for p in model.parameters())
+    assert epochs[0]["train_min_lr"] < epochs[0]["train_lr"]  # layer decay 0.75 on the embeddings
+    assert 0 <= epochs[-1]["train_class_acc"] <= 1
     assert logged[-1]["test_acc1"] == test["acc1"]
+    assert logged[-1]["Final top-1"] == test["acc1"] and logged[-1]["Final Top-5"] == test["acc5"]
+    assert logged[-1]["test_weights"] == str(out / "checkpoint-best.pth")
 
     evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
     assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
     assert evaluated["test"]["acc1"] == pytest.approx(test["acc1"])
+    assert evaluated["weights"] == str(out / "checkpoint-best.pth")
+
+    # --eval --test_best: checkpoint-best of --output_dir; --disable_eval_during_finetuning skips validation
+    best_only = _run(_argv(video_set, out, "--eval", "--test_best", "--disable_eval_during_finetuning"))
+    assert "val" not in best_only and best_only["weights"] == str(out / "checkpoint-best.pth")
+    assert best_only["test"]["acc1"] == pytest.approx(test["acc1"])
+    last = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert last["Final top-1"] == best_only["test"]["acc1"] and last["test_weights"] == best_only["weights"]
+    # --eval alone: the newest complete checkpoint of --output_dir
+    newest = _run(_argv(video_set, out, "--eval", "--disable_eval_during_finetuning"))
+    assert newest["weights"] in (str(out / "checkpoint-latest.pth"), str(out / "checkpoint-3.pth"))
+    with pytest.raises(SystemExit, match="checkpoint-best"):
+        _run(_argv(video_set, tmp_path / "empty", "--eval", "--test_best"))
 
 
 def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    _run(_argv(video_set, full, "--epochs", "3", "--disable_eval_during_finetuning"))
+    _run(_argv(video_set, full, "--epochs", "3", "--disable_eval_during_finetuning", "--model_ema"))
     resumed.mkdir()
     shutil.copy(full / "checkpoint-0.pth", resumed / "checkpoint-0.pth")  # what a run killed in epoch 1 leaves
-    result = _run(_argv(video_set, resumed, "--epochs", "3", "--disable_eval_during_finetuning"))
+    result = _run(_argv(video_set, resumed, "--epochs", "3", "--disable_eval_during_finetuning", "--model_ema"))
     assert [r["epoch"] for r in result["history"]] == [1, 2]
+    # without --test_best the final weights get the multi-view test, logged with the official keys
+    last = json.loads((resumed / "log.txt").read_text().splitlines()[-1])
+    assert last["Final top-1"] == result["test"]["acc1"] and last["test_weights"] == "the final weights"
     a = torch.load(full / "checkpoint-latest.pth", weights_only=False)
     b = torch.load(resumed / "checkpoint-latest.pth", weights_only=False)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    assert "ema" not in a  # the official key
+    for key, value in a["model_ema"].items():
+        torch.testing.assert_close(b["model_ema"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_deepspeed_and_plain_paths_train_the_same(video_set, tmp_path, monkeypatch):
@@ -100,6 +129,27 @@ def test_regression_mode_reports_mse(video_set, tmp_path):
     argv[argv.index("--prefix") + 1] = str(video_set)
     result = _run(argv)
     assert result["history"][0]["val_mse"] >= 0 and result["test"]["mse"] >= 0
+    last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
+    assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
     assert result["best"] == result["history"][0]["val_mse"]
     with pytest.raises(SystemExit, match="--task regression"):
         _run(_argv(data, tmp_path / "bad", "--epochs", "1", "--nb_classes", "1"))
+
+
+def test_k710_checkpoint_into_600_classes_needs_label_map(tmp_path):
+    """--finetune of a Kinetics-710 checkpoint: 400 classes keep the first rows, 600 need --label_map."""
+    base = ["--model", "videomamba_tiny", "--depth", "1", "--embed_dim", "16", "--num_frames", "2",
+            "--input_size", "32", "--tubelet_size", "1", "--finetune", str(tmp_path / "k710.pth")]
+    parse = run_class_finetuning.get_args_parser().parse_args
+    source = run_class_finetuning.build_model(parse(base[:-2] + ["--nb_classes", "710"]))
+    torch.save({"model": source.state_dict()}, tmp_path / "k710.pth")
+    head = source.head.weight.detach()
+    k400 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "400"]))
+    assert torch.equal(k400.head.weight.detach(), head[:400])
+    with pytest.raises(ValueError, match="needs --label_map"):
+        run_class_finetuning.build_model(parse(base + ["--nb_classes", "600"]))
+    rows = list(range(110, 710))
+    (tmp_path / "label_mixto600.json").write_text(json.dumps(rows))
+    k600 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "600", "--label_map",
+                                                          str(tmp_path / "label_mixto600.json")]))
+    assert torch.equal(k600.head.weight.detach(), head[110:])

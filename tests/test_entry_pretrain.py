@@ -1,4 +1,5 @@
 """End-to-end masked distillation through run_mask_pretrain.py with a tiny random teacher, then fine-tuning from it."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +32,29 @@ def _pretrain_argv(data: Path, out: Path, mask_type: str) -> list[str]:
             "--clip_return_cls", "--clip_return_attn", "--output_dir", str(out), "--print_freq", "100"]
 
 
-@pytest.mark.parametrize("mask_type", ["attention", "tube"])
+@pytest.mark.parametrize("mask_type", ["attention", "tube", "random_row"])
 def test_mask_pretraining_lowers_loss_and_feeds_finetuning(video_set, tmp_path, mask_type):
     torch.manual_seed(0)
     out = tmp_path / "pt"
-    args = run_mask_pretrain.get_args_parser().parse_args(_pretrain_argv(video_set, out, mask_type))
+    argv = _pretrain_argv(video_set, out, mask_type)
+    if mask_type == "tube":  # the official warm-up: from 0, whatever --warmup_lr says (2 steps per epoch here)
+        argv += ["--warmup_epochs", "1", "--warmup_lr", "1e-3"]
+    args = run_mask_pretrain.get_args_parser().parse_args(argv)
     history = run_mask_pretrain.main(args)["history"]
     losses = [r["train_loss"] for r in history]
     assert losses[-1] < 0.8 * losses[0]
     saved = torch.load(out / "checkpoint-latest.pth", weights_only=False)
     assert saved["epoch"] == 3 and "clip_decoder.0.head.weight" in saved["model"]
+    logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [0, 1, 2, 3]
+    for record in logged:  # the official engine's per-epoch keys; the loss is loss_pixel + ratio * loss_clip
+        assert {"train_loss_clip", "train_loss_pixel", "train_lr", "train_min_lr", "train_weight_decay",
+                "train_grad_norm", "train_loss_scale", "n_parameters"} <= set(record)
+        assert record["train_loss_pixel"] == 0 and record["train_loss"] == pytest.approx(record["train_loss_clip"])
+        assert record["train_min_lr"] == record["train_lr"]  # no layer decay in pretraining
     if mask_type == "tube":
+        assert logged[0]["train_lr"] == pytest.approx(0.5 * (0.0 + 2e-3))  # mean of linspace(0, lr, 2)
+    if mask_type != "attention":
         return
     ft_argv = ["--model", "videomamba_tiny", "--depth", "2", "--embed_dim", "32", "--data_set", "Kinetics_sparse",
                "--data_path", str(video_set), "--prefix", str(video_set), "--nb_classes", "4", "--num_frames", "4",

@@ -184,10 +184,10 @@ def test_every_launcher_model_is_registered() -> None:
 def _entry_parsers() -> dict[str, argparse.ArgumentParser]:
     import run_class_finetuning
     import run_mask_pretrain
+    import run_regression_finetuning
 
-    # run_regression_finetuning.py is run_class_finetuning's parser with regression defaults
     return {"run_class_finetuning.py": run_class_finetuning.get_args_parser(),
-            "run_regression_finetuning.py": run_class_finetuning.get_args_parser(),
+            "run_regression_finetuning.py": run_regression_finetuning.get_args_parser(),
             "run_mask_pretrain.py": run_mask_pretrain.get_args_parser()}
 
 

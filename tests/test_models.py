@@ -197,10 +197,12 @@ def test_reset_classifier(name):
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_group_matcher_gives_the_official_layer_decay(name):
+def test_group_matcher_gives_per_block_layer_decay(name):
+    """timm's layer decay over ``group_matcher`` equals our ``--layer_decay_mode blocks`` groups."""
     model = _create(name, depth=3)
     timm_groups = param_groups_layer_decay(model, layer_decay=0.5, no_weight_decay_list=model.no_weight_decay())
-    ours = param_groups(model.named_parameters(), 0.05, model.get_num_layers(), 0.5, model.no_weight_decay())
+    ours = param_groups(model.named_parameters(), 0.05, model.get_num_layers(), 0.5, model.no_weight_decay(),
+                        mode="blocks")
     names = {id(p): n for n, p in model.named_parameters()}
     timm_scales = {names[id(p)]: g["lr_scale"] for g in timm_groups for p in g["params"]}
     our_scales = {names[id(p)]: g["lr_scale"] for g in ours for p in g["params"]}

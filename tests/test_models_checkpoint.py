@@ -1,6 +1,7 @@
 """Fine-tune checkpoint loading: official-format files, prefixes, head dropping, 2D->3D inflation,
 position-table resampling, purity of the filter, and clear errors."""
 import fractions
+import json
 import logging
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 import models  # noqa: F401  (registers the models with timm)
 
-from models.checkpoint import checkpoint_filter_fn, inflate_patch_weight, load_finetune_checkpoint
+from models.checkpoint import (checkpoint_filter_fn, fetch_checkpoint, inflate_patch_weight, load_finetune_checkpoint,
+                               read_label_map, select_head_rows)
+from models.ops import get_backend, set_backend
 from models.pos_embed import resample_abs_pos_embed
 from models.videomamba import VideoMamba
 from models.videomamba_pretrain import VideoMambaPretrain
@@ -239,3 +242,57 @@ def test_legacy_pickle_falls_back_with_a_warning(tmp_path, caplog):
 def test_bad_inflate_mode_is_rejected():
     with pytest.raises(ValueError, match="inflate"):
         checkpoint_filter_fn({}, _model(), inflate="middle")
+
+
+def test_k710_head_keeps_first_400_rows_and_label_map_selects_rows(tmp_path):
+    source = _randomised_state(_model(num_classes=710))
+    model = _model(num_classes=400)
+    filtered = checkpoint_filter_fn(source, model)
+    assert torch.equal(filtered["head.weight"], source["head.weight"][:400])
+    assert torch.equal(filtered["head.bias"], source["head.bias"][:400])
+    assert source["head.weight"].shape[0] == 710  # pure: the input is untouched
+    assert "head.weight" not in checkpoint_filter_fn(source, model, delete_head=True)
+    rows = [709, 3, 0] + list(range(10, 607))
+    (tmp_path / "label_mixto600.json").write_text(json.dumps(rows))
+    label_map = read_label_map(tmp_path / "label_mixto600.json")
+    model600 = _model(num_classes=600)
+    torch.save({"model": source}, tmp_path / "k710.pth")
+    load_finetune_checkpoint(model600, tmp_path / "k710.pth", label_map=label_map)
+    torch.testing.assert_close(model600.head.weight.detach(), source["head.weight"][rows], rtol=0, atol=0)
+    torch.testing.assert_close(model600.head.bias.detach(), source["head.bias"][rows], rtol=0, atol=0)
+    # a 9-class head for 5 classes is no Kinetics-710 case: left as is (the filter then drops the mismatched head)
+    nine = _randomised_state(_model(num_classes=9))
+    assert torch.equal(select_head_rows(nine, 5)["head.weight"], nine["head.weight"])
+    assert "head.weight" not in checkpoint_filter_fn(nine, _model(num_classes=5))
+
+
+@pytest.mark.parametrize("classes", [600, 700])
+def test_k710_to_600_or_700_needs_label_map(tmp_path, classes):
+    source = _randomised_state(_model(num_classes=710))
+    with pytest.raises(ValueError, match=f"--label_map .*label_mixto{classes}.json"):
+        checkpoint_filter_fn(source, _model(num_classes=classes))
+    with pytest.raises(ValueError, match="--label_map has 3 entries"):
+        checkpoint_filter_fn(source, _model(num_classes=classes), label_map=[0, 1, 2])
+    for content in ("{\"a\": 1}", "[1, -2]", "not json"):
+        (tmp_path / "bad.json").write_text(content)
+        with pytest.raises(ValueError, match="bad.json"):
+            read_label_map(tmp_path / "bad.json")
+
+
+def test_finetune_url_reads_through_the_hub_cache_and_fails_clearly_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    url = "http://127.0.0.1:9/videomamba_tiny_test.pth"  # port 9 (discard): nothing can be downloaded
+    with pytest.raises(RuntimeError, match=r"cannot download checkpoint http://127.0.0.1:9/videomamba_tiny_test.pth"
+                                           r".*Offline\?.*hub/checkpoints/videomamba_tiny_test.pth"):
+        load_finetune_checkpoint(_model(), url)
+    source = _model()
+    state = _randomised_state(source)
+    cached = tmp_path / "hub" / "checkpoints" / "videomamba_tiny_test.pth"
+    torch.save({"model": state}, cached)
+    assert fetch_checkpoint(url) == cached
+    assert fetch_checkpoint("https://example.org/dir/videomamba_tiny_test.pth") == cached
+    assert fetch_checkpoint(tmp_path / "local.pth") == tmp_path / "local.pth"
+    model = _model()
+    load_finetune_checkpoint(model, url)
+    for key, value in state.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)

@@ -43,9 +43,16 @@ def _first_slurm_host(nodelist: str) -> str:
     return out.stdout.split()[0]
 
 
-def _launcher_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) from torchrun or slurm variables, or None for a plain single process."""
+def _launcher_env(openmpi: bool = False) -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from OpenMPI (``openmpi``: the official ``--dist_on_itp``), torchrun or
+    slurm variables, or None for a plain single process."""
     env = os.environ
+    if openmpi:
+        names = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")
+        missing = [n for n in names if n not in env]
+        if missing:
+            raise RuntimeError(f"--dist_on_itp needs the OpenMPI variables {', '.join(missing)} (launch with mpirun)")
+        return int(env[names[0]]), int(env[names[1]]), int(env[names[2]])
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
@@ -53,8 +60,10 @@ def _launcher_env() -> tuple[int, int, int] | None:
     return None
 
 
-def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group: bool = False) -> DistInfo:
-    """Initialise the default process group when launched by torchrun or slurm; otherwise one process.
+def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group: bool = False,
+                     openmpi: bool = False) -> DistInfo:
+    """Initialise the default process group when launched by torchrun, slurm or (``openmpi``) mpirun; otherwise
+    one process.
 
     ``device`` is ``cuda`` (NCCL backend, one GPU per local rank) or ``cpu`` (gloo). A single process
     (nothing set by a launcher) gets no process group unless ``need_group`` (DeepSpeed needs one); it then
@@ -63,7 +72,7 @@ def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group:
     use_cuda = device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but CUDA is not available; pass --device cpu")
-    found = _launcher_env()
+    found = _launcher_env(openmpi)
     rank, world_size, local_rank = found if found is not None else (0, 1, 0)
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -72,13 +81,13 @@ def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group:
     if found is None and not need_group:
         logger.info("single process on %s (no torchrun/slurm variables)", torch_device)
         return info
-    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
+    if openmpi or ("SLURM_PROCID" in os.environ and "RANK" not in os.environ):
         os.environ["RANK"] = str(rank)
         os.environ["WORLD_SIZE"] = str(world_size)
         os.environ["LOCAL_RANK"] = str(local_rank)
         os.environ.setdefault("MASTER_PORT", "29500")
         if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = _first_slurm_host(os.environ["SLURM_NODELIST"])
+            os.environ["MASTER_ADDR"] = "127.0.0.1" if openmpi else _first_slurm_host(os.environ["SLURM_NODELIST"])
     else:
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world_size))

@@ -26,9 +26,9 @@ start=$(date +%s)
 "$PYTHON" run_class_finetuning.py \
     --model videomamba_tiny --depth "$DEPTH" \
     --data_set SSV2 --data_path "$DEMO_DIR/data" --prefix "$DEMO_DIR/data" --nb_classes 4 \
-    --num_frames 8 --input_size 32 --short_side_size 32 --train_crop_scale 0.6 1.0 \
+    --num_frames 8 --tubelet_size 1 --input_size 32 --short_side_size 32 --train_crop_scale 0.6 1.0 \
     --batch_size 8 --num_sample 1 --epochs "$EPOCHS" --warmup_epochs 0 --warmup_steps 25 \
-    --lr 1e-3 --min_lr 1e-5 --no_lr_scale --weight_decay 0.05 --drop_path 0.0 \
+    --lr 1e-3 --min_lr 1e-5 --no_lr_scale --layer_decay 1.0 --weight_decay 0.05 --drop_path 0.0 \
     --aa none --reprob 0 --mixup 0 --cutmix 0 --smoothing 0.1 \
     --test_num_segment 2 --test_num_crop 3 --test_best \
     --device cpu --num_workers 1 --print_freq 64 \

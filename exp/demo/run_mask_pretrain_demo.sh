@@ -12,7 +12,8 @@ DEMO_DIR=${DEMO_DIR:-${TMPDIR:-/tmp}/videomamba_mask_demo}
 # One compute thread plus one decoding worker fill 2 cores without oversubscription; on a busy 2-core machine
 # two compute threads were measured ~8x slower per step. DEMO_THREADS overrides.
 export OMP_NUM_THREADS=${DEMO_THREADS:-1}
-SIZE=(--depth 4 --embed_dim 64 --num_frames 8 --input_size 32 --batch_size 8 --device cpu --num_workers 1)
+SIZE=(--depth 4 --embed_dim 64 --num_frames 8 --tubelet_size 1 --input_size 32 --batch_size 8 --device cpu
+      --num_workers 1)
 
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
@@ -31,7 +32,7 @@ mkdir -p "$DEMO_DIR"
 "$PYTHON" run_class_finetuning.py "${SIZE[@]}" \
     --model videomamba_tiny --finetune "$DEMO_DIR/pretrain/checkpoint-latest.pth" \
     --data_set SSV2 --data_path "$DEMO_DIR/data" --prefix "$DEMO_DIR/data" --nb_classes 4 --short_side_size 32 \
-    --num_sample 1 --epochs 2 --warmup_epochs 0 --lr 1e-3 --min_lr 1e-5 --no_lr_scale \
+    --num_sample 1 --epochs 2 --warmup_epochs 0 --lr 1e-3 --min_lr 1e-5 --no_lr_scale --layer_decay 1.0 \
     --aa none --reprob 0 --mixup 0 --cutmix 0 --test_num_segment 2 --test_num_crop 1 --test_best \
     --output_dir "$DEMO_DIR/finetune" --print_freq 4
 
