@@ -21,21 +21,26 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the VideoMamba models with timm)
-from datasets.build import build_dataset
+from datasets.build import DATA_SETS, build_dataset
 from datasets.collate import multiple_samples_collate
 from datasets.mixup import build_mixup_fn
 from engines import checkpoint as ckpt
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
-                         report_ignored)
+                         check_paths, report_ignored, run_entry)
 from engines.evaluate import evaluate
 from engines.fit import append_log, build_ema, build_runtime, fit, resume, scale_lrs
 from engines.multiview import multiview_test
 from engines.session import make_loader, start_run
 from engines.tasks import ClassificationTask, RegressionTask
+from models.build import check_model_name
 from models.checkpoint import load_finetune_checkpoint, read_label_map
 from utils.distributed import DistInfo
+from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
+
+PATH_FLAGS = {"--data_path": "folder", "--prefix": "folder", "--finetune": "file", "--resume": "any",
+              "--label_map": "file"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,8 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                          "fine-tuned to 600/700 classes: the official k710/label_mixto600.json / ...700.json)")
     add_data_args(parser, num_frames=16, sampling_rate=4)
     data = parser.add_argument_group("data set")
-    data.add_argument("--data_set", default="Kinetics", type=str,
-                      help="Kinetics, Kinetics_sparse, mitv1_sparse, SSV2, UCF101, HMDB51, LVU, Breakfast, COIN")
+    data.add_argument("--data_set", default="Kinetics", type=str, help=", ".join(DATA_SETS))
     data.add_argument("--filename_tmpl", default="img_{:05}.jpg", type=str)
     data.add_argument("--use_decord", action="store_true", default=True)
     data.add_argument("--no_use_decord", action="store_false", dest="use_decord",
@@ -115,10 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations (``UsageError``); sets the regression defaults."""
     if args.task == "regression" and args.nb_classes != 1:
-        raise SystemExit(f"--task regression needs --nb_classes 1, got {args.nb_classes}")
+        raise UsageError(f"--task regression needs --nb_classes 1, got {args.nb_classes}")
     if args.task == "classification" and args.nb_classes < 2:
-        raise SystemExit("--nb_classes 1 is regression: pass --task regression (or use run_regression_finetuning.py)")
+        raise UsageError("--nb_classes 1 is regression: pass --task regression (or use run_regression_finetuning.py)")
     if args.task == "regression":
         args.mixup = args.cutmix = 0.0
         args.cutmix_minmax = None
@@ -126,6 +131,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    check_model_name(args.model, "videomamba")
     kwargs: dict[str, Any] = dict(img_size=args.input_size, num_frames=args.num_frames, kernel_size=args.tubelet_size,
                                   num_classes=args.nb_classes, drop_rate=args.drop, fc_drop_rate=args.fc_drop_rate,
                                   drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
@@ -155,15 +161,14 @@ def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[s
     return record
 
 
-def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, weights: Path | None,
+def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, dataset: Any, weights: Path | None,
              description: str) -> dict | None:
     """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of ``weights`` (None: the
-    weights the runtime holds, named by ``description``)."""
+    weights the runtime holds, named by ``description``) on the test ``dataset``; unreadable videos are named."""
     if weights is not None:
         runtime.load(weights, model_only=True)
         description = str(weights)
     logger.info("multi-view test of %s", description)
-    dataset, _ = build_dataset(is_train=False, test_mode=True, args=args)
     loader = make_loader(dataset, args, info, train=False, batch_size=args.batch_size, shard=True)
     out = Path(args.output_dir) if args.output_dir else None
     result = multiview_test(runtime, task, loader, info.world_size, info.rank,
@@ -174,19 +179,19 @@ def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, 
                    else f"MSE {result.get('mse', float('nan')):.4f}")
         print(f"multi-view test: {summary} over {result['num_videos']} videos "
               f"({result['missing']} missing, {len(result['incomplete'])} incomplete windows)")
+        if result["missing_ids"]:
+            logger.warning("multi-view test: %d videos could not be decoded and are not scored: %s",
+                           result["missing"], ", ".join(dataset.entries[i].path for i in result["missing_ids"]))
         append_log(args.output_dir, final_record(task.name, result, description))
     return result
 
 
 def evaluate_only(args: argparse.Namespace, model: torch.nn.Module, task: Any, info: DistInfo,
-                  val_loader: Any) -> dict[str, Any]:
+                  val_loader: Any, test_set: Any) -> dict[str, Any]:
     """``--eval``: validation (unless --disable_eval_during_finetuning) and the multi-view test of the weights
     chosen by ``checkpoint_to_evaluate`` (else the --finetune weights)."""
-    try:
-        weights = ckpt.checkpoint_to_evaluate(args.output_dir, args.resume, args.test_best, args.enable_deepspeed,
-                                              search=args.auto_resume)
-    except FileNotFoundError as err:
-        raise SystemExit(str(err)) from err
+    weights = ckpt.checkpoint_to_evaluate(args.output_dir, args.resume, args.test_best, args.enable_deepspeed,
+                                          search=args.auto_resume)
     if weights is not None:
         description = str(weights)
     elif args.finetune:
@@ -203,7 +208,7 @@ def evaluate_only(args: argparse.Namespace, model: torch.nn.Module, task: Any, i
         logger.info("validation: %s", results["val"])
         if info.is_main:
             append_log(args.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
-    results["test"] = run_test(args, runtime, task, info, None, description)
+    results["test"] = run_test(args, runtime, task, info, test_set, None, description)
     return results
 
 
@@ -211,6 +216,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     info, writer = start_run(args)
     report_ignored(args)
+    check_paths(args, PATH_FLAGS)
     task: Any
     if args.task == "regression":
         task = RegressionTask()
@@ -223,15 +229,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         val_set, _ = build_dataset(is_train=False, test_mode=False, args=args)
         val_loader = make_loader(val_set, args, info, train=False, batch_size=int(1.5 * args.batch_size),
                                  shard=args.dist_eval)
+    test_set, _ = build_dataset(is_train=False, test_mode=True, args=args)  # read now: list errors fail fast
     if args.eval:
-        return evaluate_only(args, model, task, info, val_loader)
+        return evaluate_only(args, model, task, info, val_loader, test_set)
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
     collate = multiple_samples_collate if args.num_sample > 1 else None
     train_loader = make_loader(train_set, args, info, train=True, batch_size=args.batch_size, shard=True,
                                collate_fn=collate)
     steps_per_epoch = len(train_loader) // args.update_freq
     if steps_per_epoch == 0:
-        raise SystemExit(f"{args.data_path}: {len(train_set)} training videos are fewer than one step of "
+        raise UsageError(f"{args.data_path}: {len(train_set)} training videos are fewer than one step of "
                          f"batch_size {args.batch_size} × update_freq {args.update_freq} × {info.world_size} ranks")
     scale_lrs(args, info.world_size)
     runtime = build_runtime(args, model, info)
@@ -245,11 +252,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         best = ckpt.best_checkpoint(Path(args.output_dir), args.enable_deepspeed) if args.output_dir else None
         if best is None:
             logger.warning("--test_best: no checkpoint-best to test; testing the final weights")
-    results["test"] = run_test(args, runtime, task, info, best, "the final weights")
+    results["test"] = run_test(args, runtime, task, info, test_set, best, "the final weights")
     if writer is not None:
         writer.close()
     return results
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_entry(main, get_args_parser())

@@ -22,13 +22,16 @@ from datasets.build import build_pretraining_dataset
 from datasets.collate import multiple_samples_collate
 from datasets.masking import MASK_TYPES
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
-                         report_ignored, str2bool)
+                         check_paths, report_ignored, run_entry, str2bool)
 from engines.fit import build_runtime, fit, resume, scale_lrs
 from engines.session import make_loader, start_run
 from engines.tasks import DistillationTask
+from models.build import check_model_name
+from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
+PATH_FLAGS = {"--data_path": "any", "--prefix": "folder", "--resume": "any"}  # the teacher's file: build_teacher
 TEACHERS = {"clip_b16": models.clip_b16, "clip_l14": models.clip_l14, "clip_l14_336": models.clip_l14_336}
 
 
@@ -87,6 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_student(args: argparse.Namespace) -> torch.nn.Module:
+    check_model_name(args.model, "videomamba_pretrain")
     kwargs: dict[str, Any] = dict(
         img_size=args.input_size, num_frames=args.num_frames, kernel_size=args.tubelet_size,
         drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint, checkpoint_num=args.checkpoint_num,
@@ -122,6 +126,7 @@ def build_teacher(args: argparse.Namespace) -> torch.nn.Module:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     info, writer = start_run(args)
     report_ignored(args)
+    check_paths(args, PATH_FLAGS)
     teacher = build_teacher(args).to(info.device)  # first: a missing teacher file fails before the student is built
     student = build_student(args)
     task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
@@ -131,7 +136,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True, collate_fn=collate)
     steps_per_epoch = len(loader) // args.update_freq
     if steps_per_epoch == 0:
-        raise SystemExit(f"{args.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
+        raise UsageError(f"{args.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
                          f"{args.batch_size} × update_freq {args.update_freq} × {info.world_size} ranks")
     scale_lrs(args, info.world_size)
     runtime = build_runtime(args, student, info, find_unused_parameters=True)
@@ -143,4 +148,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_entry(main, get_args_parser())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 import run_class_finetuning
+from engines.cli import run_entry
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -17,4 +18,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    run_class_finetuning.main(get_args_parser().parse_args())
+    run_entry(run_class_finetuning.main, get_args_parser())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import run_mask_pretrain
+from engines.cli import run_entry
 
 if __name__ == "__main__":
-    run_mask_pretrain.main(run_mask_pretrain.get_args_parser().parse_args())
+    run_entry(run_mask_pretrain.main, run_mask_pretrain.get_args_parser())

@@ -5,11 +5,12 @@
   nb_classes (1 = regression: float targets), num_frames, sampling_rate (dense data sets), trimmed and
   time_stride (seconds; LVU / Breakfast / COIN), test_num_segment, test_num_crop, num_sample (training),
   input_size, short_side_size, video_backend (auto | decord | pyav), no_use_decord or use_decord=False (SSV2 from
-  frame folders), filename_tmpl, max_bad_fraction (default 0.1), max_retries (default 10), plus whatever the
-  transform builders of ``datasets.transforms`` read.
+  frame folders), filename_tmpl, max_bad_fraction, max_retries, seed (training draws, see ``utils.seeding``),
+  plus whatever the transform builders of ``datasets.transforms`` read.
 ``build_pretraining_dataset(args)`` reads data_path (a list file, or a folder holding train.csv), prefix, split,
-  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, and the args of
-  ``build_pretrain_transform`` / ``build_mask_generator``.
+  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, seed, and the
+  args of ``build_pretrain_transform`` / ``build_mask_generator``.
+A list file missing from ``--data_path`` raises ``utils.errors.MissingPathError`` naming the flag.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from datasets.lists import ListEntry, list_file_path, read_list, read_paths
 from datasets.pretrain_dataset import PretrainDataset
 from datasets.readers import DEFAULT_FILENAME_TMPL, FrameFolderReader, VideoReader, open_video
 from datasets.video_dataset import VideoClsDataset
+from utils.errors import MissingPathError, UsageError
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,18 @@ def _frame_folder_opener(args: Namespace) -> Callable[[ListEntry], VideoReader]:
     return lambda entry: FrameFolderReader(entry.path, entry.total_frames, tmpl)
 
 
+def _list_path(data_path: str, mode: str) -> Path:
+    """The ``mode`` list file under ``--data_path``; ``MissingPathError`` when it is not there."""
+    path = list_file_path(data_path, mode)
+    if not path.is_file():
+        raise MissingPathError(f"--data_path {data_path}: the {mode} list {path.name} is not there ({path})")
+    return path
+
+
 def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[VideoClsDataset, int]:
     """The train (``is_train``), test (``test_mode``) or validation dataset of ``args.data_set`` and nb_classes."""
     if args.data_set not in DATA_SETS:
-        raise ValueError(f"unknown --data_set {args.data_set!r}; expected one of {sorted(DATA_SETS)}")
+        raise UsageError(f"unknown --data_set {args.data_set!r}; expected one of {', '.join(DATA_SETS)}")
     kind = DATA_SETS[args.data_set]
     mode = "train" if is_train else ("test" if test_mode else "validation")
     nb_classes = int(args.nb_classes)
@@ -73,7 +83,7 @@ def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[Vid
     frames = kind.sampling == "ssv2" and _uses_frame_folders(args)
     trimmed = kind.trimmed and (getattr(args, "trimmed", 60) or 0) > 0
     fmt = "frames" if frames else "trimmed" if trimmed else "regression" if regression else "classification"
-    entries = read_list(list_file_path(args.data_path, mode), fmt, getattr(args, "split", " "),
+    entries = read_list(_list_path(args.data_path, mode), fmt, getattr(args, "split", " "),
                         getattr(args, "prefix", ""), regression)
     if mode == "train":
         transform = transforms.build_train_transform(args, kind.flip)
@@ -92,9 +102,10 @@ def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[Vid
         windows=(args.trimmed, getattr(args, "time_stride", 16)) if trimmed else None,
         num_sample=getattr(args, "num_sample", 1),
         regression=regression,
-        max_retries=getattr(args, "max_retries", 10),
-        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
+        max_retries=args.max_retries,
+        max_bad_fraction=args.max_bad_fraction,
         zero_frame_size=args.short_side_size if mode == "test" else args.input_size,
+        seed=args.seed,
     )
     return dataset, nb_classes
 
@@ -102,7 +113,7 @@ def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[Vid
 def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
     """Masked-pretraining clips from the list at ``args.data_path`` (or its ``train.csv``)."""
     path = Path(args.data_path)
-    list_path = list_file_path(path, "train") if path.is_dir() else path
+    list_path = _list_path(args.data_path, "train") if path.is_dir() else path
     entries = read_paths(list_path, getattr(args, "split", " "), getattr(args, "prefix", ""))
     return PretrainDataset(
         entries, transforms.build_pretrain_transform(args),
@@ -110,8 +121,9 @@ def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
         sampling_rate=getattr(args, "sampling_rate", 1),
         open_clip=_video_opener(args),
         mask_generator=masking.build_mask_generator(args),
-        max_retries=getattr(args, "max_retries", 10),
-        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
+        max_retries=args.max_retries,
+        max_bad_fraction=args.max_bad_fraction,
         num_segments=getattr(args, "num_segments", 1),
         num_sample=getattr(args, "num_sample", 1),
+        seed=args.seed,
     )

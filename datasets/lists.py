@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from utils.errors import BadFileError
+
 SPLIT_FILES = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}
 FORMATS = {
     "classification": ("path", "label"),
@@ -25,8 +27,8 @@ FORMATS = {
 }
 
 
-class ListFileError(ValueError):
-    """A list file is missing, empty or has a malformed line."""
+class ListFileError(BadFileError):
+    """A list file is missing, empty or has a malformed line (a user error: ``file:line: what is wrong``)."""
 
 
 @dataclass(frozen=True)

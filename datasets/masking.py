@@ -7,8 +7,8 @@ With ratio r:
   tube_row    int(r·H') whole rows per frame, chosen independently in each frame (the official name notwithstanding);
   random_row  T'·int(r·H') whole rows chosen over all T'·H' rows of the clip;
   attention   no generator: the engine masks from the teacher's attention.
-Generators shuffle with ``np.random`` (seeded per DataLoader worker by PyTorch), so a generator is reproducible
-under ``np.random.seed``.
+Generators shuffle with ``np.random``, so a generator is reproducible under ``np.random.seed`` (the pretraining
+dataset draws each mask under ``utils.seeding.seeded_rngs``).
 """
 from __future__ import annotations
 

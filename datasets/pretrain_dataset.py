@@ -7,7 +7,9 @@ The transform does the multi-scale crop, optional colour jitter and flip, and no
 None for ``--mask_type attention`` (the engine masks from the teacher), and the "mask" key is then absent.
 With ``num_sample`` S > 1 (repeated augmentation, as the official loader) one decode gives S clips, each with its
 own mask: ``{"video": (S,C,T,H,W), "mask": (S, T'·H'·W')}`` for ``datasets.collate.multiple_samples_collate``.
-Unreadable files follow the training bad-input policy of ``datasets.video_dataset``.
+Items are keyed ``(epoch, index)`` like training items of ``datasets.video_dataset`` (frames, replacements, each
+repeat's transform and mask are a pure function of (seed, epoch, index, repeat)), and unreadable files follow its
+training bad-input policy.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from torch.utils.data import Dataset
 from datasets.lists import ListEntry
 from datasets.readers import VideoReader
 from datasets.sampling import pretrain_clip_indices, pretrain_segment_indices
-from datasets.video_dataset import BadInputTracker, load_with_replacement, torch_seeded_rng
+from datasets.video_dataset import BadInputTracker, draw_repeats, load_with_replacement, sample_rng
+from utils.seeding import sample_key
 
 
 class PretrainDataset(Dataset):
@@ -29,7 +32,7 @@ class PretrainDataset(Dataset):
     def __init__(self, entries: list[ListEntry], transform: Callable[[np.ndarray], torch.Tensor], *,
                  num_frames: int, sampling_rate: int, open_clip: Callable[[ListEntry], VideoReader],
                  mask_generator: Callable[[], np.ndarray] | None = None, max_retries: int = 10,
-                 max_bad_fraction: float = 0.1, num_segments: int = 1, num_sample: int = 1) -> None:
+                 max_bad_fraction: float = 0.1, num_segments: int = 1, num_sample: int = 1, seed: int = 0) -> None:
         if sampling_rate < 1:
             raise ValueError(f"--sampling_rate must be >= 1, got {sampling_rate}")
         if num_segments < 1 or (num_segments > 1 and num_segments != num_frames):
@@ -45,6 +48,7 @@ class PretrainDataset(Dataset):
         self.sampling_rate = sampling_rate
         self.open_clip = open_clip
         self.mask_generator = mask_generator
+        self.seed = seed
         self.tracker = BadInputTracker(len(entries), max_bad_fraction, max_retries)
 
     def __len__(self) -> int:
@@ -67,13 +71,15 @@ class PretrainDataset(Dataset):
         finally:
             reader.close()
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = torch_seeded_rng()
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key``: ``(epoch, index)`` from ``utils.seeding.EpochSampler``, or an index (epoch 0)."""
+        epoch, index = sample_key(key)
+        rng = sample_rng(self.seed, epoch, index)
         _, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(i, rng), self.tracker, rng)
-        samples = [self._sample(frames) for _ in range(self.num_sample)]
+        samples = draw_repeats(lambda: self._sample(frames), self.num_sample, self.seed, epoch, index)
         if self.num_sample == 1:
             return samples[0]
-        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+        return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
 
     def _sample(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
         item = {"video": self.transform(frames)}

@@ -5,8 +5,8 @@ frames (channels-last memory, torch's fast uint8 resize path); the clip is cropp
 then converted to float and normalised. Resizes are bilinear without antialiasing, as in the official pipeline
 (cv2 ``INTER_LINEAR`` on uint8 frames / ``F.interpolate``), except the pretraining crop, which follows the official
 PIL bilinear resize (antialiased). Geometric draws use Python's ``random``; RandAugment also uses
-``np.random`` and erasing noise uses torch, so seeding all three makes a transform reproducible (DataLoader workers
-seed all three).
+``np.random`` and erasing noise and colour jitter use torch, so seeding all three makes a transform reproducible
+(the datasets run every training transform under ``utils.seeding.seeded_rngs``).
 """
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ Items are dicts (``default_collate`` works):
   train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int}``
   validation  ``{"video", "label", "video_id", "window", "segment", "crop", "valid"}`` (one view per item)
   test        the same; a video expands to window × segment × crop views.
+Training items are keyed ``(epoch, index)`` (``utils.seeding.EpochSampler``; a plain index means epoch 0): their
+frame indices, replacements and augmentations are a pure function of (seed, epoch, index, repeat), see
+``utils.seeding``.
 Bad input (unreadable, truncated, zero-byte, missing or non-video files) is logged once per file and counted.
 Training replaces it by another random sample, at most ``max_retries`` times in a row, and raises
 ``BadInputError`` naming the files when that budget runs out or more than ``max_bad_fraction`` of the files
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -24,11 +27,17 @@ from torch.utils.data import Dataset
 from datasets.lists import ListEntry
 from datasets.readers import VideoDecodeError, VideoReader
 from datasets.sampling import MODES, clip_indices, trimmed_windows, window_frame_range
+from utils.errors import UserError
+from utils.seeding import AUGMENT, SAMPLE, sample_key, seed_sequence, seeded_rngs
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+CHECKER_HINT = ("find every unreadable file before training with: python tools/check_videos.py LIST --prefix DIR "
+                "--out CLEAN_DIR (it writes the list without them)")
 
-class BadInputError(RuntimeError):
+
+class BadInputError(UserError, RuntimeError):
     """Training cannot go on: too many unreadable files, or no readable replacement within the retry budget."""
 
 
@@ -57,9 +66,19 @@ class BadInputTracker:
         return "\n".join(f"  {p} ({self.bad.get(p, 'unknown')})" for p in (paths or list(self.bad)))
 
 
-def torch_seeded_rng() -> np.random.Generator:
-    """A numpy generator drawn from torch's RNG, which DataLoader seeds per worker and per epoch."""
-    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of training sample ``index`` in ``epoch``: its frame indices and bad-input replacements."""
+    return np.random.default_rng(seed_sequence(seed, SAMPLE, epoch, index))
+
+
+def draw_repeats(make: Callable[[], T], count: int, seed: int, epoch: int, index: int) -> list[T]:
+    """``make()`` for each repeat r < ``count`` under ``seeded_rngs(seed, AUGMENT, epoch, index, r)``: the
+    augmentations of one training sample."""
+    out = []
+    for repeat in range(count):
+        with seeded_rngs(seed, AUGMENT, epoch, index, repeat):
+            out.append(make())
+    return out
 
 
 def load_with_replacement(index: int, num_items: int, load: Callable[[int], Any], tracker: BadInputTracker,
@@ -74,11 +93,12 @@ def load_with_replacement(index: int, num_items: int, load: Callable[[int], Any]
             failed.append(e.path)
             if tracker.too_many:
                 raise BadInputError(
-                    f"{len(tracker.bad)} of {tracker.num_files} files are unreadable, more than the allowed "
-                    f"fraction {tracker.max_bad_fraction} (--max_bad_fraction):\n{tracker.describe()}") from None
+                    f"{len(tracker.bad)} of {tracker.num_files} files are unreadable, more than --max_bad_fraction "
+                    f"{tracker.max_bad_fraction} allows; {CHECKER_HINT}, or raise --max_bad_fraction:\n"
+                    f"{tracker.describe()}") from None
             index = int(rng.integers(num_items))
-    raise BadInputError(f"no readable sample after {tracker.max_retries} replacements; failed files:\n"
-                        f"{tracker.describe(list(dict.fromkeys(failed)))}")
+    raise BadInputError(f"no readable sample after {tracker.max_retries} replacements in a row (--max_retries); "
+                        f"{CHECKER_HINT}; failed files:\n{tracker.describe(list(dict.fromkeys(failed)))}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,8 @@ class VideoClsDataset(Dataset):
                  sampling: str, num_frames: int, open_clip: Callable[[ListEntry], VideoReader],
                  rate: int = 1, num_segments: int = 1, num_crops: int = 1,
                  windows: tuple[float, float] | None = None, num_sample: int = 1, regression: bool = False,
-                 max_retries: int = 10, max_bad_fraction: float = 0.1, zero_frame_size: int = 224) -> None:
+                 max_retries: int = 10, max_bad_fraction: float = 0.1, zero_frame_size: int = 224,
+                 seed: int = 0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         self.entries = entries
@@ -119,6 +140,7 @@ class VideoClsDataset(Dataset):
         self.num_sample = num_sample if mode == "train" else 1
         self.regression = regression
         self.zero_frame_size = zero_frame_size
+        self.seed = seed
         self.tracker = BadInputTracker(len(entries), max_bad_fraction, max_retries)
         self.views = self._make_views(windows)
         self._zero: torch.Tensor | None = None
@@ -163,22 +185,24 @@ class VideoClsDataset(Dataset):
         finally:
             reader.close()
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Training: ``key`` is ``(epoch, index)`` or an index; evaluation: the view index."""
         if self.mode == "train":
-            return self._train_item(index)
-        return self._eval_item(index)
+            return self._train_item(*sample_key(key))
+        return self._eval_item(key)
 
-    def _train_item(self, index: int) -> dict[str, Any]:
-        rng = torch_seeded_rng()
-        index, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(self.views[i], rng),
-                                              self.tracker, rng)
-        label = self._label(self.views[index].video_id)
+    def _train_item(self, epoch: int, index: int) -> dict[str, Any]:
+        rng = sample_rng(self.seed, epoch, index)
+        source, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(self.views[i], rng),
+                                               self.tracker, rng)
+        label = self._label(self.views[source].video_id)
+        clips = draw_repeats(lambda: self.transform(frames), self.num_sample, self.seed, epoch, index)
         if self.num_sample > 1:
-            video = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
+            video = torch.stack(clips)
             label = label.repeat(self.num_sample)
         else:
-            video = self.transform(frames)
-        return {"video": video, "label": label, "index": index}
+            video = clips[0]
+        return {"video": video, "label": label, "index": source}
 
     def _apply_eval_transform(self, frames: np.ndarray, view: View) -> torch.Tensor:
         return self.transform(frames, view.crop) if self.mode == "test" else self.transform(frames)

@@ -1,8 +1,11 @@
-"""Training checkpoints on disk: atomic writes, RNG states, and finding the newest complete one.
+"""Training checkpoints on disk: when and what to write, atomic writes, RNG states, finding the newest complete one.
 
 Plain checkpoints are single files ``checkpoint-{epoch}.pth`` / ``checkpoint-latest.pth`` / ``checkpoint-best.pth``
-written to a temp file and renamed, so a file with that name is always complete. DeepSpeed checkpoints are
-directories with the same names; a ``complete`` marker is written after DeepSpeed finishes.
+written to a temp file and renamed, so a file with that name is always complete (a killed write leaves only a
+``.checkpoint-*.tmp`` file, removed by the next run). DeepSpeed checkpoints are directories with the same names:
+ours get a ``saving`` marker before DeepSpeed writes and a ``complete`` marker (the ``saving`` one removed) after,
+so an interrupted save never counts as complete; a folder with neither marker was written by the official code (or
+another DeepSpeed program) and counts as complete when it holds DeepSpeed's model-states file.
 (Loading *pretrained* weights for ``--finetune`` is ``models.checkpoint.load_finetune_checkpoint``, not this.)
 """
 from __future__ import annotations
@@ -11,15 +14,21 @@ import logging
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
+from utils.errors import BadFileError, MissingPathError, UsageError
+
 logger = logging.getLogger(__name__)
 
 _MARKER = "complete"
+_SAVING = "saving"
+DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"  # written by DeepSpeed for every checkpoint
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -39,29 +48,60 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     logger.info("saved checkpoint %s", path)
 
 
+def remove_partial_files(output_dir: Path) -> None:
+    """Delete the temp files of plain-checkpoint writes that were killed (``.checkpoint-*.tmp``)."""
+    for tmp in Path(output_dir).glob(".checkpoint-*.tmp"):
+        logger.info("removing %s, left by an interrupted checkpoint write", tmp)
+        tmp.unlink(missing_ok=True)
+
+
 def read(path: Path) -> dict[str, Any]:
-    """Load a plain checkpoint file onto the CPU, with a clear error when it is missing or unreadable."""
+    """Load a plain checkpoint file onto the CPU, with a one-line user error when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingPathError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise RuntimeError(f"checkpoint {path} cannot be read: {err}") from err
+        raise BadFileError(f"checkpoint {path} cannot be read: {err}") from err
 
 
-def mark_complete(directory: Path) -> None:
-    """Write the marker that says a DeepSpeed checkpoint directory is fully written."""
+def begin_save(directory: Path) -> None:
+    """Mark a DeepSpeed checkpoint directory as being written (before DeepSpeed writes into it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _SAVING).write_text("incomplete\n")
+    (directory / _MARKER).unlink(missing_ok=True)
+
+
+def end_save(directory: Path) -> None:
+    """Mark a DeepSpeed checkpoint directory as fully written."""
     (Path(directory) / _MARKER).write_text("ok\n")
+    (Path(directory) / _SAVING).unlink(missing_ok=True)
 
 
-def unmark_complete(directory: Path) -> None:
-    (Path(directory) / _MARKER).unlink(missing_ok=True)
+def is_official_deepspeed(path: Path) -> bool:
+    """A DeepSpeed folder without our markers (written by the official code) that holds the model states."""
+    path = Path(path)
+    return (path.is_dir() and not (path / _MARKER).exists() and not (path / _SAVING).exists()
+            and (path / DEEPSPEED_MODEL_STATES).is_file())
 
 
 def is_complete(path: Path) -> bool:
+    """A plain checkpoint file; one of our DeepSpeed folders marked complete and not being saved; or an official
+    DeepSpeed folder (``is_official_deepspeed``)."""
     path = Path(path)
-    return path.is_file() if path.suffix == ".pth" else (path / _MARKER).is_file()
+    if path.suffix == ".pth":
+        return path.is_file()
+    ours = (path / _MARKER).is_file() and not (path / _SAVING).exists()
+    return ours or is_official_deepspeed(path)
+
+
+def _written_at(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_mtime_ns
+    marker = path / _MARKER
+    return (marker if marker.is_file() else path / DEEPSPEED_MODEL_STATES).stat().st_mtime_ns
 
 
 def find_latest(output_dir: Path) -> Path | None:
@@ -72,7 +112,10 @@ def find_latest(output_dir: Path) -> Path | None:
     found = [p for p in output_dir.glob("checkpoint-*") if p.stem != "checkpoint-best" and is_complete(p)]
     if not found:
         return None
-    return max(found, key=lambda p: (p / _MARKER).stat().st_mtime_ns if p.is_dir() else p.stat().st_mtime_ns)
+    newest = max(found, key=_written_at)
+    if is_official_deepspeed(newest):
+        logger.warning("%s has no completion marker (written by the official code?); using it", newest)
+    return newest
 
 
 def best_checkpoint(output_dir: Path, deepspeed: bool = False) -> Path | None:
@@ -96,8 +139,8 @@ def checkpoint_to_evaluate(output_dir: str, resume: str, test_best: bool, deepsp
     if test_best:
         best = best_checkpoint(out, deepspeed) if out is not None else None
         if best is None:
-            raise FileNotFoundError(f"--eval --test_best: no complete checkpoint-best in --output_dir "
-                                    f"{output_dir or '(not set)'}")
+            raise MissingPathError(f"--eval --test_best: no complete checkpoint-best in --output_dir "
+                                   f"{output_dir or '(not set)'}")
         return best
     if resume:
         return Path(resume)
@@ -120,3 +163,72 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SaveClock:
+    """When to write a mid-epoch ``checkpoint-latest``: every ``steps`` optimiser steps of the run, and/or once
+    ``minutes`` have passed since the last checkpoint (rank 0's clock decides for every rank)."""
+
+    def __init__(self, steps: int, minutes: float, device: torch.device) -> None:
+        if steps < 0 or minutes < 0:
+            raise UsageError(f"--save_ckpt_steps {steps} and --save_ckpt_minutes {minutes} must be >= 0")
+        self.steps, self.minutes, self.device = steps, minutes, device
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Whether to save after global optimiser step ``step`` (a collective when ``minutes`` is set)."""
+        if self.steps > 0 and step % self.steps == 0:
+            return True
+        if self.minutes <= 0:
+            return False
+        late = float(get_rank() == 0 and time.monotonic() - self.last >= 60 * self.minutes)
+        return all_reduce_sum([late], self.device)[0] > 0
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+class Checkpointer:
+    """Writes a run's checkpoints through ``runtime.save`` (nothing without ``--output_dir`` or with
+    ``--no_save_ckpt``): after every epoch ``checkpoint-latest`` (plus ``checkpoint-{epoch}`` every
+    ``--save_ckpt_freq`` epochs and at the last, ``checkpoint-best`` when validation improved), and inside an epoch
+    ``checkpoint-latest`` whenever the ``SaveClock`` of ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` says so."""
+
+    def __init__(self, args: Any, runtime: Any, ema: Any | None, info: DistInfo, steps_per_epoch: int,
+                 samples_per_step: int) -> None:
+        self.out = Path(args.output_dir) if args.output_dir and args.save_ckpt else None
+        self.args, self.runtime, self.ema, self.info = args, runtime, ema, info
+        self.steps_per_epoch, self.samples_per_step = steps_per_epoch, samples_per_step
+        self.clock = SaveClock(args.save_ckpt_steps, args.save_ckpt_minutes, info.device)
+        if self.out is not None and info.is_main:
+            remove_partial_files(self.out)
+
+    def _save(self, tags: list[str], epoch: int, step: int, rng: dict[str, Any], best: float | None,
+              **extra: Any) -> None:
+        client = {"epoch": epoch, "step": step, "args": vars(self.args), "rng": rng, "best": best,
+                  "model_ema": self.ema.module.state_dict() if self.ema is not None else None, **extra}
+        for tag in tags:
+            self.runtime.save(self.out, tag, client, self.info.is_main)
+        barrier()
+        self.clock.saved()
+
+    def inside_epoch(self, epoch: int, steps_done: int, sums: dict[str, tuple[float, float]],
+                     best: float | None) -> None:
+        """After ``steps_done`` optimiser steps of ``epoch`` (every rank calls it): ``checkpoint-latest`` when due,
+        with ``epoch`` - 1 as the finished epoch and every rank's meter ``sums`` (a list indexed by rank)."""
+        step = epoch * self.steps_per_epoch + steps_done
+        if self.out is None or not self.clock.due(step):
+            return
+        self._save(["checkpoint-latest"], epoch - 1, step, rng_state(), best, epoch_step=steps_done,
+                   samples_per_step=self.samples_per_step, train_sums=all_gather_objects(sums))
+
+    def end_of_epoch(self, epoch: int, rng: dict[str, Any], best: float | None, improved: bool) -> None:
+        """After ``epoch`` and its validation; ``rng`` the states captured before validation."""
+        if self.out is None:
+            return
+        tags = ["checkpoint-latest"]
+        if (epoch + 1) % self.args.save_ckpt_freq == 0 or epoch + 1 == self.args.epochs:
+            tags.insert(0, f"checkpoint-{epoch}")
+        if improved:
+            tags.append("checkpoint-best")
+        self._save(tags, epoch, (epoch + 1) * self.steps_per_epoch, rng, best)

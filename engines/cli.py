@@ -1,4 +1,5 @@
-"""Flags shared by ``run_class_finetuning.py`` and ``run_mask_pretrain.py`` (official names, types and defaults).
+"""Flags shared by ``run_class_finetuning.py`` and ``run_mask_pretrain.py`` (official names, types and defaults),
+and ``run_entry``, the error handling around both scripts' ``main``.
 
 Official flags that mean nothing for VideoMamba are accepted through ``add_ignored`` so that an official command
 line never hits an argparse error; ``report_ignored`` logs the ones a user set, once.
@@ -7,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import sys
+import traceback
+from typing import Any, Callable
 
 from engines.optim import LAYER_DECAY_MODES
+from utils.errors import UserError, require_path
+from utils.logging import log_to_files
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,14 @@ def add_runtime_args(parser: argparse.ArgumentParser, save_ckpt_freq: int) -> No
     group = parser.add_argument_group("runtime, checkpoints and logging")
     group.add_argument("--batch_size", default=64, type=int)
     group.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps")
-    group.add_argument("--save_ckpt_freq", default=save_ckpt_freq, type=int)
+    group.add_argument("--save_ckpt_freq", default=save_ckpt_freq, type=int,
+                       help="also keep checkpoint-{epoch} every N epochs (checkpoint-latest is written every epoch)")
+    group.add_argument("--save_ckpt_steps", default=0, type=int,
+                       help="also write checkpoint-latest every N optimiser steps, inside epochs; a resumed run "
+                            "continues at the next sample (0: off)")
+    group.add_argument("--save_ckpt_minutes", default=0.0, type=float,
+                       help="also write checkpoint-latest inside an epoch when M minutes have passed since the last "
+                            "checkpoint (0: off)")
     group.add_argument("--output_dir", default="", help="where checkpoints and log.txt go; empty: nothing saved")
     group.add_argument("--log_dir", default=None, help="TensorBoard folder")
     group.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -107,6 +119,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, save_ckpt_freq: int) -> No
     group.add_argument("--no_amp", action="store_true", default=False)
     group.add_argument("--bf16", action="store_true", default=False)
     group.add_argument("--print_freq", default=10, type=int, help="log a progress line every N steps")
+    group.add_argument("--debug", action="store_true",
+                       help="print the full traceback of user errors (it always goes to output_dir/train.log)")
     group.add_argument("--use_checkpoint", action="store_true", default=False)
     group.add_argument("--checkpoint_num", default=0, type=int)
     group.add_argument("--world_size", default=1, type=int, help="informational; taken from the launcher")
@@ -136,4 +150,49 @@ def add_data_args(parser: argparse.ArgumentParser, num_frames: int, sampling_rat
     group.add_argument("--tubelet_size", type=int, default=2,
                        help="temporal patch size (official default 2; every VideoMamba recipe passes 1)")
     group.add_argument("--train_interpolation", type=str, default="bicubic")
+    group.add_argument("--max_bad_fraction", type=float, default=0.1,
+                       help="training stops (BadInputError) once more than this fraction of the list's videos "
+                            "are unreadable; the others are replaced by random readable ones")
+    group.add_argument("--max_retries", type=int, default=10,
+                       help="training stops after this many failed replacements of an unreadable video in a row")
     add_ignored(group, "--imagenet_default_mean_and_std", switch=True, default=True)
+
+
+def check_paths(args: argparse.Namespace, flags: dict[str, str]) -> None:
+    """Fail fast, with one line, on a path flag that is set but names nothing (or a placeholder).
+
+    ``flags``: ``{"--flag": "file" | "folder" | "any"}``; URLs are left to the code that downloads them.
+    """
+    for flag, kind in flags.items():
+        value = vars(args)[flag.lstrip("-")]
+        if value and "://" not in str(value):
+            require_path(value, flag, kind)
+
+
+def user_message(err: BaseException) -> str:
+    """The message of ``err``; for an error raised in a DataLoader worker (which torch re-raises as
+    "Caught X in DataLoader worker process N. Original Traceback ..."), the original message alone."""
+    text = str(err)
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].rstrip()
+    return text
+
+
+def run_entry(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+              argv: list[str] | None = None) -> None:
+    """Parse ``argv`` and run ``main``; a ``UserError`` exits with its status (2 usage, 1 other) after printing
+    ``error: <message>`` on stderr, its traceback going to ``train.log`` (and to stderr with ``--debug``). Other
+    exceptions are bugs: their traceback is also written to ``train.log`` and they propagate unchanged."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as err:
+        log_to_files(logging.ERROR, f"error: {user_message(err)}", sys.exc_info())
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        sys.exit(err.exit_status)
+    except Exception:
+        log_to_files(logging.ERROR, "unexpected error", sys.exc_info())
+        raise

@@ -3,8 +3,11 @@
 ``fit`` trains epochs, validates, saves ``checkpoint-{epoch}`` / ``-latest`` / ``-best`` (the official keys
 ``model``, ``optimizer``, ``epoch``, ``scaler``, ``args``, ``model_ema`` plus our ``rng``, ``best``, ``step``) and
 appends JSON lines to ``log.txt`` (the official keys ``train_*``, ``val_*``, ``epoch``, ``n_parameters``).
-Validation runs between capturing and restoring the RNG states, so a run resumed from a checkpoint continues with
-exactly the randomness an uninterrupted run would have used.
+With ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` it also writes ``checkpoint-latest`` inside an epoch: ``epoch``
+is then the last finished epoch (as the official resume expects) and ``epoch_step`` the optimiser steps done in
+the next one, with ``train_sums`` (each rank's meter sums so far) and ``samples_per_step``. A run resumed from any
+of these continues at the exact next sample and, every random draw being keyed by its position
+(``utils.seeding``), ends with the weights an uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from engines.optim import build_optimizer
 from engines.runtime import DeepSpeedRuntime, TorchRuntime, amp_dtype, deepspeed_config
 from engines.schedule import cosine_schedule
 from engines.train import train_one_epoch
-from utils.distributed import DistInfo, barrier
+from utils.distributed import DistInfo, get_rank, get_world_size
+from utils.seeding import EpochSampler
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +74,26 @@ def build_ema(args: Any, model: torch.nn.Module) -> ModelEmaV2 | None:
 
 @dataclass
 class RunState:
-    """What a resumed run continues from."""
+    """What a resumed run continues from: epoch, optimiser steps already done in it and their meter sums."""
 
     start_epoch: int = 0
     best: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: Path | None = None
+    start_step: int = 0
+    train_sums: dict[str, tuple[float, float]] | None = None
+
+
+def samples_per_step(args: Any) -> int:
+    """Training samples per optimiser step over all ranks: batch_size × update_freq × world size."""
+    return args.batch_size * args.update_freq * get_world_size()
 
 
 def resume(args: Any, runtime: Any, ema: ModelEmaV2 | None) -> RunState:
     """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``.
 
-    Official checkpoints resume too: their EMA is under ``model_ema`` (ours before issue 12: ``ema``).
+    Official checkpoints resume too: their EMA is under ``model_ema`` (ours before issue 12: ``ema``). A mid-epoch
+    checkpoint resumes at its step when the samples per step are unchanged; otherwise its epoch starts over.
     """
     path = Path(args.resume) if args.resume else None
     if path is None and args.auto_resume and args.output_dir:
@@ -94,8 +106,29 @@ def resume(args: Any, runtime: Any, ema: ModelEmaV2 | None) -> RunState:
         ema.module.load_state_dict(ema_state)
     if state.get("rng") is not None:
         ckpt.set_rng_state(state["rng"])
-    logger.info("resumed from %s (finished epoch %d)", path, state["epoch"])
-    return RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path)
+    run = RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path,
+                   start_step=state.get("epoch_step", 0))
+    if run.start_step and state.get("samples_per_step") != samples_per_step(args):
+        logger.warning("%s stopped %d steps into epoch %d with %s samples per step, this run has %d "
+                       "(batch_size × update_freq × world size): epoch %d starts over", path, run.start_step,
+                       run.start_epoch, state.get("samples_per_step"), samples_per_step(args), run.start_epoch)
+        run.start_step = 0
+    per_rank = state.get("train_sums") or []
+    if run.start_step and len(per_rank) == get_world_size():  # else the epoch's averages start at the resume
+        run.train_sums = per_rank[get_rank()]
+    logger.info("resumed from %s at epoch %d, step %d of it", path, run.start_epoch, run.start_step)
+    return run
+
+
+def _start_epoch(loader: Any, epoch: int, skip_micro_batches: int) -> None:
+    """Point the training sampler at ``epoch``, past the micro-batches a resumed run already trained on."""
+    sampler = getattr(loader, "sampler", None)
+    if skip_micro_batches:
+        if not isinstance(sampler, EpochSampler):
+            raise RuntimeError("resuming inside an epoch needs a loader with utils.seeding.EpochSampler")
+        sampler.set_epoch(epoch, start=skip_micro_batches * loader.batch_size)
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
@@ -123,15 +156,16 @@ def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: 
     state = state or RunState()
     lr_schedule, wd_schedule = schedules(args, steps_per_epoch, warmup_start)
     n_parameters = sum(p.numel() for p in runtime.module.parameters() if p.requires_grad)
-    out = Path(args.output_dir) if args.output_dir else None
+    saver = ckpt.Checkpointer(args, runtime, ema, info, steps_per_epoch, samples_per_step(args))
     started = time.time()
     for epoch in range(state.start_epoch, args.epochs):
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        train_stats = train_one_epoch(runtime, task, train_loader, epoch, lr_schedule, wd_schedule,
-                                      epoch * steps_per_epoch, steps_per_epoch, args.update_freq, ema,
-                                      log_writer, args.print_freq)
+        first = state.start_step if epoch == state.start_epoch else 0
+        _start_epoch(train_loader, epoch, first * args.update_freq)
+        train_stats = train_one_epoch(
+            runtime, task, train_loader, epoch, lr_schedule, wd_schedule, epoch * steps_per_epoch, steps_per_epoch,
+            args.update_freq, ema, log_writer, args.print_freq, seed=args.seed, first_step=first,
+            sums=state.train_sums if first else None,
+            after_step=lambda done, progress, e=epoch: saver.inside_epoch(e, done, progress.sums(), state.best))
         rng = ckpt.rng_state()
         val_stats = validate() if validate is not None else {}
         ckpt.set_rng_state(rng)
@@ -143,17 +177,7 @@ def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: 
                 state.best = value
             logger.info("epoch %d validation: %s (best %s %.4f)", epoch,
                         {k: round(v, 4) for k, v in val_stats.items()}, task.best_key, state.best)
-        if out is not None and args.save_ckpt:
-            client = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "args": vars(args), "rng": rng,
-                      "model_ema": ema.module.state_dict() if ema is not None else None, "best": state.best}
-            tags = ["checkpoint-latest"]
-            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                tags.insert(0, f"checkpoint-{epoch}")
-            if improved:
-                tags.append("checkpoint-best")
-            for tag in tags:
-                runtime.save(out, tag, client, info.is_main)
-            barrier()
+        saver.end_of_epoch(epoch, rng, state.best, improved)
         record = {**{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"val_{k}": v for k, v in val_stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
         state.history.append(record)

@@ -76,9 +76,9 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
 
     ``preds``: arrays ``video_id``, ``window``, ``segment``, ``crop`` (V,), ``outputs`` (V, C), ``label`` (V,),
     ``valid`` (V,). Repeated view tuples are kept once; invalid views are dropped; a video with no valid view
-    is counted in ``missing``. ``task`` is ``classification`` (softmax per view, mean, top-1/top-5 in %) or
-    ``regression`` (mean of outputs, MSE). Windows with fewer than ``views_per_window`` valid views are listed
-    in ``incomplete``. Returns metrics, counts and ``videos``: a list of per-video dicts sorted by id.
+    is counted in ``missing`` and listed in ``missing_ids``. ``task`` is ``classification`` (softmax per view,
+    mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows with fewer than
+    ``views_per_window`` valid views are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list of per-video dicts sorted by id.
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"unknown task {task!r}")
@@ -110,7 +110,8 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
         if np.any(labels != labels[0]):
             raise ValueError(f"multi-view merge: video {vid} has views with different labels {np.unique(labels)}")
         videos.append({"video_id": vid, "scores": scores.mean(axis=0), "label": labels[0].item(), "views": len(rows)})
-    result: dict[str, Any] = {"num_videos": len(videos), "missing": len(all_ids) - len(videos),
+    missing_ids = sorted(all_ids - set(by_video))
+    result: dict[str, Any] = {"num_videos": len(videos), "missing": len(missing_ids), "missing_ids": missing_ids,
                               "duplicates": duplicates, "incomplete": incomplete, "videos": videos}
     if not videos:
         return result

@@ -28,14 +28,28 @@ class Meter:
 
 
 class Progress:
-    """Collects meters and logs ``header [i/n] eta ... rate ... name: last (avg)`` every ``print_freq`` steps."""
+    """Collects meters and logs ``header [i/n] eta ... rate ... name: last (avg)`` every ``print_freq`` steps.
 
-    def __init__(self, header: str, total: int, print_freq: int = 10) -> None:
+    ``first``: steps done before this process started (a resumed epoch); rate and ETA count from there.
+    """
+
+    def __init__(self, header: str, total: int, print_freq: int = 10, first: int = 0) -> None:
         self.header = header
         self.total = total
         self.print_freq = max(1, print_freq)
         self.meters: dict[str, Meter] = defaultdict(Meter)
+        self.first = first
         self.start = time.time()
+
+    def sums(self) -> dict[str, tuple[float, float]]:
+        """``{name: (total, count)}`` of every meter, e.g. to carry an epoch's averages over a resume."""
+        return {k: (m.total, m.count) for k, m in sorted(self.meters.items())}
+
+    def add_sums(self, sums: dict[str, tuple[float, float]]) -> None:
+        """Add ``sums`` (from ``sums()``) to the meters."""
+        for name, (total, count) in sums.items():
+            self.meters[name].total += total
+            self.meters[name].count += count
 
     def update(self, n: float = 1.0, **values: float) -> None:
         for name, value in values.items():
@@ -45,11 +59,12 @@ class Progress:
     def step(self, i: int, samples_per_step: int) -> None:
         """Call after step ``i`` (0-based); logs on the first, every ``print_freq``-th and the last step."""
         done = i + 1
-        if not (i == 0 or done % self.print_freq == 0 or done == self.total):
+        if not (i == self.first or done % self.print_freq == 0 or done == self.total):
             return
         elapsed = time.time() - self.start
-        rate = done * samples_per_step / max(elapsed, 1e-9)
-        eta = elapsed / done * (self.total - done)
+        ran = max(done - self.first, 1)
+        rate = ran * samples_per_step / max(elapsed, 1e-9)
+        eta = elapsed / ran * (self.total - done)
         values = "  ".join(f"{k}: {m.last:.4g} ({m.avg:.4g})" for k, m in self.meters.items())
         logger.info("%s [%d/%d] eta %s  %.1f samples/s  %s", self.header, done, self.total,
                     datetime.timedelta(seconds=int(eta)), rate, values)

@@ -15,6 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engines import checkpoint as ckpt
+from utils.distributed import barrier
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +165,14 @@ class DeepSpeedRuntime:
         return float(scaler) if scaler is not None else 1.0
 
     def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
-        """Overwriting a tag first drops its completion marker, so a crash mid-save never looks complete."""
+        """The folder is marked ``saving`` before DeepSpeed writes and ``complete`` after, so a crash mid-save never
+        looks complete (``engines.checkpoint.begin_save``)."""
         if is_main:
-            ckpt.unmark_complete(Path(output_dir) / tag)
+            ckpt.begin_save(Path(output_dir) / tag)
+        barrier()
         self.engine.save_checkpoint(str(output_dir), tag=tag, client_state=client_state, save_latest=False)
         if is_main:
-            ckpt.mark_complete(Path(output_dir) / tag)
+            ckpt.end_save(Path(output_dir) / tag)
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         path = Path(path)

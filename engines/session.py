@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 
 from utils.distributed import DistInfo, init_distributed
 from utils.logging import setup_logging
+from utils.seeding import EpochSampler
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ def start_run(args: Any) -> tuple[DistInfo, Any | None]:
 
 def make_loader(dataset: Dataset, args: Any, info: DistInfo, train: bool, batch_size: int,
                 shard: bool, collate_fn: Callable | None = None) -> DataLoader:
-    """Training loaders shuffle through a seeded DistributedSampler (``set_epoch`` makes epochs reproducible);
-    evaluation loaders are sequential, or sharded without shuffling when ``shard`` (the sampler pads)."""
+    """Training loaders shuffle through ``utils.seeding.EpochSampler`` (``(epoch, index)`` keys, a start position
+    for mid-epoch resume); evaluation loaders are sequential, or sharded without shuffling when ``shard`` (the
+    sampler pads)."""
     if train:
-        sampler: Any = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                          seed=args.seed, drop_last=True)
+        sampler: Any = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=args.seed)
     elif shard and info.distributed:
         sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False)
     else:

@@ -1,16 +1,18 @@
-"""Train one epoch: per-step lr/wd schedule, gradient accumulation, clipping, EMA, non-finite loss guard."""
+"""Train one epoch: per-step lr/wd schedule, gradient accumulation, clipping, EMA, non-finite loss guard, and the
+per-micro-batch seeding that makes every step's randomness a function of its position (``utils.seeding``)."""
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from engines.optim import apply_schedule
 from engines.progress import Progress
-from utils.distributed import all_reduce_sum, get_world_size
+from utils.distributed import all_reduce_sum, get_rank, get_world_size
+from utils.seeding import seed_step
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +50,34 @@ def train_one_epoch(
     ema: Any | None = None,
     log_writer: Any | None = None,
     print_freq: int = 10,
+    *,
+    seed: int = 0,
+    first_step: int = 0,
+    sums: dict[str, tuple[float, float]] | None = None,
+    after_step: Callable[[int, Progress], None] | None = None,
 ) -> dict[str, float]:
-    """Run ``steps_per_epoch`` optimiser updates of ``update_freq`` micro-batches each.
+    """Run optimiser updates ``first_step`` .. ``steps_per_epoch - 1`` of ``update_freq`` micro-batches each.
 
     Step ``start_step + k`` uses ``lr_schedule[start_step + k]`` (times each group's ``lr_scale``) and the
-    weight decay ``wd_schedule[...]``. Returns the epoch's averages over all ranks: loss, the task's extra terms
-    (class_acc, loss_clip, ...), lr (the largest group lr), min_lr, weight_decay, grad_norm and loss_scale.
+    weight decay ``wd_schedule[...]``. Micro-batch i of the epoch runs after ``seed_step(seed, epoch, i, rank)``.
+    A resumed epoch (``first_step`` > 0) gets a ``loader`` that starts at micro-batch ``first_step * update_freq``
+    and the meter ``sums`` of the steps already done. ``after_step(steps_done, progress)`` runs after every
+    optimiser step but the epoch's last (mid-epoch checkpoints). Returns the epoch's averages over all ranks: loss,
+    the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr), min_lr, weight_decay, grad_norm
+    and loss_scale.
     """
     model = runtime.model
     model.train(True)
     device = runtime.device
-    progress = Progress(f"epoch {epoch}", steps_per_epoch * update_freq, print_freq)
+    rank = get_rank()
     micro_batches = steps_per_epoch * update_freq
-    for i, batch in enumerate(loader):
+    progress = Progress(f"epoch {epoch}", micro_batches, print_freq, first=first_step * update_freq)
+    if sums:
+        progress.add_sums(sums)
+    for i, batch in enumerate(loader, start=first_step * update_freq):
         if i >= micro_batches:
             break
+        seed_step(seed, epoch, i, rank)
         step = start_step + i // update_freq
         if i % update_freq == 0:
             apply_schedule(runtime.optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
@@ -87,10 +102,12 @@ def train_one_epoch(
                 if grad_norm is not None:
                     log_writer.add_scalar("train/grad_norm", grad_norm, step)
         progress.step(i, n * get_world_size())
+        if update and after_step is not None and (i + 1) // update_freq < steps_per_epoch:
+            after_step((i + 1) // update_freq, progress)
     if progress.meters["loss"].count == 0:
         raise RuntimeError(f"epoch {epoch} ran no step: the training set has fewer than "
                            f"batch_size * update_freq * world_size samples")
     meters = progress.meters
     names = sorted(meters)
-    sums = all_reduce_sum([meters[k].total for k in names] + [meters[k].count for k in names], device)
-    return {k: sums[j] / max(sums[len(names) + j], 1e-12) for j, k in enumerate(names)}
+    sums_all = all_reduce_sum([meters[k].total for k in names] + [meters[k].count for k in names], device)
+    return {k: sums_all[j] / max(sums_all[len(names) + j], 1e-12) for j, k in enumerate(names)}

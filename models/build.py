@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+import timm
 import torch
 import torch.nn as nn
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
 
 from models.checkpoint import checkpoint_filter_fn, extract_state_dict, read_state_dict, strip_prefixes
+from utils.errors import UsageError
+
+
+def check_model_name(name: str, family: str, flag: str = "--model") -> None:
+    """``UsageError`` listing the choices unless ``name`` is registered by ``models/<family>.py`` (``videomamba``,
+    ``videomamba_pretrain``, ``clip_teacher``)."""
+    names = timm.list_models(module=family)
+    if name not in names:
+        raise UsageError(f"{flag} {name!r} is not a registered model; choose one of: {', '.join(names)}")
 
 
 def default_video_cfg(**kwargs: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from models.pos_embed import resample_abs_pos_embed, resample_temporal_pos_embed
+from utils.errors import BadFileError, MissingPathError, UserError
 
 _logger = logging.getLogger(__name__)
 
@@ -30,10 +31,14 @@ INFLATE_MODES = ("center", "avg")
 K710_CLASSES = 710  # Kinetics-710: the official K400/600/700 union checkpoints
 
 
+class DownloadError(UserError, RuntimeError):
+    """A checkpoint URL could not be fetched (offline, or a hash mismatch)."""
+
+
 def fetch_checkpoint(path_or_url: str | os.PathLike, check_hash: bool = True) -> Path:
     """A local path as is; an ``http(s)://`` URL becomes ``<torch hub dir>/checkpoints/<file name>``, downloaded
     there once (as ``torch.hub.load_state_dict_from_url``; ``check_hash`` verifies a ``name-<sha256 prefix>.ext``
-    file name). Raises ``RuntimeError`` naming the URL and the cache file when the download fails (offline)."""
+    file name). Raises ``DownloadError`` naming the URL and the cache file when the download fails (offline)."""
     text = os.fspath(path_or_url)
     if not text.startswith(("http://", "https://")):
         return Path(text)
@@ -50,10 +55,10 @@ def fetch_checkpoint(path_or_url: str | os.PathLike, check_hash: bool = True) ->
     try:
         torch.hub.download_url_to_file(text, str(cached), hash_prefix=match.group(1) if match else None)
     except OSError as err:
-        raise RuntimeError(f"cannot download checkpoint {text} ({err}). Offline? Fetch it on a connected machine "
+        raise DownloadError(f"cannot download checkpoint {text} ({err}). Offline? Fetch it on a connected machine "
                            f"and pass the local file, or copy it to {cached}") from err
     except RuntimeError as err:  # the file's SHA-256 does not start with the prefix in its name
-        raise RuntimeError(f"checkpoint {text}: {err}") from err
+        raise DownloadError(f"checkpoint {text}: {err}") from err
     return cached
 
 
@@ -62,19 +67,19 @@ def read_label_map(path: str | os.PathLike) -> list[int]:
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--label_map {path}: cannot read a JSON list of class indices ({err})") from err
+        raise BadFileError(f"--label_map {path}: cannot read a JSON list of class indices ({err})") from err
     if not isinstance(rows, list) or not rows or not all(isinstance(r, int) and r >= 0 for r in rows):
-        raise ValueError(f"--label_map {path}: expected a non-empty JSON list of non-negative ints")
+        raise BadFileError(f"--label_map {path}: expected a non-empty JSON list of non-negative ints")
     return rows
 
 
 def select_head_rows(state_dict: Mapping[str, torch.Tensor], num_classes: int,
-                     label_map: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+                     label_map: Sequence[int] | None = None, source: str = "the checkpoint") -> dict[str, torch.Tensor]:
     """Keep the classifier rows that match the target classes (a new dict; the input is untouched).
 
     With ``label_map``, rows ``label_map`` (one per target class). Otherwise the official rule for Kinetics-710
     checkpoints: 710 → 400 classes keeps the first 400 rows; 710 → 600 / 700 needs a label map (``--label_map``)
-    and is an error without one. Any other head is returned as is.
+    and is an error without one (``BadFileError`` naming ``source``). Any other head is returned as is.
     """
     out = dict(state_dict)
     weight = out.get("head.weight")
@@ -84,14 +89,14 @@ def select_head_rows(state_dict: Mapping[str, torch.Tensor], num_classes: int,
     if label_map is not None:
         top = max(label_map, default=-1)
         if len(label_map) != num_classes or top >= rows:
-            raise ValueError(f"--label_map has {len(label_map)} entries up to {top}, but the model has "
-                             f"{num_classes} classes and the checkpoint head {rows} rows")
+            raise BadFileError(f"--label_map has {len(label_map)} entries up to {top}, but the model has "
+                               f"{num_classes} classes and the head of {source} {rows} rows")
         index = torch.as_tensor(list(label_map), dtype=torch.long)
     elif rows == K710_CLASSES and num_classes == 400:
         index = torch.arange(400)
     elif rows == K710_CLASSES and num_classes in (600, 700):
-        raise ValueError(f"the checkpoint has a {K710_CLASSES}-class head; fine-tuning to {num_classes} classes "
-                         f"needs --label_map (the official k710/label_mixto{num_classes}.json)")
+        raise BadFileError(f"{source} has a {K710_CLASSES}-class head; fine-tuning to {num_classes} classes "
+                           f"needs --label_map (the official k710/label_mixto{num_classes}.json)")
     else:
         return out
     _logger.info("keeping %d of the %d head rows of the checkpoint%s", len(index), rows,
@@ -123,7 +128,7 @@ def inflate_patch_weight(weight: torch.Tensor, time_dim: int, mode: str = "cente
 
 
 def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, model: nn.Module,
-                  orig_t_size: int | None, inflate: str) -> torch.Tensor:
+                  orig_t_size: int | None, inflate: str, source: str) -> torch.Tensor:
     """Reshape one checkpoint tensor to the model's shape, or raise naming the key and both shapes."""
     if key == "patch_embed.proj.weight" and target.ndim == 5 and value.ndim in (4, 5) \
             and value.shape[:2] == target.shape[:2] and value.shape[-2:] == target.shape[-2:]:
@@ -140,8 +145,9 @@ def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, model: nn
                             "using the checkpoint's", orig_t_size, value.shape[1])
         _logger.info("resampling %s %s -> %s (linear)", key, tuple(value.shape), tuple(target.shape))
         return resample_temporal_pos_embed(value, target.shape[1])
-    raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but the model expects "
-                     f"{tuple(target.shape)}, and there is no rule to convert it")
+    raise BadFileError(f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model expects "
+                       f"{tuple(target.shape)}, and there is no rule to convert it (check --model, --depth, "
+                       f"--embed_dim and --tubelet_size)")
 
 
 def checkpoint_filter_fn(
@@ -152,20 +158,22 @@ def checkpoint_filter_fn(
     orig_t_size: int | None = None,
     inflate: str = "center",
     label_map: Sequence[int] | None = None,
+    source: str = "the checkpoint",
 ) -> dict[str, torch.Tensor]:
     """Return a new state dict adapted to ``model``; the input dict and its tensors are left untouched.
 
     Unless ``delete_head``, the classifier rows are first selected by ``select_head_rows`` (``label_map``, or the
     official Kinetics-710 → 400 rule). The classifier ``head.*`` is dropped on ``delete_head`` or when its shape
     still differs from the model's;
-    tensors whose shapes differ are converted (patch inflation, position-table resampling) or rejected.
+    tensors whose shapes differ are converted (patch inflation, position-table resampling) or rejected with a
+    ``BadFileError`` naming ``source`` (the file).
     Keys the model lacks are kept, so that ``load_state_dict`` reports them as unexpected.
     """
     if inflate not in INFLATE_MODES:
         raise ValueError(f"inflate must be one of {INFLATE_MODES}, got {inflate!r}")
     own = model.state_dict()
     if not delete_head and "head.weight" in own:
-        state_dict = select_head_rows(state_dict, own["head.weight"].shape[0], label_map)
+        state_dict = select_head_rows(state_dict, own["head.weight"].shape[0], label_map, source)
     head_mismatch = any(k in own and own[k].shape != state_dict[k].shape
                         for k in ("head.weight", "head.bias") if k in state_dict)
     out: dict[str, torch.Tensor] = {}
@@ -174,7 +182,7 @@ def checkpoint_filter_fn(
             _logger.info("dropping %s %s from the checkpoint", key, tuple(value.shape))
             continue
         if key in own and value.shape != own[key].shape:
-            value = _adapt_tensor(key, value, own[key], model, orig_t_size, inflate)
+            value = _adapt_tensor(key, value, own[key], model, orig_t_size, inflate, source)
         out[key] = value
     return out
 
@@ -187,23 +195,23 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingPathError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:
-            raise ValueError(f"{path} is not a readable safetensors checkpoint: {err}") from err
+            raise BadFileError(f"{path} is not a readable safetensors checkpoint: {err}") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files; all mean "not loadable"
         if not (isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)):
-            raise ValueError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
+            raise BadFileError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
         _logger.warning("%s needs full unpickling (not weights-only); loading it as a trusted legacy "
                         "checkpoint", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise ValueError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
+        raise BadFileError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -213,14 +221,14 @@ def _is_state_dict(obj: Any) -> bool:
 def extract_state_dict(obj: Any, model_key: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensor dict under the first of the '|'-separated ``model_key`` names, else ``obj`` itself."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
+        raise BadFileError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
     for key in model_key.split("|"):
         if key in obj and _is_state_dict(obj[key]):
             _logger.info("using the state dict under %r of %s", key, path)
             return dict(obj[key])
     if _is_state_dict(obj):
         return dict(obj)
-    raise ValueError(f"{path} is not a checkpoint: no tensor dict under {model_key!r} "
+    raise BadFileError(f"{path} is not a checkpoint: no tensor dict under {model_key!r} "
                      f"and top-level keys {sorted(map(str, obj))[:10]} are not all tensors")
 
 
@@ -263,7 +271,7 @@ def load_finetune_checkpoint(
     """
     state_dict = read_state_dict(path, model_key, model_prefix)
     state_dict = checkpoint_filter_fn(state_dict, model, delete_head=delete_head, orig_t_size=orig_t_size,
-                                      inflate=inflate, label_map=label_map)
+                                      inflate=inflate, label_map=label_map, source=os.fspath(path))
     result = model.load_state_dict(state_dict, strict=False)
     report = {"path": str(path), "missing_keys": list(result.missing_keys),
               "unexpected_keys": list(result.unexpected_keys)}

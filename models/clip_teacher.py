@@ -31,6 +31,8 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
+from utils.errors import BadFileError, MissingPathError
+
 from .checkpoint import inflate_patch_weight
 from .pos_embed import resample_abs_pos_embed
 
@@ -237,7 +239,7 @@ def clip_checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: CLI
     wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise BadFileError(
             f"{source} does not match this CLIP teacher: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatches {wrong[:5]}. Convert the weights for the right architecture with "
             "`python tools/convert_clip.py --src ... --arch ... --out ...`"
@@ -254,14 +256,14 @@ def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tens
 def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Path:
     """Path of the converted weights: ``pretrained`` itself, or ``$VIDEOMAMBA_CLIP_DIR/<canonical name>`` when True/"auto".
 
-    Raises FileNotFoundError telling the user how to produce the file when it does not exist.
+    Raises ``MissingPathError`` (a FileNotFoundError) telling the user how to produce the file when it does not exist.
     """
     hint = (f"convert the CLIP weights first: `python tools/convert_clip.py --src <OpenAI .pt | open_clip .bin | "
             f"Hugging Face folder> --arch {arch} --out <file>`")
     if pretrained is True or pretrained == "auto":
         clip_dir = os.environ.get(CLIP_DIR_ENV)
         if not clip_dir:
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"no CLIP {arch} weights given: pass a path (--clip_teacher_path) or set {CLIP_DIR_ENV} to the folder "
                 f"holding {CLIP_FILE_NAMES[arch]}; {hint}"
             )
@@ -269,7 +271,7 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Pat
     else:
         path = Path(pretrained)
     if not path.is_file():
-        raise FileNotFoundError(f"CLIP {arch} teacher weights not found at {path}; {hint}")
+        raise MissingPathError(f"CLIP {arch} teacher weights not found at {path}; {hint}")
     return path
 
 
@@ -278,12 +280,12 @@ def read_clip_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(
+        raise BadFileError(
             f"{path} is not a converted CLIP teacher state dict ({type(exc).__name__}: {exc}); produce one with "
             "`python tools/convert_clip.py --src ... --arch ... --out ...`"
         ) from exc
     if not isinstance(sd, Mapping) or "conv1.weight" not in sd:
-        raise ValueError(
+        raise BadFileError(
             f"{path} is not a converted CLIP teacher state dict (no 'conv1.weight'); produce one with "
             "`python tools/convert_clip.py --src ... --arch ... --out ...`"
         )

@@ -1,6 +1,7 @@
 """``build_dataset`` as the engine calls it, on real h264 videos whose frames carry their own index: the frames
 each item decodes, per-view tagging, trimmed windows, repeated augmentation and the bad-input policy."""
 import importlib.util
+import random
 from argparse import Namespace
 
 import numpy as np
@@ -13,6 +14,8 @@ from datasets import sampling as S
 from datasets.build import build_dataset, build_pretraining_dataset
 from datasets.collate import multiple_samples_collate
 from datasets.video_dataset import BadInputError
+from utils.seeding import EpochSampler
+from utils.errors import UsageError
 from tools.make_synthetic_dataset import decode_frame_index, index_frames, write_video
 
 BACKENDS = ("decord", "pyav") if importlib.util.find_spec("decord") else ("pyav",)
@@ -58,7 +61,8 @@ def make_args(root, tmp_path, lines, **kw):
     base = dict(data_set="Kinetics_sparse", data_path=str(tmp_path), prefix=str(root), split=" ", nb_classes=4,
                 num_frames=8, sampling_rate=4, input_size=32, short_side_size=32, test_num_segment=1,
                 test_num_crop=1, num_sample=1, video_backend="pyav", trimmed=4, time_stride=1,
-                filename_tmpl="img_{:05}.png", mask_type="tube", mask_ratio=0.75, tubelet_size=1, patch_size=16)
+                filename_tmpl="img_{:05}.png", mask_type="tube", mask_ratio=0.75, tubelet_size=1, patch_size=16,
+                max_retries=10, max_bad_fraction=0.1, seed=0)
     base.update(kw)
     return Namespace(**base)
 
@@ -89,10 +93,9 @@ def test_sparse_validation_and_train(media, tmp_path, raw_transforms, data_set):
     assert eval_views(val) == [(0, 0, 0, [3, 10, 18, 25, 33, 40, 47, 55], 0, True),
                                (1, 0, 0, [0, 0, 1, 2, 2, 2, 3, 4], 0, True)]
     train, _ = build_dataset(True, False, args)
-    torch.manual_seed(0)
     seg = 59 / 8
-    for _ in range(20):
-        item = train[0]
+    for epoch in range(20):  # each epoch draws anew
+        item = train[(epoch, 0)]
         assert item["index"] == 0 and item["label"].dtype == torch.int64
         idx, _ = indices_of(item["video"])
         assert all(round(seg * i) <= k <= round(seg * (i + 1)) for i, k in enumerate(idx))
@@ -107,9 +110,8 @@ def test_dense_views(media, tmp_path, raw_transforms):
     val, _ = build_dataset(False, False, args)
     assert [v[3] for v in eval_views(val)] == [[14, 18, 22, 26, 30, 34, 38, 42], [0, 4, 4, 4, 4, 4, 4, 4]]
     train, _ = build_dataset(True, False, args)
-    torch.manual_seed(0)
-    for _ in range(10):
-        idx, _ = indices_of(train[0]["video"])
+    for epoch in range(10):
+        idx, _ = indices_of(train[(epoch, 0)]["video"])
         end = idx[-1] + 1
         assert 32 <= end < 60 and idx == [min(int(end - 32 + 32 * k / 7), end - 1) for k in range(8)]
     assert indices_of(train[1]["video"])[0] == [0] + [4] * 7  # V=5 ≤ n·r: linspace(0, 5, 1) = [0], then V − 1
@@ -124,9 +126,8 @@ def test_ssv2_from_videos(media, tmp_path, raw_transforms):
     val, _ = build_dataset(False, False, args)
     assert [v[3] for v in eval_views(val)] == [[3, 11, 18, 26, 33, 41, 48, 56], [0, 0, 1, 2, 2, 3, 4, 4]]
     train, _ = build_dataset(True, False, args)
-    torch.manual_seed(0)
-    for _ in range(10):
-        assert all(7 * i <= k < 7 * i + 7 for i, k in enumerate(indices_of(train[0]["video"])[0]))
+    for epoch in range(10):
+        assert all(7 * i <= k < 7 * i + 7 for i, k in enumerate(indices_of(train[(epoch, 0)]["video"])[0]))
     assert indices_of(train[1]["video"])[0] == [0, 0, 0, 0, 1, 2, 3, 4]
 
 
@@ -140,9 +141,8 @@ def test_ssv2_from_frame_folders(media, tmp_path, raw_transforms):
         [0, 3, 7, 11, 15, 18, 22, 26], [1, 5, 9, 13, 16, 20, 24, 28],
         [0, 0, 1, 1, 2, 3, 3, 4], [0, 0, 1, 2, 2, 3, 4, 4]]
     train, _ = build_dataset(True, False, args)
-    torch.manual_seed(0)
-    for _ in range(5):
-        assert all(3 * i <= k < 3 * i + 3 for i, k in enumerate(indices_of(train[0]["video"])[0]))
+    for epoch in range(5):
+        assert all(3 * i <= k < 3 * i + 3 for i, k in enumerate(indices_of(train[(epoch, 0)]["video"])[0]))
 
 
 def test_trimmed_windows_issue_example(media, tmp_path, raw_transforms):
@@ -158,10 +158,9 @@ def test_trimmed_windows_issue_example(media, tmp_path, raw_transforms):
     assert expected[0][3] == [1, 6, 11, 16] and expected[-1][3] == [31, 33, 35, 38]
     train, _ = build_dataset(True, False, args)
     assert len(train) == 7
-    torch.manual_seed(0)
-    for _ in range(10):
+    for epoch in range(10):
         assert all(25 + round(3.5 * i) <= k <= min(25 + round(3.5 * (i + 1)), 39)
-                   for i, k in enumerate(indices_of(train[5]["video"])[0]))
+                   for i, k in enumerate(indices_of(train[(epoch, 5)]["video"])[0]))
 
 
 def test_trimmed_boundary_and_regression(media, tmp_path, raw_transforms):
@@ -198,11 +197,38 @@ def test_real_transforms_through_workers(media, tmp_path):
     assert batch["segment"].tolist() == [0, 0, 0, 1, 1, 1] and batch["crop"].tolist() == [0, 1, 2] * 2
 
 
+def test_training_items_are_a_pure_function_of_seed_epoch_and_index(media, tmp_path):
+    """Frames, RandAugment, crop, flip, erasing and both repeats of item (epoch, index) do not depend on the worker
+    that draws it, on what it drew before, or on the global RNG; another epoch or --seed draws anew."""
+    args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 1", "v40.mp4 2", "v30.mp4 3"], num_sample=2,
+                     aa="rand-m7-n4-mstd0.5-inc1", reprob=0.5)
+    train, _ = build_dataset(True, False, args)
+    sampler = EpochSampler(train, num_replicas=1, rank=0, seed=0)
+    loader = torch.utils.data.DataLoader(train, batch_size=1, sampler=sampler, num_workers=2,
+                                         persistent_workers=True)
+    seen = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        for key, batch in zip(list(sampler), loader):  # workers alternate between items and live across epochs
+            seen[key] = batch["video"][0]
+    fresh, _ = build_dataset(True, False, args)
+    for (epoch, index) in sorted(seen, reverse=True):  # one process, the opposite order, any global RNG state
+        torch.manual_seed(epoch * 7 + index)
+        before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+        assert torch.equal(fresh[(epoch, index)]["video"], seen[(epoch, index)]), (epoch, index)
+        after = torch.get_rng_state(), random.getstate(), np.random.get_state()[1]
+        assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()
+    assert not torch.equal(seen[(0, 2)][0], seen[(0, 2)][1])  # the two repeats differ
+    assert not torch.equal(seen[(0, 2)], seen[(1, 2)])  # so do two epochs
+    args.seed = 1
+    reseeded, _ = build_dataset(True, False, args)
+    assert not torch.equal(reseeded[(0, 2)]["video"], seen[(0, 2)])
+
+
 def test_bad_input_training_replaces_and_counts(media, tmp_path, raw_transforms, caplog):
     (tmp_path / "empty.mp4").write_bytes(b"")
     lines = [f"v60.mp4 {k % 4}" for k in range(10)] + [f"{tmp_path}/empty.mp4 1"]
     train, _ = build_dataset(True, False, make_args(media, tmp_path, lines))
-    torch.manual_seed(0)
     item = train[10]
     assert item["index"] != 10 and item["label"].item() == item["index"] % 4
     train[10]
@@ -237,7 +263,7 @@ def test_list_errors_reach_the_caller(media, tmp_path, raw_transforms):
     args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4"])
     with pytest.raises(ValueError, match=r"val.csv:2: expected 2 fields"):
         build_dataset(False, False, args)
-    with pytest.raises(ValueError, match="unknown --data_set"):
+    with pytest.raises(UsageError, match="unknown --data_set"):
         build_dataset(False, False, make_args(media, tmp_path, ["v60.mp4 0"], data_set="K400"))
 
 
@@ -245,7 +271,6 @@ def test_pretraining_dataset(media, tmp_path, raw_transforms):
     # the official launchers' setting: --num_segments 8 --num_frames 8 --sampling_rate 1
     args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 0"], sampling_rate=1, num_segments=8, mask_type="tube")
     ds = build_pretraining_dataset(args)
-    torch.manual_seed(0)
     item = ds[0]
     assert item["mask"].dtype == torch.bool and item["mask"].shape == (8 * 2 * 2,)
     assert item["mask"].view(8, 4).float().std(0).max() == 0  # tube: the same patches in every frame
@@ -260,7 +285,6 @@ def test_pretraining_dataset(media, tmp_path, raw_transforms):
     # --num_sample 2: two clips of one decode, each with its own mask, flattened by the collate
     args.mask_type, args.num_sample = "random", 2
     ds = build_pretraining_dataset(args)
-    np.random.seed(0)
     items = [ds[0], ds[1]]
     assert items[0]["video"].shape == (2, 3, 8, 32, 32) and items[0]["mask"].shape == (2, 8 * 2 * 2)
     assert torch.equal(items[0]["video"][0], items[0]["video"][1])  # the raw test transform: same decode

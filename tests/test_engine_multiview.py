@@ -42,7 +42,7 @@ def test_merge_counts_each_view_once_and_scores_videos(caplog):
     with caplog.at_level(logging.WARNING):
         result = merge_views(_views(TOY), "classification", views_per_window=2)
     assert result["num_videos"] == 3
-    assert result["missing"] == 1
+    assert result["missing"] == 1 and result["missing_ids"] == [3]
     assert result["duplicates"] == 2
     assert result["incomplete"] == [[2, 0, 1]]
     assert "fewer than 2 views" in caplog.text

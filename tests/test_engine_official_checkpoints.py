@@ -1,6 +1,6 @@
 """Official checkpoints: an official ``checkpoint-latest.pth`` (keys model, optimizer, epoch, scaler, args,
 model_ema) resumes with ``--resume`` (weights, every parameter's AdamW state, the group hyper-parameters, the epoch
-and the EMA), and ``--eval`` chooses its weights as documented.
+and the EMA), ``--eval`` chooses its weights as documented, and official DeepSpeed folders are recognised.
 
 The "official" optimiser is built here independently of ``engines.optim``: the parameter names in the official
 VisionMamba ``named_parameters()`` order (head before the blocks; the mixer's own A_log, D, A_b_log, D_b before its
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import run_class_finetuning
-from engines.checkpoint import best_checkpoint, checkpoint_to_evaluate
+from engines.checkpoint import (DEEPSPEED_MODEL_STATES, begin_save, best_checkpoint, checkpoint_to_evaluate, end_save,
+                                find_latest, is_complete)
 from engines.fit import build_ema, build_runtime, resume
 from utils.distributed import DistInfo
 
@@ -131,3 +132,26 @@ def test_eval_weights_best_resume_newest_then_none(tmp_path):
     assert checkpoint_to_evaluate(str(tmp_path), "", False) == tmp_path / "checkpoint-best.pth"
     (tmp_path / "checkpoint-best.pth").rename(tmp_path / "checkpoint-best_val.pth")  # official regression name
     assert best_checkpoint(tmp_path) == tmp_path / "checkpoint-best_val.pth"
+
+
+def test_official_deepspeed_folders_count_as_complete_and_ours_only_when_marked(tmp_path):
+    """The official code's DeepSpeed folders have no completion marker: one holding DeepSpeed's model states is
+    complete. Ours are marked "saving" while DeepSpeed writes, so a killed save is never taken for either."""
+    def folder(name, age):
+        path = tmp_path / name
+        path.mkdir()
+        (path / DEEPSPEED_MODEL_STATES).write_bytes(b"states")
+        os.utime(path / DEEPSPEED_MODEL_STATES, ns=(10**18 + age * 10**9,) * 2)
+        return path
+
+    official, best = folder("checkpoint-latest", 1), folder("checkpoint-best", 2)
+    (tmp_path / "checkpoint-7").mkdir()  # no model states: not a checkpoint
+    assert find_latest(tmp_path) == official
+    assert checkpoint_to_evaluate(str(tmp_path), "", False, deepspeed=True) == official
+    assert checkpoint_to_evaluate(str(tmp_path), "", True, deepspeed=True) == best
+    ours = tmp_path / "checkpoint-9"
+    begin_save(ours)  # killed while DeepSpeed was writing: the states file is there, half written
+    (ours / DEEPSPEED_MODEL_STATES).write_bytes(b"sta")
+    assert not is_complete(ours) and find_latest(tmp_path) == official
+    end_save(ours)
+    assert is_complete(ours) and find_latest(tmp_path) == ours

@@ -15,7 +15,10 @@ from engines.fit import fit, resume
 from engines.runtime import TorchRuntime
 from engines.tasks import ClassificationTask, RegressionTask
 from engines.train import NonFiniteLossError, train_one_epoch
+from datasets.mixup import VideoMixup
 from utils.distributed import DistInfo
+from utils.errors import BadFileError, UsageError
+from utils.seeding import AUGMENT, EpochSampler, sample_key, seeded_rngs
 
 CPU = torch.device("cpu")
 INFO = DistInfo(0, 1, 0, CPU)
@@ -59,7 +62,8 @@ def _runtime(model, lr=0.5, opt="sgd"):
 def _args(tmp_path, **kw):
     base = dict(epochs=3, update_freq=1, print_freq=100, output_dir=str(tmp_path), save_ckpt=True, save_ckpt_freq=1,
                 lr=0.3, min_lr=0.01, warmup_epochs=0, warmup_steps=-1, warmup_lr=0.0, weight_decay=0.0,
-                weight_decay_end=None, resume="", auto_resume=True, start_epoch=0)
+                weight_decay_end=None, resume="", auto_resume=True, start_epoch=0, seed=0, batch_size=4,
+                save_ckpt_steps=0, save_ckpt_minutes=0.0)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -148,22 +152,99 @@ def test_resume_continues_exactly(tmp_path):
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]
 
 
+class Keyed(Dataset):
+    """ToyVideos read through ``EpochSampler`` keys, with random noise drawn in the item (the dataset's seeding)."""
+
+    def __init__(self, data: ToyVideos) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        epoch, index = sample_key(key)
+        item = dict(self.data[index])
+        with seeded_rngs(0, AUGMENT, epoch, index, 0):
+            item["video"] = item["video"] + 0.1 * torch.randn(item["video"].shape)
+        return item
+
+
+class DropNet(ToyNet):
+    def forward(self, x):
+        return self.head(nn.functional.dropout(x.mean(dim=(2, 3, 4)), 0.3, self.training))
+
+
+class CrashAt:
+    """Wraps a task: raises at the ``n``-th training call (a crash mid-epoch)."""
+
+    def __init__(self, task, n: int) -> None:
+        self.task, self.n, self.calls = task, n, 0
+        self.best_key, self.higher_is_better = task.best_key, task.higher_is_better
+
+    def training_loss(self, *a):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("crash")
+        return self.task.training_loss(*a)
+
+
+def test_mid_epoch_checkpoint_resumes_at_the_next_step_exactly(tmp_path):
+    data = Keyed(ToyVideos(n=16))
+    task = ClassificationTask(3, mixup=VideoMixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=3))
+
+    def make(out):
+        torch.manual_seed(0)
+        net = DropNet()
+        loader = DataLoader(data, batch_size=2, sampler=EpochSampler(data, num_replicas=1, rank=0, seed=0))
+        return net, loader, _runtime(net, lr=0.3, opt="adamw"), _args(out, epochs=2, save_ckpt_steps=3)
+
+    net_a, loader_a, run_a, args_a = make(tmp_path / "a")
+    fit(args_a, run_a, task, loader_a, 8, INFO)
+    net_b, loader_b, run_b, args_b = make(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):  # crashes in the 7th step of epoch 1 (the 15th training call)
+        fit(args_b, run_b, CrashAt(task, 15), loader_b, 8, INFO)
+    saved = ckpt.read(tmp_path / "b" / "checkpoint-latest.pth")
+    assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (0, 4, 12)  # global steps 3, 6, 9, 12 saved
+    assert len(saved["train_sums"]) == 1 and saved["train_sums"][0]["loss"][1] == 4 * 2
+    net_c, loader_c, run_c, _ = make(tmp_path / "b")
+    torch.manual_seed(99)
+    state = resume(args_b, run_c, None)
+    assert (state.start_epoch, state.start_step) == (1, 4)
+    fit(args_b, run_c, task, loader_c, 8, INFO, state=state)
+    for pa, pc in zip(net_a.parameters(), net_c.parameters()):
+        assert torch.equal(pa, pc)
+    assert (tmp_path / "a" / "log.txt").read_text() == (tmp_path / "b" / "log.txt").read_text()
+    args_b.batch_size = 1  # another number of samples per step: the epoch starts over (no exact resume)
+    assert resume(args_b, run_c, None).start_step == 0
+
+
+def test_save_clock_steps_and_minutes():
+    assert [ckpt.SaveClock(3, 0, CPU).due(s) for s in (1, 3, 6, 7)] == [False, True, True, False]
+    assert not ckpt.SaveClock(0, 0, CPU).due(5)
+    assert not ckpt.SaveClock(0, 60, CPU).due(5) and ckpt.SaveClock(0, 1e-9, CPU).due(5)
+    with pytest.raises(UsageError, match="--save_ckpt_steps -1"):
+        ckpt.SaveClock(-1, 0, CPU)
+
+
 def test_checkpoint_files_atomic_latest_and_rng(tmp_path):
     ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-0.pth")
     ckpt.save_atomic({"epoch": 1}, tmp_path / "checkpoint-latest.pth")
     ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-best.pth")
     (tmp_path / ".checkpoint-2.pth.abc.tmp").write_bytes(b"partial")
-    (tmp_path / "checkpoint-3").mkdir()  # DeepSpeed folder without its completion marker
+    ckpt.begin_save(tmp_path / "checkpoint-3")  # our DeepSpeed folder, killed while DeepSpeed wrote into it
+    (tmp_path / "checkpoint-3" / ckpt.DEEPSPEED_MODEL_STATES).write_bytes(b"partial")
     assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
     assert ckpt.find_latest(tmp_path / "nothing") is None
-    ckpt.mark_complete(tmp_path / "checkpoint-3")
+    ckpt.end_save(tmp_path / "checkpoint-3")
     assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-3"
+    ckpt.begin_save(tmp_path / "checkpoint-3")  # overwriting a complete folder: incomplete until end_save
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
     state = ckpt.rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1))
     ckpt.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="bad.pth"):
+    with pytest.raises(BadFileError, match="bad.pth"):
         ckpt.read(tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         ckpt.read(tmp_path / "missing.pth")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import run_class_finetuning
+from utils.errors import MissingPathError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     # --eval alone: the newest complete checkpoint of --output_dir
     newest = _run(_argv(video_set, out, "--eval", "--disable_eval_during_finetuning"))
     assert newest["weights"] in (str(out / "checkpoint-latest.pth"), str(out / "checkpoint-3.pth"))
-    with pytest.raises(SystemExit, match="checkpoint-best"):
+    with pytest.raises(MissingPathError, match="checkpoint-best"):
         _run(_argv(video_set, tmp_path / "empty", "--eval", "--test_best"))
 
 
@@ -132,7 +133,7 @@ def test_regression_mode_reports_mse(video_set, tmp_path):
     last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
     assert result["best"] == result["history"][0]["val_mse"]
-    with pytest.raises(SystemExit, match="--task regression"):
+    with pytest.raises(UsageError, match="--task regression"):
         _run(_argv(data, tmp_path / "bad", "--epochs", "1", "--nb_classes", "1"))
 
 

@@ -41,6 +41,7 @@ from datasets.lists import ListEntry, ListFileError, ListLine, guess_format, rea
 from datasets.readers import BACKENDS, PyAVReader, VideoDecodeError, is_url, open_video, resolve_backend
 from datasets.sampling import clip_indices
 from tools.build_list import VIDEO_EXTENSIONS
+from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"u
 _DECORD_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # "[04:23:00] src/video/x.cc:83: "
 # Reasons raised by datasets/readers.py's PyAV reader, in the order they are tried.
 _PYAV_REASONS = (("truncated", "truncated"), ("no video frames", "no_frames"), ("no video stream", "not_video"))
-
-
-class UsageError(ValueError):
-    """Bad command-line input (exit status 2)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -26,3 +27,12 @@ def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0, le
         file_handler = logging.FileHandler(Path(output_dir) / "train.log")
         file_handler.setFormatter(logging.Formatter(_FORMAT))
         root.addHandler(file_handler)
+
+
+def log_to_files(level: int, message: str, exc_info: Any = None) -> None:
+    """Write one record (with a traceback when ``exc_info`` is given) to the log files only, not to stderr."""
+    root = logging.getLogger()
+    record = root.makeRecord(root.name, level, __file__, 0, message, None, exc_info)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
