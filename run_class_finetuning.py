@@ -156,7 +156,7 @@ def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[s
         record: dict[str, Any] = {"Final top-1": result.get("acc1"), "Final Top-5": result.get("acc5")}
     else:
         record = {"Final MSE Loss": result.get("mse")}
-    record.update({f"test_{k}": v for k, v in result.items() if k != "incomplete"})
+    record.update({f"test_{k}": v for k, v in result.items() if k not in ("incomplete", "missing_ids")})
     record["test_weights"] = weights
     return record
 
@@ -232,7 +232,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=args)  # read now: list errors fail fast
     if args.eval:
         return evaluate_only(args, model, task, info, val_loader, test_set)
-    train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
+    train_set, _ = build_dataset(is_train=True, test_mode=False, args=args, seed=args.seed)
     collate = multiple_samples_collate if args.num_sample > 1 else None
     train_loader = make_loader(train_set, args, info, train=True, batch_size=args.batch_size, shard=True,
                                collate_fn=collate)

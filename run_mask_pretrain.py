@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     student = build_student(args)
     task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
                             args.clip_input_resolution, args.clip_input_norm)
-    dataset = build_pretraining_dataset(args)
+    dataset = build_pretraining_dataset(args, seed=args.seed)
     collate = multiple_samples_collate if args.num_sample > 1 else None
     loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True, collate_fn=collate)
     steps_per_epoch = len(loader) // args.update_freq

@@ -5,11 +5,11 @@
   nb_classes (1 = regression: float targets), num_frames, sampling_rate (dense data sets), trimmed and
   time_stride (seconds; LVU / Breakfast / COIN), test_num_segment, test_num_crop, num_sample (training),
   input_size, short_side_size, video_backend (auto | decord | pyav), no_use_decord or use_decord=False (SSV2 from
-  frame folders), filename_tmpl, max_bad_fraction, max_retries, seed (training draws, see ``utils.seeding``),
-  plus whatever the transform builders of ``datasets.transforms`` read.
+  frame folders), filename_tmpl, max_bad_fraction (default 0.1), max_retries (default 10), plus whatever the
+  transform builders of ``datasets.transforms`` read.
 ``build_pretraining_dataset(args)`` reads data_path (a list file, or a folder holding train.csv), prefix, split,
-  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, seed, and the
-  args of ``build_pretrain_transform`` / ``build_mask_generator``.
+  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, and the args
+  of ``build_pretrain_transform`` / ``build_mask_generator``.
 A list file missing from ``--data_path`` raises ``utils.errors.MissingPathError`` naming the flag.
 """
 from __future__ import annotations
@@ -72,8 +72,9 @@ def _list_path(data_path: str, mode: str) -> Path:
     return path
 
 
-def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[VideoClsDataset, int]:
-    """The train (``is_train``), test (``test_mode``) or validation dataset of ``args.data_set`` and nb_classes."""
+def build_dataset(is_train: bool, test_mode: bool, args: Namespace, seed: int = 0) -> tuple[VideoClsDataset, int]:
+    """The train (``is_train``), test (``test_mode``) or validation dataset of ``args.data_set`` and nb_classes;
+    ``seed`` (``--seed``) keys the training draws (``utils.seeding``)."""
     if args.data_set not in DATA_SETS:
         raise UsageError(f"unknown --data_set {args.data_set!r}; expected one of {', '.join(DATA_SETS)}")
     kind = DATA_SETS[args.data_set]
@@ -102,16 +103,17 @@ def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[Vid
         windows=(args.trimmed, getattr(args, "time_stride", 16)) if trimmed else None,
         num_sample=getattr(args, "num_sample", 1),
         regression=regression,
-        max_retries=args.max_retries,
-        max_bad_fraction=args.max_bad_fraction,
+        max_retries=getattr(args, "max_retries", 10),
+        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
         zero_frame_size=args.short_side_size if mode == "test" else args.input_size,
-        seed=args.seed,
+        seed=seed,
     )
     return dataset, nb_classes
 
 
-def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
-    """Masked-pretraining clips from the list at ``args.data_path`` (or its ``train.csv``)."""
+def build_pretraining_dataset(args: Namespace, seed: int = 0) -> PretrainDataset:
+    """Masked-pretraining clips from the list at ``args.data_path`` (or its ``train.csv``); ``seed`` as
+    ``build_dataset``'s."""
     path = Path(args.data_path)
     list_path = _list_path(args.data_path, "train") if path.is_dir() else path
     entries = read_paths(list_path, getattr(args, "split", " "), getattr(args, "prefix", ""))
@@ -121,9 +123,9 @@ def build_pretraining_dataset(args: Namespace) -> PretrainDataset:
         sampling_rate=getattr(args, "sampling_rate", 1),
         open_clip=_video_opener(args),
         mask_generator=masking.build_mask_generator(args),
-        max_retries=args.max_retries,
-        max_bad_fraction=args.max_bad_fraction,
+        max_retries=getattr(args, "max_retries", 10),
+        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
         num_segments=getattr(args, "num_segments", 1),
         num_sample=getattr(args, "num_sample", 1),
-        seed=args.seed,
+        seed=seed,
     )

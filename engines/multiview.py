@@ -78,7 +78,8 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
     ``valid`` (V,). Repeated view tuples are kept once; invalid views are dropped; a video with no valid view
     is counted in ``missing`` and listed in ``missing_ids``. ``task`` is ``classification`` (softmax per view,
     mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows with fewer than
-    ``views_per_window`` valid views are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list of per-video dicts sorted by id.
+    ``views_per_window`` valid views are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list
+    of per-video dicts sorted by id.
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"unknown task {task!r}")

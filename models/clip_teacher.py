@@ -256,7 +256,7 @@ def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tens
 def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Path:
     """Path of the converted weights: ``pretrained`` itself, or ``$VIDEOMAMBA_CLIP_DIR/<canonical name>`` when True/"auto".
 
-    Raises ``MissingPathError`` (a FileNotFoundError) telling the user how to produce the file when it does not exist.
+    Raises ``MissingPathError`` (a FileNotFoundError) telling how to produce the file when it does not exist.
     """
     hint = (f"convert the CLIP weights first: `python tools/convert_clip.py --src <OpenAI .pt | open_clip .bin | "
             f"Hugging Face folder> --arch {arch} --out <file>`")

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engines.runtime import TorchRuntime  # noqa: E402
+from engines.runtime import DeepSpeedRuntime, TorchRuntime  # noqa: E402
 
 
 def _die() -> None:
@@ -29,16 +29,15 @@ def _die() -> None:
 
 
 def _kill_at_micro_batch(n: int) -> None:
-    real = TorchRuntime.backward_step
     calls = [0]
+    for runtime in (TorchRuntime, DeepSpeedRuntime):
+        def backward_step(self, *args, real=runtime.backward_step, **kwargs):
+            calls[0] += 1
+            if calls[0] == n:
+                _die()
+            return real(self, *args, **kwargs)
 
-    def backward_step(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == n:
-            _die()
-        return real(self, *args, **kwargs)
-
-    TorchRuntime.backward_step = backward_step
+        runtime.backward_step = backward_step
 
 
 def _kill_in_save(n: int) -> None:
