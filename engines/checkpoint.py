@@ -3,9 +3,11 @@
 Plain checkpoints are single files ``checkpoint-{epoch}.pth`` / ``checkpoint-latest.pth`` / ``checkpoint-best.pth``
 written to a temp file and renamed, so a file with that name is always complete (a killed write leaves only a
 ``.checkpoint-*.tmp`` file, removed by the next run). DeepSpeed checkpoints are directories with the same names:
-ours get a ``saving`` marker before DeepSpeed writes and a ``complete`` marker (the ``saving`` one removed) after,
-so an interrupted save never counts as complete; a folder with neither marker was written by the official code (or
-another DeepSpeed program) and counts as complete when it holds DeepSpeed's model-states file.
+DeepSpeed writes ours into a hidden staging folder ``.{tag}.saving``, which gets a ``complete`` marker and then
+replaces ``{tag}`` by two renames (``install_folder``); a kill at any point leaves the previous or the new folder
+complete, and ``recover_partial_saves`` finishes or discards what a killed run left. A folder without the marker
+was written by the official code (or another DeepSpeed program) and counts as complete when it holds DeepSpeed's
+model-states file.
 (Loading *pretrained* weights for ``--finetune`` is ``models.checkpoint.load_finetune_checkpoint``, not this.)
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +30,6 @@ from utils.errors import BadFileError, MissingPathError, UsageError
 logger = logging.getLogger(__name__)
 
 _MARKER = "complete"
-_SAVING = "saving"
 DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"  # written by DeepSpeed for every checkpoint
 
 
@@ -48,11 +50,45 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     logger.info("saved checkpoint %s", path)
 
 
-def remove_partial_files(output_dir: Path) -> None:
-    """Delete the temp files of plain-checkpoint writes that were killed (``.checkpoint-*.tmp``)."""
-    for tmp in Path(output_dir).glob(".checkpoint-*.tmp"):
+def staging_folder(output_dir: Path, tag: str) -> Path:
+    """Where DeepSpeed writes checkpoint ``tag`` before ``install_folder`` puts it in place."""
+    return Path(output_dir) / f".{tag}.saving"
+
+
+def _old_folder(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def install_folder(staging: Path, target: Path) -> None:
+    """Mark the fully written ``staging`` folder complete and make it ``target``: the old ``target`` is renamed
+    away, ``staging`` renamed in, then the old one deleted."""
+    (staging / _MARKER).write_text("ok\n")
+    old = _old_folder(target)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_partial_saves(output_dir: Path) -> None:
+    """Clean up after a run killed while saving: delete plain-checkpoint temp files (``.checkpoint-*.tmp``) and
+    unfinished DeepSpeed staging folders; a staging folder already marked complete whose target is missing (killed
+    between the two renames of ``install_folder``) is put in place."""
+    output_dir = Path(output_dir)
+    for tmp in output_dir.glob(".checkpoint-*.tmp"):
         logger.info("removing %s, left by an interrupted checkpoint write", tmp)
         tmp.unlink(missing_ok=True)
+    for staging in output_dir.glob(".checkpoint-*.saving"):
+        target = output_dir / staging.name[1:-len(".saving")]
+        if (staging / _MARKER).is_file() and not target.exists():
+            logger.info("installing %s as %s (the run was killed while replacing it)", staging, target)
+            os.replace(staging, target)
+        else:
+            logger.info("removing %s, left by an interrupted checkpoint write", staging)
+            shutil.rmtree(staging, ignore_errors=True)
+    for old in output_dir.glob(".checkpoint-*.old"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -66,35 +102,19 @@ def read(path: Path) -> dict[str, Any]:
         raise BadFileError(f"checkpoint {path} cannot be read: {err}") from err
 
 
-def begin_save(directory: Path) -> None:
-    """Mark a DeepSpeed checkpoint directory as being written (before DeepSpeed writes into it)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / _SAVING).write_text("incomplete\n")
-    (directory / _MARKER).unlink(missing_ok=True)
-
-
-def end_save(directory: Path) -> None:
-    """Mark a DeepSpeed checkpoint directory as fully written."""
-    (Path(directory) / _MARKER).write_text("ok\n")
-    (Path(directory) / _SAVING).unlink(missing_ok=True)
-
-
 def is_official_deepspeed(path: Path) -> bool:
-    """A DeepSpeed folder without our markers (written by the official code) that holds the model states."""
+    """A DeepSpeed folder without our marker (written by the official code) that holds the model states."""
     path = Path(path)
-    return (path.is_dir() and not (path / _MARKER).exists() and not (path / _SAVING).exists()
-            and (path / DEEPSPEED_MODEL_STATES).is_file())
+    return path.is_dir() and not (path / _MARKER).exists() and (path / DEEPSPEED_MODEL_STATES).is_file()
 
 
 def is_complete(path: Path) -> bool:
-    """A plain checkpoint file; one of our DeepSpeed folders marked complete and not being saved; or an official
-    DeepSpeed folder (``is_official_deepspeed``)."""
+    """A plain checkpoint file; one of our DeepSpeed folders (marked complete); or an official DeepSpeed folder
+    (``is_official_deepspeed``)."""
     path = Path(path)
     if path.suffix == ".pth":
         return path.is_file()
-    ours = (path / _MARKER).is_file() and not (path / _SAVING).exists()
-    return ours or is_official_deepspeed(path)
+    return (path / _MARKER).is_file() or is_official_deepspeed(path)
 
 
 def _written_at(path: Path) -> int:
@@ -201,7 +221,7 @@ class Checkpointer:
         self.steps_per_epoch, self.samples_per_step = steps_per_epoch, samples_per_step
         self.clock = SaveClock(args.save_ckpt_steps, args.save_ckpt_minutes, info.device)
         if self.out is not None and info.is_main:
-            remove_partial_files(self.out)
+            recover_partial_saves(self.out)
 
     def _save(self, tags: list[str], epoch: int, step: int, rng: dict[str, Any], best: float | None,
               **extra: Any) -> None:

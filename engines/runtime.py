@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +166,17 @@ class DeepSpeedRuntime:
         return float(scaler) if scaler is not None else 1.0
 
     def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
-        """The folder is marked ``saving`` before DeepSpeed writes and ``complete`` after, so a crash mid-save never
-        looks complete (``engines.checkpoint.begin_save``)."""
+        """DeepSpeed writes into a hidden staging folder, which then replaces ``output_dir/tag``
+        (``engines.checkpoint.install_folder``): a kill mid-save leaves the previous checkpoint complete."""
+        staging = ckpt.staging_folder(Path(output_dir), tag)
         if is_main:
-            ckpt.begin_save(Path(output_dir) / tag)
+            shutil.rmtree(staging, ignore_errors=True)
         barrier()
-        self.engine.save_checkpoint(str(output_dir), tag=tag, client_state=client_state, save_latest=False)
+        self.engine.save_checkpoint(str(output_dir), tag=staging.name, client_state=client_state, save_latest=False)
+        barrier()
         if is_main:
-            ckpt.end_save(Path(output_dir) / tag)
+            ckpt.install_folder(staging, Path(output_dir) / tag)
+        barrier()
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         path = Path(path)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import run_class_finetuning
-from engines.checkpoint import (DEEPSPEED_MODEL_STATES, begin_save, best_checkpoint, checkpoint_to_evaluate, end_save,
-                                find_latest, is_complete)
+from engines.checkpoint import (DEEPSPEED_MODEL_STATES, best_checkpoint, checkpoint_to_evaluate, find_latest,
+                                install_folder, is_complete, staging_folder)
 from engines.fit import build_ema, build_runtime, resume
 from utils.distributed import DistInfo
 
@@ -136,7 +136,7 @@ def test_eval_weights_best_resume_newest_then_none(tmp_path):
 
 def test_official_deepspeed_folders_count_as_complete_and_ours_only_when_marked(tmp_path):
     """The official code's DeepSpeed folders have no completion marker: one holding DeepSpeed's model states is
-    complete. Ours are marked "saving" while DeepSpeed writes, so a killed save is never taken for either."""
+    complete. Ours are written into a hidden staging folder first, so a killed save is never taken for either."""
     def folder(name, age):
         path = tmp_path / name
         path.mkdir()
@@ -149,9 +149,9 @@ def test_official_deepspeed_folders_count_as_complete_and_ours_only_when_marked(
     assert find_latest(tmp_path) == official
     assert checkpoint_to_evaluate(str(tmp_path), "", False, deepspeed=True) == official
     assert checkpoint_to_evaluate(str(tmp_path), "", True, deepspeed=True) == best
-    ours = tmp_path / "checkpoint-9"
-    begin_save(ours)  # killed while DeepSpeed was writing: the states file is there, half written
-    (ours / DEEPSPEED_MODEL_STATES).write_bytes(b"sta")
-    assert not is_complete(ours) and find_latest(tmp_path) == official
-    end_save(ours)
-    assert is_complete(ours) and find_latest(tmp_path) == ours
+    staging = staging_folder(tmp_path, "checkpoint-9")  # ours, while DeepSpeed writes: hidden, never a candidate
+    staging.mkdir()
+    (staging / DEEPSPEED_MODEL_STATES).write_bytes(b"sta")
+    assert find_latest(tmp_path) == official
+    install_folder(staging, tmp_path / "checkpoint-9")
+    assert is_complete(tmp_path / "checkpoint-9") and find_latest(tmp_path) == tmp_path / "checkpoint-9"

@@ -226,19 +226,40 @@ def test_save_clock_steps_and_minutes():
         ckpt.SaveClock(-1, 0, CPU)
 
 
+def test_interrupted_saves_are_cleaned_up_or_finished(tmp_path):
+    """What a kill leaves at each point of a save, and what the next run makes of it."""
+    def deepspeed_folder(path, content):
+        path.mkdir()
+        (path / ckpt.DEEPSPEED_MODEL_STATES).write_text(content)
+        return path
+
+    (tmp_path / ".checkpoint-latest.pth.x1.tmp").write_bytes(b"half")  # a plain write
+    deepspeed_folder(tmp_path / "checkpoint-best", "old best")
+    deepspeed_folder(ckpt.staging_folder(tmp_path, "checkpoint-best"), "half")  # killed while DeepSpeed wrote
+    ckpt.install_folder(deepspeed_folder(tmp_path / "staged", "new"), tmp_path / "checkpoint-latest")
+    old_latest = tmp_path / ".checkpoint-latest.old"  # killed between the two renames of replacing it again
+    (tmp_path / "checkpoint-latest").rename(old_latest)
+    staged = deepspeed_folder(ckpt.staging_folder(tmp_path, "checkpoint-latest"), "newer")
+    (staged / "complete").write_text("ok\n")
+    ckpt.recover_partial_saves(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-best", "checkpoint-latest"]
+    assert (tmp_path / "checkpoint-best" / ckpt.DEEPSPEED_MODEL_STATES).read_text() == "old best"
+    assert (tmp_path / "checkpoint-latest" / ckpt.DEEPSPEED_MODEL_STATES).read_text() == "newer"
+    assert ckpt.is_complete(tmp_path / "checkpoint-latest")
+
+
 def test_checkpoint_files_atomic_latest_and_rng(tmp_path):
     ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-0.pth")
     ckpt.save_atomic({"epoch": 1}, tmp_path / "checkpoint-latest.pth")
     ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-best.pth")
     (tmp_path / ".checkpoint-2.pth.abc.tmp").write_bytes(b"partial")
-    ckpt.begin_save(tmp_path / "checkpoint-3")  # our DeepSpeed folder, killed while DeepSpeed wrote into it
-    (tmp_path / "checkpoint-3" / ckpt.DEEPSPEED_MODEL_STATES).write_bytes(b"partial")
+    staging = ckpt.staging_folder(tmp_path, "checkpoint-3")  # our DeepSpeed save while DeepSpeed writes
+    staging.mkdir()
+    (staging / ckpt.DEEPSPEED_MODEL_STATES).write_bytes(b"partial")
     assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
     assert ckpt.find_latest(tmp_path / "nothing") is None
-    ckpt.end_save(tmp_path / "checkpoint-3")
-    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-3"
-    ckpt.begin_save(tmp_path / "checkpoint-3")  # overwriting a complete folder: incomplete until end_save
-    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
+    ckpt.install_folder(staging, tmp_path / "checkpoint-3")
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-3" and not staging.exists()
     state = ckpt.rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1))
     ckpt.set_rng_state(state)
