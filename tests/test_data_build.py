@@ -307,3 +307,18 @@ def test_test_crops_of_one_segment_share_one_decode(media, tmp_path, raw_transfo
     expected = [(v, 0, j, S.sparse_eval_indices(n, 8, j, 2), k, True)
                 for v, n in enumerate((60, 9)) for j in range(2) for k in range(3)]
     assert views == expected
+
+
+def test_bad_input_flags_of_both_entry_scripts_reach_the_datasets(media, tmp_path):
+    import run_class_finetuning
+    import run_mask_pretrain
+
+    make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 1"])
+    flags = ["--data_path", str(tmp_path), "--prefix", str(media), "--max_bad_fraction", "0.5", "--max_retries", "3"]
+    finetune = run_class_finetuning.get_args_parser().parse_args([*flags, "--data_set", "Kinetics_sparse",
+                                                                   "--input_size", "32", "--aa", "none"])
+    pretrain = run_mask_pretrain.get_args_parser().parse_args([*flags, "--input_size", "32"])
+    for dataset in (build_dataset(True, False, finetune)[0], build_pretraining_dataset(pretrain)):
+        assert (dataset.tracker.max_bad_fraction, dataset.tracker.max_retries) == (0.5, 3)
+    defaults = run_class_finetuning.get_args_parser().parse_args([])
+    assert (defaults.max_bad_fraction, defaults.max_retries) == (0.1, 10)  # as DATASET.md and the error say
