@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
 
@@ -108,9 +108,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace, num_frames: int, size: int) -> ViewPlan:
-    default_views = 1 if args.timeline else None
-    segments = args.test_num_segment or default_views or 4
-    crops = args.test_num_crop or default_views or 3
+    segments, crops = (1, 1) if args.timeline else (4, 3)
+    segments = segments if args.test_num_segment is None else args.test_num_segment
+    crops = crops if args.test_num_crop is None else args.test_num_crop
     windows = (args.window_seconds, args.stride_seconds) if args.timeline else (None, None)
     return ViewPlan(num_frames=num_frames, input_size=size, num_segments=segments, num_crops=crops,
                     sampling=args.sampling, sampling_rate=args.sampling_rate, window_seconds=windows[0],
@@ -136,7 +136,7 @@ def describe(result: VideoResult, args: argparse.Namespace, plan: ViewPlan, labe
             "windows": windows, "probabilities": probs.tolist()}
 
 
-def run(args: argparse.Namespace) -> tuple[list[str], Any]:
+def run(args: argparse.Namespace) -> tuple[list[str], Iterator[dict[str, Any]]]:
     """Check the input and load the model; returns the videos and an iterator over their JSON-ready predictions
     (in input order)."""
     _check_args(args)

@@ -42,7 +42,7 @@ def plotted_classes(probabilities: np.ndarray, count: int) -> list[int]:
 def plot_png(timeline: Mapping[str, Any], path: Path, num_classes: int = 5, width: int = 1000,
              height: int = 400, dpi: int = 100) -> None:
     """Probability over time of the ``num_classes`` classes that peak highest: one line per class through the
-    window centres, each window's span drawn as a horizontal bar at its probability."""
+    window centres (the x axis spans the video)."""
     from matplotlib.figure import Figure  # the optional extra; predict.py checks it is importable
 
     probs = np.asarray(timeline["probabilities"], dtype=np.float64)
@@ -53,7 +53,6 @@ def plot_png(timeline: Mapping[str, Any], path: Path, num_classes: int = 5, widt
     ax = fig.subplots()
     for k, c in enumerate(plotted_classes(probs, num_classes)):
         ax.plot(centres, probs[:, c], color=f"C{k}", marker=".", label=timeline["labels"][c])
-        ax.hlines(probs[:, c], starts, ends, color=f"C{k}", alpha=0.25, linewidth=3)
     ax.set_xlim(0, max(float(ends.max()), 1e-6))
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
@@ -61,5 +60,5 @@ def plot_png(timeline: Mapping[str, Any], path: Path, num_classes: int = 5, widt
     ax.set_title(f"{Path(timeline['video']).name}: top classes per {timeline['window_seconds']:g} s window "
                  f"(stride {timeline['stride_seconds']:g} s)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=dpi)
