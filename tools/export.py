@@ -29,7 +29,6 @@ from typing import Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
 
-import numpy as np
 import torch
 import torch.nn as nn
 
