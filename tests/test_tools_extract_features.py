@@ -17,10 +17,10 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the VideoMamba models with timm)
-from datasets.readers import open_video
-from models.ops import get_backend, set_backend
-from datasets.sampling import sparse_eval_indices, trimmed_windows, window_frame_range
 from datasets import transforms
+from datasets.readers import open_video
+from datasets.sampling import sparse_eval_indices, trimmed_windows, window_frame_range
+from models.ops import get_backend, set_backend
 from tools.extract_features import main
 from tools.make_synthetic_dataset import write_video
 
