@@ -17,7 +17,8 @@ from datasets.readers import open_video
 from datasets.sampling import sparse_eval_indices
 from datasets import transforms
 from tools.make_synthetic_dataset import write_video
-from tools.predict import infer_shape, main
+from tools.checkpoint_model import infer_shape
+from tools.predict import main
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES, FRAMES, SIZE = 7, 4, 32

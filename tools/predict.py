@@ -1,10 +1,16 @@
-"""Classify one video with a fine-tuned VideoMamba checkpoint and print the top-5 classes.
+"""Classify videos with a fine-tuned VideoMamba checkpoint: the top-k classes per video, or a timeline of class
+probabilities over the sliding windows of a long video.
 
-The video is decoded with ``datasets.readers`` (decord or PyAV), cut into ``--test_num_segment`` temporal
-segments × ``--test_num_crop`` spatial crops with the same sampling and test transform as the multi-view test
-of ``run_class_finetuning.py``, and the softmax is averaged over those views. The architecture (depth, width,
-classes, frames, resolution, tubelet) is read from the checkpoint, so any size trained from ``--model``'s family
-loads; command-line values override the frames and resolution (position tables are resampled).
+Each video is cut into ``--test_num_segment`` temporal segments × ``--test_num_crop`` spatial crops with the sampling
+and test transform of the multi-view test of ``run_class_finetuning.py`` (``tools/video_views.py``), and the softmax
+is averaged over those views. ``--timeline`` does this per sliding window (``--window_seconds``, ``--stride_seconds``;
+1 × 1 views per window unless given) and prints a table, and with ``--out DIR`` writes ``<stem>.timeline.csv``,
+``.json`` and ``.png`` (matplotlib, an optional extra). The architecture is read from the checkpoint
+(``tools/checkpoint_model.py``); ``--num_frames`` and ``--input_size`` override its frames and resolution.
+
+One video (``--video``) prints a table (or one JSON object with ``--json``); a folder (``--folder``) or list
+(``--list``) prints one line per video (or one JSON object per line). Unreadable videos of a folder or list are
+reported on stderr and skipped, and the exit status is then 1.
 
 Example:
     python tools/predict.py --model videomamba_small --checkpoint videomamba_s16_k400_f8_res224.pth \\
@@ -15,62 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
 
-import timm
 import torch
 
-import models  # noqa: F401  (registers the VideoMamba models with timm)
-from datasets.readers import BACKENDS, VideoDecodeError, open_video
-from datasets.sampling import clip_indices
-from datasets.transforms import build_test_transform
-from models.checkpoint import extract_state_dict, load_finetune_checkpoint, read_checkpoint, strip_prefixes
+from datasets.readers import BACKENDS, VideoDecodeError
+from tools import timeline as tl
+from tools.checkpoint_model import CheckpointError, load_model
+from tools.video_views import (VIDEO_SAMPLINGS, InputError, VideoResult, ViewPlan, collect_videos, map_videos,
+                               output_stems)
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
-
-SAMPLINGS = ("sparse", "dense", "ssv2")
-
-
-class PredictError(RuntimeError):
-    """A problem with the user's input, reported as one line without a traceback."""
-
-
-@dataclass(frozen=True)
-class CheckpointShape:
-    """Architecture facts read from a VideoMamba classification state dict."""
-
-    embed_dim: int
-    depth: int
-    num_classes: int
-    kernel_size: int
-    num_frames: int
-    img_size: int
-
-
-def infer_shape(state_dict: Mapping[str, torch.Tensor], path: str) -> CheckpointShape:
-    """Depth, width, classes, tubelet, frames and resolution of a VideoMamba classifier state dict."""
-    required = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed.proj.weight", "head.weight")
-    missing = [key for key in required if key not in state_dict]
-    if missing:
-        raise PredictError(f"{path}: not a VideoMamba classification checkpoint (missing {', '.join(missing)})")
-    layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"layers\.(\d+)\.", key))}
-    if not layers:
-        raise PredictError(f"{path}: not a VideoMamba checkpoint (no layers.N.* tensors)")
-    patch = state_dict["patch_embed.proj.weight"]
-    kernel = int(patch.shape[2]) if patch.ndim == 5 else 1
-    grid = math.isqrt(int(state_dict["pos_embed"].shape[1]) - 1)
-    return CheckpointShape(embed_dim=int(state_dict["cls_token"].shape[-1]), depth=max(layers) + 1,
-                           num_classes=int(state_dict["head.weight"].shape[0]), kernel_size=kernel,
-                           num_frames=int(state_dict["temporal_pos_embedding"].shape[1]) * kernel,
-                           img_size=grid * int(patch.shape[-1]))
 
 
 def read_labels(path: str | None, num_classes: int) -> list[str]:
@@ -79,53 +45,11 @@ def read_labels(path: str | None, num_classes: int) -> list[str]:
         return [str(i) for i in range(num_classes)]
     file = Path(path)
     if not file.is_file():
-        raise PredictError(f"--labels {path}: no such file")
+        raise InputError(f"--labels {path}: no such file")
     names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(names) != num_classes:
-        raise PredictError(f"--labels {path}: {len(names)} class names for a checkpoint with {num_classes} classes")
+        raise InputError(f"--labels {path}: {len(names)} class names for a checkpoint with {num_classes} classes")
     return names
-
-
-def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, CheckpointShape]:
-    """The ``--model`` network shaped after the checkpoint, with its weights loaded, in eval mode."""
-    state_dict = strip_prefixes(extract_state_dict(read_checkpoint(args.checkpoint), args.model_key, args.checkpoint))
-    shape = infer_shape(state_dict, args.checkpoint)
-    del state_dict
-    num_frames = args.num_frames or shape.num_frames
-    img_size = args.input_size or shape.img_size
-    model = timm.create_model(args.model, img_size=img_size, num_frames=num_frames, kernel_size=shape.kernel_size,
-                              num_classes=shape.num_classes, depth=shape.depth, embed_dim=shape.embed_dim)
-    report = load_finetune_checkpoint(model, args.checkpoint, model_key=args.model_key)
-    if report["missing_keys"]:
-        raise PredictError(f"{args.checkpoint}: does not fit --model {args.model} "
-                           f"(missing {', '.join(report['missing_keys'][:5])})")
-    logger.info("%s: depth %d, width %d, %d classes, %d frames at %d px", args.model, shape.depth, shape.embed_dim,
-                shape.num_classes, num_frames, img_size)
-    return model.eval(), shape
-
-
-def sample_views(args: argparse.Namespace, num_frames: int, size: int) -> torch.Tensor:
-    """All test views of ``args.video`` as (segments · crops, 3, num_frames, size, size), segment-major."""
-    transform = build_test_transform(argparse.Namespace(short_side_size=size, test_num_crop=args.test_num_crop))
-    reader = open_video(args.video, backend=args.video_backend)
-    views = []
-    try:
-        for segment in range(args.test_num_segment):
-            indices = clip_indices(args.sampling, "test", reader.num_frames, num_frames, segment=segment,
-                                   num_segments=args.test_num_segment, rate=args.sampling_rate)
-            frames = reader.get_frames(indices)
-            views.extend(transform(frames, crop) for crop in range(args.test_num_crop))
-    finally:
-        reader.close()
-    return torch.stack(views)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, views: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Class probabilities (num_classes,): the softmax of every view, averaged over the views."""
-    model.to(device)
-    probs = [model(chunk.to(device)).float().softmax(dim=-1).cpu() for chunk in views.split(batch_size)]
-    return torch.cat(probs).mean(dim=0)
 
 
 def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
@@ -140,69 +64,175 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_small")
     parser.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.pth or .safetensors)")
-    parser.add_argument("--video", required=True, help="video file to classify")
+    source = parser.add_argument_group("videos (exactly one of --video, --list, --folder)")
+    source.add_argument("--video", default=None, help="one video file")
+    source.add_argument("--list", default=None, help="list file: the first field of each line is a video path")
+    source.add_argument("--prefix", default="", help="folder the --list paths are relative to")
+    source.add_argument("--split", default=" ", help="field separator of --list")
+    source.add_argument("--folder", default=None, help="every video file under this folder (recursive)")
     parser.add_argument("--labels", default=None, help="class names, one per line (default: class indices)")
     parser.add_argument("--num_frames", type=int, default=None, help="frames per view (default: the checkpoint's)")
     parser.add_argument("--input_size", type=int, default=None, help="crop size (default: the checkpoint's)")
     parser.add_argument("--short_side_size", type=int, default=None,
                         help="short side before cropping; test crops are short_side² so it must equal --input_size")
-    parser.add_argument("--test_num_segment", type=int, default=4, help="temporal views")
-    parser.add_argument("--test_num_crop", type=int, default=3, help="spatial views")
-    parser.add_argument("--sampling", choices=SAMPLINGS, default="sparse",
+    parser.add_argument("--test_num_segment", type=int, default=None,
+                        help="temporal views (default 4; 1 per window with --timeline)")
+    parser.add_argument("--test_num_crop", type=int, default=None,
+                        help="spatial views (default 3; 1 per window with --timeline)")
+    parser.add_argument("--sampling", choices=VIDEO_SAMPLINGS, default="sparse",
                         help="frame sampling: sparse (Kinetics/Breakfast/COIN/LVU), ssv2, or dense")
     parser.add_argument("--sampling_rate", type=int, default=4, help="frame stride of dense sampling")
     parser.add_argument("--video_backend", choices=BACKENDS, default="auto")
     parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=4, help="views per forward pass")
+    parser.add_argument("--num_workers", type=int, default=0, help="video decoding processes (0: this one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    timeline = parser.add_argument_group("timeline of a long video")
+    timeline.add_argument("--timeline", action="store_true", help="class probabilities per sliding window")
+    timeline.add_argument("--window_seconds", type=float, default=2.0, help="window length in seconds")
+    timeline.add_argument("--stride_seconds", type=float, default=1.0, help="seconds between window starts")
+    timeline.add_argument("--out", default=None, help="folder for <stem>.timeline.csv, .json and .png")
+    timeline.add_argument("--no_png", action="store_true", help="with --out: write no PNG (no matplotlib needed)")
     return parser
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Load, decode, predict; the JSON-ready result."""
+def _check_args(args: argparse.Namespace) -> None:
     if not Path(args.checkpoint).is_file():
-        raise PredictError(f"--checkpoint {args.checkpoint}: no such file")
-    if not Path(args.video).is_file():
-        raise PredictError(f"--video {args.video}: no such file")
-    if min(args.test_num_segment, args.test_num_crop, args.batch_size, args.topk) < 1:
-        raise PredictError("--test_num_segment, --test_num_crop, --batch_size and --topk must be >= 1")
-    model, shape = build_model(args)
+        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
+    if min(args.batch_size, args.topk) < 1 or args.num_workers < 0:
+        raise InputError("--batch_size and --topk must be >= 1 and --num_workers >= 0")
+    if args.out is not None and not args.timeline:
+        raise InputError("--out writes timeline files: add --timeline")
+
+
+def _plan(args: argparse.Namespace, num_frames: int, size: int) -> ViewPlan:
+    segments, crops = (1, 1) if args.timeline else (4, 3)
+    segments = segments if args.test_num_segment is None else args.test_num_segment
+    crops = crops if args.test_num_crop is None else args.test_num_crop
+    windows = (args.window_seconds, args.stride_seconds) if args.timeline else (None, None)
+    return ViewPlan(num_frames=num_frames, input_size=size, num_segments=segments, num_crops=crops,
+                    sampling=args.sampling, sampling_rate=args.sampling_rate, window_seconds=windows[0],
+                    stride_seconds=windows[1], backend=args.video_backend)
+
+
+def describe(result: VideoResult, args: argparse.Namespace, plan: ViewPlan, labels: Sequence[str]) -> dict[str, Any]:
+    """The JSON-ready prediction of one video: top-k over all views, or the per-window timeline."""
+    if result.error is not None:
+        return {"video": result.path, "error": result.error}
+    out: dict[str, Any] = {"video": result.path, "checkpoint": args.checkpoint, "model": args.model,
+                           "num_frames": plan.num_frames, "input_size": plan.input_size,
+                           "views": {"segments": plan.num_segments, "crops": plan.num_crops}}
+    if not plan.windowed:
+        return {**out, "predictions": top_k(result.outputs.mean(dim=0), labels, args.topk)}
+    per_window = plan.num_segments * plan.num_crops
+    probs = result.outputs.view(-1, per_window, result.outputs.shape[-1]).mean(dim=1)
+    windows = [{"window": info.window, "start": info.start, "end": info.end,
+                "predictions": top_k(p, labels, args.topk)}
+               for info, p in zip(result.views[::per_window], probs)]
+    return {**out, "window_seconds": plan.window_seconds, "stride_seconds": plan.stride_seconds,
+            "fps": result.fps, "duration": result.num_video_frames / result.fps, "labels": list(labels),
+            "windows": windows, "probabilities": probs.tolist()}
+
+
+def run(args: argparse.Namespace) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """Check the input and load the model; returns the videos and an iterator over their JSON-ready predictions
+    (in input order)."""
+    _check_args(args)
+    videos = collect_videos(args.video, args.list, args.prefix, args.folder, args.split)
+    if args.out is not None:
+        output_stems(videos)
+    model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
     if shape.num_classes < 2:
-        raise PredictError(f"{args.checkpoint}: a regression checkpoint (one output); predict.py ranks classes")
+        kind = "a regression checkpoint (one output)" if shape.num_classes == 1 else "a checkpoint without a head"
+        raise CheckpointError(f"{args.checkpoint}: {kind}; predict.py ranks classes")
     labels = read_labels(args.labels, shape.num_classes)
     size = args.input_size or shape.img_size
     if args.short_side_size is not None and args.short_side_size != size:
-        raise PredictError(f"--short_side_size {args.short_side_size} must equal the input size {size}: "
-                           f"test crops are short_side² squares")
-    num_frames = args.num_frames or shape.num_frames
-    views = sample_views(args, num_frames, size)
-    probs = predict(model, views, args.batch_size, torch.device(args.device))
-    return {"video": args.video, "checkpoint": args.checkpoint, "model": args.model, "num_frames": num_frames,
-            "input_size": size, "views": {"segments": args.test_num_segment, "crops": args.test_num_crop},
-            "predictions": top_k(probs, labels, args.topk)}
+        raise InputError(f"--short_side_size {args.short_side_size} must equal the input size {size}: "
+                         f"test crops are short_side² squares")
+    plan = _plan(args, args.num_frames or shape.num_frames, size)
+    device = torch.device(args.device)
+    model.to(device)
+
+    @torch.no_grad()
+    def probabilities(views: torch.Tensor) -> torch.Tensor:
+        return model(views.to(device)).float().softmax(dim=-1).cpu()
+
+    results = map_videos(videos, plan, probabilities, args.batch_size, args.num_workers)
+    return videos, (describe(result, args, plan, labels) for result in results)
+
+
+def write_timeline(result: dict[str, Any], out: Path, png: bool) -> None:
+    """``<stem>.timeline.csv``, ``.json`` and (``png``) ``.png`` of one video under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(result['video']).stem}.timeline"
+    tl.write_csv(result, out / f"{stem}.csv")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if png:
+        tl.plot_png(result, out / f"{stem}.png")
+
+
+def print_result(result: dict[str, Any], args: argparse.Namespace, single: bool) -> None:
+    """A table for one video, one line (or JSON line) per video of a folder or list."""
+    if args.json:
+        print(json.dumps(result, indent=2) if single else json.dumps(result), flush=True)
+        return
+    if single or args.timeline:
+        views = result["views"]
+        head = f"{result['video']}: {views['segments']}x{views['crops']} views of {result['num_frames']} frames " \
+               f"at {result['input_size']} px"
+        if args.timeline:
+            print(f"{head} per window ({len(result['windows'])} windows of {result['window_seconds']:g} s "
+                  f"every {result['stride_seconds']:g} s)\n{tl.format_table(result)}", flush=True)
+            return
+        print(head)
+        for row in result["predictions"]:
+            print(f"{row['rank']:>2}. {row['label']:<40} {row['probability']:.4f}")
+        return
+    print("\t".join([result["video"], *(f"{r['label']}\t{r['probability']:.4f}" for r in result["predictions"])]),
+          flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: print the top-k table (or JSON); 0 on success, 2 with a one-line error on bad input."""
+    """CLI entry: 0 on success, 1 when videos of a folder/list were skipped, 2 with a one-line error on bad input
+    (including an unreadable ``--video``)."""
     args = get_parser().parse_args(argv)
     setup_logging()
     if args.json:
         logging.getLogger().setLevel(logging.WARNING)
+    png = args.out is not None and not args.no_png
+    if png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"predict.py: error: matplotlib is not installed (needed for the timeline PNG); {tl.INSTALL_HINT}, "
+                  f"or pass --no_png", file=sys.stderr)
+            return 2
+    bad = []
     try:
-        result = run(args)
-    except (PredictError, VideoDecodeError, FileNotFoundError, ValueError) as err:
+        videos, results = run(args)
+        single = args.video is not None
+        for result in results:
+            if "error" in result:
+                if single:
+                    raise VideoDecodeError(result["video"], result["error"])
+                bad.append(f"{result['video']} ({result['error']})")
+                print(f"predict.py: skipped {result['video']}: {result['error']}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps(result), flush=True)
+                continue
+            if args.out is not None:
+                write_timeline(result, Path(args.out), png)
+            print_result(result, args, single)
+    except (InputError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as err:
         print(f"predict.py: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        views = result["views"]
-        print(f"{args.video}: {views['segments']}x{views['crops']} views of {result['num_frames']} frames "
-              f"at {result['input_size']} px")
-        for row in result["predictions"]:
-            print(f"{row['rank']:>2}. {row['label']:<40} {row['probability']:.4f}")
+    if bad:
+        print(f"predict.py: {len(bad)} of {len(videos)} videos could not be read:\n  " + "\n  ".join(bad),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,224 @@
+"""Export a trained VideoMamba classifier (or with ``--features`` its backbone, giving the pre-logits vector) at a fixed
+clip size (1, 3, T, S, S) to ``torch.export`` (``.pt2``) or ONNX, then check the exported graph against eager PyTorch.
+
+The selective scan and causal conv normally run custom kernels (C++ on CPU, CUDA); the export traces the plain
+PyTorch formulation of both (``models.ops`` backend ``torch``), the same function. The check runs the exported graph
+(``torch.export.load`` or onnxruntime) on the first test view of ``--video`` (``tools/video_views.py``), prints the max
+relative error ``max |exported - eager| / max |eager|`` against the eager model with its usual kernels, and exits 1
+above ``--tolerance``. It also prints the median time per clip of both over ``--repeats`` runs.
+
+The traced scan is a loop over the tokens, unrolled in the graph: its size grows with depth × tokens, so export small
+clips (e.g. 8 × 64² is 129 tokens; 8 × 224² is 1569).
+ONNX needs the optional extras onnx, onnxscript and onnxruntime (requirements-extras.txt).
+
+Example:
+    python tools/export.py --model videomamba_tiny --checkpoint ckpt.pth --num_frames 8 --input_size 64 \\
+        --video clip.mp4 --onnx videomamba_t.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
+
+import torch
+import torch.nn as nn
+
+from datasets.readers import BACKENDS, VideoDecodeError, open_video
+from models.ops import get_backend, set_backend
+from tools.checkpoint_model import CheckpointError, load_model
+from tools.video_views import InputError, ViewPlan, iter_views
+from utils.logging import setup_logging
+
+logger = logging.getLogger(__name__)
+
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+INSTALL_HINT = "pip install onnx onnxscript onnxruntime (or: pip install -r requirements-extras.txt)"
+MIN_OPSET = 17
+
+
+class PooledFeatures(nn.Module):
+    """The backbone alone: video (B, 3, T, S, S) -> the (B, C) vector the classifier head sees."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+@contextlib.contextmanager
+def traceable_scan() -> Iterator[None]:
+    """Run the scan and conv ops with the plain PyTorch backend inside the block (restored afterwards)."""
+    previous = get_backend()
+    set_backend("torch")
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def first_view(video: str, num_frames: int, size: int, backend: str) -> torch.Tensor:
+    """The first test view (sparse sampling, one segment, centre crop) of ``video`` as (1, 3, T, S, S)."""
+    reader = open_video(video, backend=backend)
+    try:
+        _, view = next(iter_views(reader, ViewPlan(num_frames=num_frames, input_size=size, backend=backend)))
+    finally:
+        reader.close()
+    return view.unsqueeze(0)
+
+
+def export_pt2(module: nn.Module, x: torch.Tensor, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.export`` ``module`` at the shape of ``x`` to ``path``; returns the reloaded program's forward."""
+    with traceable_scan(), torch.no_grad():
+        program = torch.export.export(module, (x,))
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+
+    def run(clip: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return loaded(clip)
+
+    return run
+
+
+def export_onnx(module: nn.Module, x: torch.Tensor, path: Path, opset: int,
+                output_name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ONNX export (the dynamo exporter) at the shape of ``x``; returns an onnxruntime session's forward.
+
+    The exporter's own graph optimiser is skipped (it took over 20 minutes on the unrolled scan of a 24-block model
+    at 65 tokens); onnxruntime optimises the graph when it loads it.
+    """
+    import onnx
+    import onnxruntime
+
+    with traceable_scan(), torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+        torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=opset, input_names=["video"],
+                          output_names=[output_name], external_data=False, optimize=False, verbose=False)
+    onnx.checker.check_model(str(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as the eager model it is timed against
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(clip: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"video": clip.numpy()})[0])
+
+    return run
+
+
+def max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want| (shapes must agree)."""
+    if got.shape != want.shape:
+        raise ValueError(f"exported output has shape {tuple(got.shape)}, eager {tuple(want.shape)}")
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_tiny")
+    parser.add_argument("--checkpoint", required=True, help="trained classifier (.pth or .safetensors)")
+    parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
+    parser.add_argument("--num_frames", type=int, required=True, help="T of the fixed input (1, 3, T, S, S)")
+    parser.add_argument("--input_size", type=int, required=True, help="S of the fixed input (1, 3, T, S, S)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--onnx", default=None, help="write an ONNX model here (needs onnx, onnxscript, onnxruntime)")
+    target.add_argument("--pt2", default=None, help="write a torch.export program here")
+    parser.add_argument("--features", action="store_true", help="export the backbone: output (1, C) features")
+    parser.add_argument("--video", required=True, help="a real video whose first test view checks the export")
+    parser.add_argument("--video_backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--opset", type=int, default=18, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max relative error")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of eager and exported model (0: none)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> float:
+    """Export, check, time; returns the max relative error."""
+    if not Path(args.checkpoint).is_file():
+        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
+    if not Path(args.video).is_file():
+        raise InputError(f"--video {args.video}: no such file")
+    if args.onnx is not None and args.opset < MIN_OPSET:
+        raise InputError(f"--opset {args.opset}: must be >= {MIN_OPSET}")
+    model, _ = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
+    module = PooledFeatures(model).eval() if args.features else model
+    x = first_view(args.video, args.num_frames, args.input_size, args.video_backend)
+    with torch.no_grad():
+        want = module(x)
+    path = Path(args.onnx or args.pt2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.onnx is not None:
+        exported = export_onnx(module, x, path, args.opset, "features" if args.features else "logits")
+        runtime = "onnxruntime"
+    else:
+        exported = export_pt2(module, x, path)
+        runtime = "torch.export"
+    seconds = time.perf_counter() - start
+    error = max_relative_error(exported(x), want)
+    print(f"exported {path} ({path.stat().st_size / 2 ** 20:.1f} MiB) in {seconds:.1f} s: input (1, 3, "
+          f"{args.num_frames}, {args.input_size}, {args.input_size}) -> {'features' if args.features else 'logits'} "
+          f"{tuple(want.shape)}")
+    print(f"max relative error of {runtime} vs eager PyTorch on {args.video}: {error:.3g} "
+          f"(tolerance {args.tolerance:g})")
+    if args.repeats > 0:
+        with torch.no_grad():
+            eager_ms = median_ms(lambda: module(x), args.repeats)
+        exported_ms = median_ms(lambda: exported(x), args.repeats)
+        print(f"median time per clip over {args.repeats} runs: eager PyTorch {eager_ms:.1f} ms, {runtime} "
+              f"{exported_ms:.1f} ms ({torch.get_num_threads()} torch threads)")
+    return error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: 0 when the exported graph matches, 1 above --tolerance, 2 with a one-line error."""
+    args = get_parser().parse_args(argv)
+    if args.onnx is not None:
+        missing = []
+        for name in ONNX_PACKAGES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                missing.append(name)
+        if missing:
+            print(f"export.py: error: --onnx needs {', '.join(missing)}, not installed; {INSTALL_HINT}",
+                  file=sys.stderr)
+            return 2
+    setup_logging()
+    for noisy in ("onnxscript", "onnx_ir"):  # the ONNX exporter's optimiser logs every rewrite at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        error = run(args)
+    except (InputError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as err:
+        print(f"export.py: error: {err}", file=sys.stderr)
+        return 2
+    if not error <= args.tolerance:
+        print(f"export.py: error: max relative error {error:.3g} is above --tolerance {args.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
