@@ -9,9 +9,16 @@ import pytest
 import torch
 
 import run_class_finetuning
+from models.factory import build_classifier
+from utils.config import finetune_config
 from utils.errors import MissingPathError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_model(args):
+    """The classifier run_class_finetuning.py builds for these parsed flags."""
+    return build_classifier(finetune_config(args).model)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     official_keys = {"train_lr", "train_min_lr", "train_weight_decay", "train_loss", "train_class_acc",
                      "train_loss_scale", "train_grad_norm", "val_loss", "val_acc1", "val_acc5", "epoch", "n_parameters"}
     assert all(official_keys <= set(r) for r in epochs)
-    model = run_class_finetuning.build_model(run_class_finetuning.get_args_parser().parse_args(_argv(video_set, out)))
+    model = _build_model(run_class_finetuning.get_args_parser().parse_args(_argv(video_set, out)))
     assert epochs[0]["n_parameters"] == sum(p.numel() for p in model.parameters())
     assert epochs[0]["train_min_lr"] < epochs[0]["train_lr"]  # layer decay 0.75 on the embeddings
     assert 0 <= epochs[-1]["train_class_acc"] <= 1
@@ -142,15 +149,15 @@ def test_k710_checkpoint_into_600_classes_needs_label_map(tmp_path):
     base = ["--model", "videomamba_tiny", "--depth", "1", "--embed_dim", "16", "--num_frames", "2",
             "--input_size", "32", "--tubelet_size", "1", "--finetune", str(tmp_path / "k710.pth")]
     parse = run_class_finetuning.get_args_parser().parse_args
-    source = run_class_finetuning.build_model(parse(base[:-2] + ["--nb_classes", "710"]))
+    source = _build_model(parse(base[:-2] + ["--nb_classes", "710"]))
     torch.save({"model": source.state_dict()}, tmp_path / "k710.pth")
     head = source.head.weight.detach()
-    k400 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "400"]))
+    k400 = _build_model(parse(base + ["--nb_classes", "400"]))
     assert torch.equal(k400.head.weight.detach(), head[:400])
     with pytest.raises(ValueError, match="needs --label_map"):
-        run_class_finetuning.build_model(parse(base + ["--nb_classes", "600"]))
+        _build_model(parse(base + ["--nb_classes", "600"]))
     rows = list(range(110, 710))
     (tmp_path / "label_mixto600.json").write_text(json.dumps(rows))
-    k600 = run_class_finetuning.build_model(parse(base + ["--nb_classes", "600", "--label_map",
+    k600 = _build_model(parse(base + ["--nb_classes", "600", "--label_map",
                                                           str(tmp_path / "label_mixto600.json")]))
     assert torch.equal(k600.head.weight.detach(), head[110:])

@@ -8,9 +8,16 @@ import pytest
 import torch
 
 import run_class_finetuning
+from models.factory import build_classifier
+from utils.config import finetune_config
 import run_mask_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_model(args):
+    """The classifier run_class_finetuning.py builds for these parsed flags."""
+    return build_classifier(finetune_config(args).model)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def test_mask_pretraining_lowers_loss_and_feeds_finetuning(video_set, tmp_path, 
                "--mixup", "0", "--cutmix", "0", "--finetune", str(out / "checkpoint-latest.pth"),
                "--output_dir", str(tmp_path / "ft"), "--disable_eval_during_finetuning"]
     ft_args = run_class_finetuning.get_args_parser().parse_args(ft_argv)
-    model = run_class_finetuning.build_model(ft_args)
+    model = _build_model(ft_args)
     torch.testing.assert_close(model.state_dict()["layers.1.mixer.A_log"], saved["model"]["layers.1.mixer.A_log"])
     result = run_class_finetuning.main(ft_args)
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
