@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from engines.contracts import Runtime
 from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
 from utils.errors import BadFileError, MissingPathError, UsageError
@@ -214,8 +215,8 @@ class Checkpointer:
     ``checkpoint-latest`` whenever the ``SaveClock`` of ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` says so.
     ``saved_with`` goes into every checkpoint (the official ``args``, our typed ``config``)."""
 
-    def __init__(self, run: RuntimeConfig, epochs: int, saved_with: dict[str, Any], runtime: Any, ema: Any | None,
-                 info: DistInfo, steps_per_epoch: int, samples_per_step: int) -> None:
+    def __init__(self, run: RuntimeConfig, epochs: int, saved_with: dict[str, Any], runtime: Runtime,
+                 ema: Any | None, info: DistInfo, steps_per_epoch: int, samples_per_step: int) -> None:
         self.enabled = bool(run.output_dir) and run.save_ckpt
         self.run, self.epochs, self.saved_with = run, epochs, saved_with
         self.runtime, self.ema, self.info = runtime, ema, info

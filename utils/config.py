@@ -364,6 +364,8 @@ def checkpoint_args(args: Namespace, config: FinetuneConfig | PretrainConfig) ->
     their Namespace, the scaled ``lr``/``min_lr``/``warmup_lr`` and (regression) no mixup, cutmix or smoothing."""
     out = dict(vars(args))
     out.update(lr=config.optim.lr, min_lr=config.optim.min_lr, warmup_lr=config.optim.warmup_lr)
-    if isinstance(config, FinetuneConfig) and config.task == "regression":
-        out.update(mixup=0.0, cutmix=0.0, cutmix_minmax=None, smoothing=0.0)
+    if isinstance(config, FinetuneConfig):
+        augment = config.augment
+        minmax = list(augment.cutmix_minmax) if augment.cutmix_minmax is not None else None
+        out.update(mixup=augment.mixup, cutmix=augment.cutmix, cutmix_minmax=minmax, smoothing=augment.smoothing)
     return out
