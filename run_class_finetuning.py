@@ -14,26 +14,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 
-import models  # noqa: F401  (registers the VideoMamba models with timm)
-from datasets.build import DATA_SETS, build_dataset
-from datasets.collate import multiple_samples_collate
+from datasets.build import DATA_SETS, build_video_dataset
 from datasets.mixup import build_mixup_fn
+from datasets.video_dataset import VideoClsDataset
 from engines import checkpoint as ckpt
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
                          check_paths, report_ignored, run_entry)
+from engines.contracts import EvalTask, Runtime
 from engines.evaluate import evaluate
-from engines.fit import append_log, build_ema, build_runtime, fit, resume, scale_lrs
+from engines.fit import append_log, build_ema, build_runtime, fit, resume
 from engines.multiview import multiview_test
 from engines.session import make_loader, start_run
 from engines.tasks import ClassificationTask, RegressionTask
-from models.build import check_model_name
-from models.checkpoint import load_finetune_checkpoint, read_label_map
+from models.factory import build_classifier
+from models.ops import BACKENDS
+from utils.config import FinetuneConfig, checkpoint_args, finetune_config
 from utils.distributed import DistInfo
 from utils.errors import UsageError
 
@@ -64,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_ignored(model, "--init_scale", type=float, default=0.001)
     add_ignored(model, "--use_mean_pooling", switch=True, default=True)
     add_ignored(model, "--use_cls", switch=False, dest="use_mean_pooling")
-    add_model_size_args(parser)
+    add_model_size_args(parser, BACKENDS)
     add_optim_args(parser, lr=1e-3, min_lr=1e-6, warmup_epochs=5, layer_decay=0.75)
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--num_sample", type=int, default=2, help="repeated augmentation")
@@ -118,37 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations (``UsageError``); sets the regression defaults."""
-    if args.task == "regression" and args.nb_classes != 1:
-        raise UsageError(f"--task regression needs --nb_classes 1, got {args.nb_classes}")
-    if args.task == "classification" and args.nb_classes < 2:
-        raise UsageError("--nb_classes 1 is regression: pass --task regression (or use run_regression_finetuning.py)")
-    if args.task == "regression":
-        args.mixup = args.cutmix = 0.0
-        args.cutmix_minmax = None
-        args.smoothing = 0.0
-
-
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    check_model_name(args.model, "videomamba")
-    kwargs: dict[str, Any] = dict(img_size=args.input_size, num_frames=args.num_frames, kernel_size=args.tubelet_size,
-                                  num_classes=args.nb_classes, drop_rate=args.drop, fc_drop_rate=args.fc_drop_rate,
-                                  drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
-                                  checkpoint_num=args.checkpoint_num)
-    if args.depth is not None:
-        kwargs["depth"] = args.depth
-    if args.embed_dim is not None:
-        kwargs["embed_dim"] = args.embed_dim
-    model = timm.create_model(args.model, **kwargs)
-    if args.finetune:
-        label_map = read_label_map(args.label_map) if args.label_map else None
-        load_finetune_checkpoint(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
-                                 delete_head=args.delete_head, orig_t_size=args.orig_t_size, label_map=label_map)
-    logger.info("model %s: %d parameters", args.model, sum(p.numel() for p in model.parameters()))
-    return model
-
-
 def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[str, Any]:
     """The log.txt line of a multi-view test: the official keys ("Final top-1", "Final Top-5" or
     "Final MSE Loss") followed by ours (``test_*``, the weights tested)."""
@@ -161,18 +131,20 @@ def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[s
     return record
 
 
-def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, dataset: Any, weights: Path | None,
-             description: str) -> dict | None:
+def run_test(config: FinetuneConfig, runtime: Runtime, task: EvalTask, info: DistInfo, dataset: VideoClsDataset,
+             weights: Path | None, description: str) -> dict | None:
     """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of ``weights`` (None: the
     weights the runtime holds, named by ``description``) on the test ``dataset``; unreadable videos are named."""
     if weights is not None:
         runtime.load(weights, model_only=True)
         description = str(weights)
     logger.info("multi-view test of %s", description)
-    loader = make_loader(dataset, args, info, train=False, batch_size=args.batch_size, shard=True)
-    out = Path(args.output_dir) if args.output_dir else None
+    run = config.runtime
+    loader = make_loader(dataset, run, info, train=False, batch_size=run.batch_size, shard=True,
+                         collate_fn=dataset.collate)
+    out = Path(run.output_dir) if run.output_dir else None
     result = multiview_test(runtime, task, loader, info.world_size, info.rank,
-                            args.test_num_segment * args.test_num_crop, out)
+                            config.data.test_num_segment * config.augment.test_num_crop, out)
     if result is not None:
         key = "acc1" if task.name == "classification" else "mse"
         summary = (f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%" if key == "acc1" and key in result
@@ -182,77 +154,84 @@ def run_test(args: argparse.Namespace, runtime: Any, task: Any, info: DistInfo, 
         if result["missing_ids"]:
             logger.warning("multi-view test: %d videos could not be decoded and are not scored: %s",
                            result["missing"], ", ".join(dataset.entries[i].path for i in result["missing_ids"]))
-        append_log(args.output_dir, final_record(task.name, result, description))
+        append_log(run.output_dir, final_record(task.name, result, description))
     return result
 
 
-def evaluate_only(args: argparse.Namespace, model: torch.nn.Module, task: Any, info: DistInfo,
-                  val_loader: Any, test_set: Any) -> dict[str, Any]:
+def evaluate_only(config: FinetuneConfig, model: torch.nn.Module, task: EvalTask, info: DistInfo,
+                  val_loader: Any, test_set: VideoClsDataset) -> dict[str, Any]:
     """``--eval``: validation (unless --disable_eval_during_finetuning) and the multi-view test of the weights
     chosen by ``checkpoint_to_evaluate`` (else the --finetune weights)."""
-    weights = ckpt.checkpoint_to_evaluate(args.output_dir, args.resume, args.test_best, args.enable_deepspeed,
-                                          search=args.auto_resume)
+    run = config.runtime
+    runtime = build_runtime(config.optim, run, model, info)
+    weights = ckpt.checkpoint_to_evaluate(run.output_dir, runtime.checkpoint_path, run.resume,
+                                          config.evaluation.test_best, search=run.auto_resume)
     if weights is not None:
         description = str(weights)
-    elif args.finetune:
-        description = f"--finetune {args.finetune}"
+    elif config.model.finetune:
+        description = f"--finetune {config.model.finetune}"
     else:
         description = "randomly initialised weights (no --resume, checkpoint in --output_dir or --finetune)"
     logger.info("--eval: evaluating %s", description)
-    runtime = build_runtime(args, model, info)
     if weights is not None:
         runtime.load(weights, model_only=True)
     results: dict[str, Any] = {"weights": description}
     if val_loader is not None:
-        results["val"] = evaluate(runtime, task, val_loader, reduce=args.dist_eval)
+        results["val"] = evaluate(runtime, task, val_loader, reduce=config.evaluation.dist_eval)
         logger.info("validation: %s", results["val"])
         if info.is_main:
-            append_log(args.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
-    results["test"] = run_test(args, runtime, task, info, test_set, None, description)
+            append_log(run.output_dir, {f"eval_val_{k}": v for k, v in results["val"].items()})
+    results["test"] = run_test(config, runtime, task, info, test_set, None, description)
     return results
 
 
+def build_task(config: FinetuneConfig) -> EvalTask:
+    """Regression (MSE) or classification (mixup/cutmix and label smoothing from ``--mixup`` ... ``--smoothing``)."""
+    if config.task == "regression":
+        return RegressionTask()
+    mixup = build_mixup_fn(config.augment, config.model.nb_classes)
+    return ClassificationTask(config.model.nb_classes, config.augment.smoothing, mixup)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    check_args(args)
-    info, writer = start_run(args)
+    config = finetune_config(args)
+    run = config.runtime
+    info, writer = start_run(run, vars(args), config)
     report_ignored(args)
     check_paths(args, PATH_FLAGS)
-    task: Any
-    if args.task == "regression":
-        task = RegressionTask()
-    else:
-        task = ClassificationTask(args.nb_classes, args.smoothing, build_mixup_fn(args))
+    task = build_task(config)
     logger.info("task: %s", task.name)
-    model = build_model(args)
+    model = build_classifier(config.model)
     val_loader = None
-    if not args.disable_eval_during_finetuning:
-        val_set, _ = build_dataset(is_train=False, test_mode=False, args=args)
-        val_loader = make_loader(val_set, args, info, train=False, batch_size=int(1.5 * args.batch_size),
-                                 shard=args.dist_eval)
-    test_set, _ = build_dataset(is_train=False, test_mode=True, args=args)  # read now: list errors fail fast
-    if args.eval:
-        return evaluate_only(args, model, task, info, val_loader, test_set)
-    train_set, _ = build_dataset(is_train=True, test_mode=False, args=args, seed=args.seed)
-    collate = multiple_samples_collate if args.num_sample > 1 else None
-    train_loader = make_loader(train_set, args, info, train=True, batch_size=args.batch_size, shard=True,
-                               collate_fn=collate)
-    steps_per_epoch = len(train_loader) // args.update_freq
+    if config.evaluation.validate:
+        val_set = build_video_dataset("validation", config.data, config.augment, run.seed)
+        val_loader = make_loader(val_set, run, info, train=False, batch_size=int(1.5 * run.batch_size),
+                                 shard=config.evaluation.dist_eval, collate_fn=val_set.collate)
+    test_set = build_video_dataset("test", config.data, config.augment, run.seed)  # read now: list errors fail fast
+    if config.evaluation.eval:
+        return evaluate_only(config, model, task, info, val_loader, test_set)
+    train_set = build_video_dataset("train", config.data, config.augment, run.seed)
+    train_loader = make_loader(train_set, run, info, train=True, batch_size=run.batch_size, shard=True,
+                               collate_fn=train_set.collate)
+    steps_per_epoch = len(train_loader) // run.update_freq
     if steps_per_epoch == 0:
-        raise UsageError(f"{args.data_path}: {len(train_set)} training videos are fewer than one step of "
-                         f"batch_size {args.batch_size} × update_freq {args.update_freq} × {info.world_size} ranks")
-    scale_lrs(args, info.world_size)
-    runtime = build_runtime(args, model, info)
-    ema = build_ema(args, runtime.module)
-    state = resume(args, runtime, ema)
-    validate = (lambda: evaluate(runtime, task, val_loader, reduce=args.dist_eval)) if val_loader is not None else None
-    state = fit(args, runtime, task, train_loader, steps_per_epoch, info, ema, validate, writer, state)
+        raise UsageError(f"{config.data.data_path}: {len(train_set)} training videos are fewer than one step of "
+                         f"batch_size {run.batch_size} × update_freq {run.update_freq} × {info.world_size} ranks")
+    runtime = build_runtime(config.optim, run, model, info)
+    ema = build_ema(config.ema, runtime.module)
+    state = resume(run, runtime, ema)
+    validate = ((lambda: evaluate(runtime, task, val_loader, reduce=config.evaluation.dist_eval))
+                if val_loader is not None else None)
+    state = fit(config.optim, run, runtime, task, train_loader, steps_per_epoch, info, ema=ema, validate=validate,
+                log_writer=writer, state=state,
+                saved_with={"args": checkpoint_args(args, config), "config": asdict(config)})
     results: dict[str, Any] = {"best": state.best, "history": state.history}
     best = None
-    if args.test_best:
-        best = ckpt.best_checkpoint(Path(args.output_dir), args.enable_deepspeed) if args.output_dir else None
+    if config.evaluation.test_best:
+        best = ckpt.best_checkpoint(runtime.checkpoint_path) if run.output_dir else None
         if best is None:
             logger.warning("--test_best: no checkpoint-best to test; testing the final weights")
-    results["test"] = run_test(args, runtime, task, info, test_set, best, "the final weights")
+    results["test"] = run_test(config, runtime, task, info, test_set, best, "the final weights")
     if writer is not None:
         writer.close()
     return results

@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from typing import Any
 
-import timm
-import torch
-
-import models
 from datasets.build import build_pretraining_dataset
-from datasets.collate import multiple_samples_collate
-from datasets.masking import MASK_TYPES
+from datasets.masking import MASK_TYPES, mask_window_size
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
                          check_paths, report_ignored, run_entry, str2bool)
-from engines.fit import build_runtime, fit, resume, scale_lrs
+from engines.fit import build_runtime, fit, resume
 from engines.session import make_loader, start_run
 from engines.tasks import DistillationTask
-from models.build import check_model_name
+from models.clip_teacher import CLIP_VARIANTS
+from models.factory import build_student, build_teacher
+from models.ops import BACKENDS
+from utils.config import checkpoint_args, pretrain_config
 from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 PATH_FLAGS = {"--data_path": "any", "--prefix": "folder", "--resume": "any"}  # the teacher's file: build_teacher
-TEACHERS = {"clip_b16": models.clip_b16, "clip_l14": models.clip_l14, "clip_l14_336": models.clip_l14_336}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,9 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_ignored(model, "--decoder_depth", type=int, default=4)
     add_ignored(model, "--normlize_target", type=bool, default=True)
     add_ignored(model, "--use_learnable_pos_emb", switch=True)
-    add_model_size_args(parser)
+    add_model_size_args(parser, BACKENDS)
     clip = parser.add_argument_group("CLIP teacher and distillation")
-    clip.add_argument("--clip_teacher", default="clip_b16", choices=sorted(TEACHERS))
+    clip.add_argument("--clip_teacher", default="clip_b16", choices=sorted(CLIP_VARIANTS))
     clip.add_argument("--clip_teacher_path", default=None,
                       help="converted teacher weights (default: $VIDEOMAMBA_CLIP_DIR/<canonical name>)")
     clip.add_argument("--clip_teacher_random", action="store_true",
@@ -89,59 +87,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_student(args: argparse.Namespace) -> torch.nn.Module:
-    check_model_name(args.model, "videomamba_pretrain")
-    kwargs: dict[str, Any] = dict(
-        img_size=args.input_size, num_frames=args.num_frames, kernel_size=args.tubelet_size,
-        drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint, checkpoint_num=args.checkpoint_num,
-        clip_decoder_embed_dim=args.clip_decoder_embed_dim, clip_output_dim=args.clip_output_dim,
-        clip_norm_type=args.clip_norm_type, clip_return_layer=args.clip_return_layer,
-        clip_student_return_interval=args.clip_student_return_interval)
-    if args.depth is not None:
-        kwargs["depth"] = args.depth
-    if args.embed_dim is not None:
-        kwargs["embed_dim"] = args.embed_dim
-    return timm.create_model(args.model, **kwargs)
-
-
-def build_teacher(args: argparse.Namespace) -> torch.nn.Module:
-    """The frozen teacher; size overrides also set its output width to ``--clip_output_dim``."""
-    kwargs: dict[str, Any] = dict(
-        clip_norm_type=args.clip_norm_type, input_resolution=args.clip_input_resolution,
-        kernel_size=args.tubelet_size, return_attn=args.clip_return_attn or args.mask_type == "attention",
-        clip_return_layer=args.clip_return_layer, clip_return_interval=args.clip_return_interval,
-        clip_return_cls=args.clip_return_cls)
-    sizes = {"width": args.clip_teacher_width, "layers": args.clip_teacher_layers, "heads": args.clip_teacher_heads}
-    overrides = {k: v for k, v in sizes.items() if v is not None}
-    if overrides:
-        kwargs.update(overrides, output_dim=args.clip_output_dim)
-    if args.clip_teacher_random:
-        logger.warning("--clip_teacher_random: the teacher is randomly initialised (demo/test only)")
-        weights: Any = None
-    else:
-        weights = args.clip_teacher_path or True
-    return TEACHERS[args.clip_teacher](pretrained=weights, **kwargs)
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    info, writer = start_run(args)
+    config = pretrain_config(args)
+    run = config.runtime
+    info, writer = start_run(run, vars(args), config)
     report_ignored(args)
     check_paths(args, PATH_FLAGS)
-    teacher = build_teacher(args).to(info.device)  # first: a missing teacher file fails before the student is built
-    student = build_student(args)
-    task = DistillationTask(teacher, args.mask_type, args.mask_ratio, args.clip_loss_type, args.clip_loss_ratio,
-                            args.clip_input_resolution, args.clip_input_norm)
-    dataset = build_pretraining_dataset(args, seed=args.seed)
-    collate = multiple_samples_collate if args.num_sample > 1 else None
-    loader = make_loader(dataset, args, info, train=True, batch_size=args.batch_size, shard=True, collate_fn=collate)
-    steps_per_epoch = len(loader) // args.update_freq
+    teacher = build_teacher(config.teacher).to(info.device)  # first: a missing teacher file fails before the student
+    student = build_student(config.model)
+    distill = config.distill
+    task = DistillationTask(teacher, distill.mask_type, distill.mask_ratio, distill.clip_loss_type,
+                            distill.clip_loss_ratio, distill.clip_input_resolution, distill.clip_input_norm,
+                            align_cls=distill.clip_return_cls)
+    # The token grid the masks cover, from the student's real patch size (as the official script does).
+    window = mask_window_size(config.data.num_frames, config.model.tubelet_size, config.model.input_size,
+                              student.patch_embed.patch_size[0])
+    dataset = build_pretraining_dataset(config.data, config.augment, mask_type=distill.mask_type,
+                                        mask_ratio=distill.mask_ratio, mask_window=window, seed=run.seed)
+    loader = make_loader(dataset, run, info, train=True, batch_size=run.batch_size, shard=True,
+                         collate_fn=dataset.collate)
+    steps_per_epoch = len(loader) // run.update_freq
     if steps_per_epoch == 0:
-        raise UsageError(f"{args.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
-                         f"{args.batch_size} × update_freq {args.update_freq} × {info.world_size} ranks")
-    scale_lrs(args, info.world_size)
-    runtime = build_runtime(args, student, info, find_unused_parameters=True)
-    state = resume(args, runtime, None)
-    state = fit(args, runtime, task, loader, steps_per_epoch, info, None, None, writer, state, warmup_start=0.0)
+        raise UsageError(f"{config.data.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
+                         f"{run.batch_size} × update_freq {run.update_freq} × {info.world_size} ranks")
+    runtime = build_runtime(config.optim, run, student, info, find_unused_parameters=True)
+    state = resume(run, runtime, None)
+    state = fit(config.optim, run, runtime, task, loader, steps_per_epoch, info, log_writer=writer, state=state,
+                saved_with={"args": checkpoint_args(args, config), "config": asdict(config)})
     if writer is not None:
         writer.close()
     return {"history": state.history}

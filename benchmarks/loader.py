@@ -8,7 +8,7 @@ every reference frame from the key frame before each sampled frame, so the key-f
   texture  a camera panning over a 1/f² "natural image" texture with a moving textured object and fresh sensor
            noise (σ = 1): detail everywhere, several times the bitrate, a harder case than most real footage
 Rows ``decode`` open a video, draw sparse training indices and decode them, as the dataset does per item. Rows
-``pipeline`` run whole training items of ``build_dataset`` with the Kinetics VideoMamba-Ti f8 launcher's
+``pipeline`` run whole training items of ``build_video_dataset`` with the Kinetics VideoMamba-Ti f8 launcher's
 settings (Kinetics_sparse, 224 px crops, RandAugment rand-m5-n2-mstd0.25-inc1, random erasing 0.25,
 ``--num_sample 2``: one decode, two augmented clips). Everything runs in one process with one decoding and one
 torch thread. Throughput is per CPU-second of the process (items / (user + system time)), which is what one
@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 from typing import Callable
 
@@ -34,10 +33,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import format_table, machine_description
-from datasets.build import build_dataset
+from datasets.build import build_video_dataset
 from datasets.readers import open_video
 from datasets.sampling import sparse_train_indices
 from tools.make_synthetic_dataset import write_video
+from utils.config import AugmentConfig, VideoSetConfig
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -141,19 +141,25 @@ def measure_decode(paths: list[str], backend: str, num_frames: int, repeats: int
     return timed_rates(one_pass, len(paths), repeats)
 
 
-def pipeline_args(list_dir: Path, backend: str, num_frames: int) -> Namespace:
-    """The data arguments of exp/k400/videomamba_tiny/run_f8x224.sh (frames as given)."""
-    return Namespace(data_set="Kinetics_sparse", data_path=str(list_dir), prefix="", split=" ", nb_classes=2,
-                     num_frames=num_frames, input_size=224, short_side_size=224, num_sample=2,
-                     aa="rand-m5-n2-mstd0.25-inc1", train_interpolation="bicubic", reprob=0.25, remode="pixel",
-                     recount=1, video_backend=backend, test_num_segment=1, test_num_crop=1)
+def pipeline_configs(list_dir: Path, backend: str, num_frames: int) -> tuple[VideoSetConfig, AugmentConfig]:
+    """The data and augmentation settings of exp/k400/videomamba_tiny/run_f8x224.sh (frames as given, list
+    lines split on spaces, the parser's defaults elsewhere)."""
+    data = VideoSetConfig(data_path=str(list_dir), prefix="", split=" ", video_backend=backend, num_frames=num_frames,
+                          sampling_rate=4, num_sample=2, max_bad_fraction=0.1, max_retries=10,
+                          data_set="Kinetics_sparse", nb_classes=2, regression=False, frame_folders=False,
+                          filename_tmpl="img_{:05}.jpg", trimmed=60, time_stride=16, test_num_segment=4)
+    augment = AugmentConfig(input_size=224, short_side_size=224, aa="rand-m5-n2-mstd0.25-inc1",
+                            train_interpolation="bicubic", train_crop_scale=(0.08, 1.0), reprob=0.25, remode="pixel",
+                            recount=1, test_num_crop=3, mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0,
+                            mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1)
+    return data, augment
 
 
 def measure_pipeline(paths: list[str], backend: str, num_frames: int, repeats: int, seed: int,
                      list_dir: Path) -> tuple[float, float]:
-    """Whole training items (decode + augmentation of two clips) through ``build_dataset``."""
+    """Whole training items (decode + augmentation of two clips) through ``build_video_dataset``."""
     (list_dir / "train.csv").write_text("".join(f"{p} {k % 2}\n" for k, p in enumerate(paths)))
-    dataset, _ = build_dataset(True, False, pipeline_args(list_dir, backend, num_frames))
+    dataset = build_video_dataset("train", *pipeline_configs(list_dir, backend, num_frames), seed=seed)
     torch.manual_seed(seed)
 
     def one_pass() -> None:

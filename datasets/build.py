@@ -1,16 +1,11 @@
-"""Build the datasets the engines use from parsed command-line args (official flag names).
+"""Build the datasets of the entry scripts from the typed configuration (``utils.config``).
 
-``build_dataset(is_train, test_mode, args)`` reads these args attributes:
-  data_set (one of ``DATA_SETS``), data_path (folder with train.csv / val.csv / test.csv), prefix, split,
-  nb_classes (1 = regression: float targets), num_frames, sampling_rate (dense data sets), trimmed and
-  time_stride (seconds; LVU / Breakfast / COIN), test_num_segment, test_num_crop, num_sample (training),
-  input_size, short_side_size, video_backend (auto | decord | pyav), no_use_decord or use_decord=False (SSV2 from
-  frame folders), filename_tmpl, max_bad_fraction (default 0.1), max_retries (default 10), plus whatever the
-  transform builders of ``datasets.transforms`` read.
-``build_pretraining_dataset(args)`` reads data_path (a list file, or a folder holding train.csv), prefix, split,
-  num_frames, sampling_rate, num_segments, num_sample, video_backend, max_bad_fraction, max_retries, and the args
-  of ``build_pretrain_transform`` / ``build_mask_generator``.
-A list file missing from ``--data_path`` raises ``utils.errors.MissingPathError`` naming the flag.
+``build_video_dataset(mode, data, augment, seed)`` gives the train / validation / test set of ``data.data_set``
+(one of ``DATA_SETS``) from the ``{mode}`` list under ``data.data_path`` (train.csv / val.csv / test.csv);
+``build_pretraining_dataset(data, augment, ...)`` the masked-pretraining clips of a list file (or a folder holding
+train.csv). ``build_dataset(is_train, test_mode, args)`` is the official entry point, taking the parsed flags of
+``run_class_finetuning.py``. A list file missing from ``--data_path`` raises ``utils.errors.MissingPathError``
+naming the flag.
 """
 from __future__ import annotations
 
@@ -19,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from datasets import masking, transforms
 from datasets.lists import ListEntry, list_file_path, read_list, read_paths
 from datasets.pretrain_dataset import PretrainDataset
-from datasets.readers import DEFAULT_FILENAME_TMPL, FrameFolderReader, VideoReader, open_video
+from datasets.readers import FrameFolderReader, VideoReader, open_video
 from datasets.video_dataset import VideoClsDataset
+from utils.config import AugmentConfig, PretrainAugmentConfig, PretrainDataConfig, VideoSetConfig, finetune_config
 from utils.errors import MissingPathError, UsageError
 
 
@@ -49,19 +47,12 @@ DATA_SETS = {
 }
 
 
-def _uses_frame_folders(args: Namespace) -> bool:
-    """``--no_use_decord``: read SSV2 from extracted frame folders (either dest spelling is accepted)."""
-    return bool(getattr(args, "no_use_decord", False)) or not getattr(args, "use_decord", True)
-
-
-def _video_opener(args: Namespace) -> Callable[[ListEntry], VideoReader]:
-    backend = getattr(args, "video_backend", "auto")
+def _video_opener(backend: str) -> Callable[[ListEntry], VideoReader]:
     return lambda entry: open_video(entry.path, backend)
 
 
-def _frame_folder_opener(args: Namespace) -> Callable[[ListEntry], VideoReader]:
-    tmpl = getattr(args, "filename_tmpl", DEFAULT_FILENAME_TMPL)
-    return lambda entry: FrameFolderReader(entry.path, entry.total_frames, tmpl)
+def _frame_folder_opener(filename_tmpl: str) -> Callable[[ListEntry], VideoReader]:
+    return lambda entry: FrameFolderReader(entry.path, entry.total_frames, filename_tmpl)
 
 
 def _list_path(data_path: str, mode: str) -> Path:
@@ -72,60 +63,66 @@ def _list_path(data_path: str, mode: str) -> Path:
     return path
 
 
-def build_dataset(is_train: bool, test_mode: bool, args: Namespace, seed: int = 0) -> tuple[VideoClsDataset, int]:
-    """The train (``is_train``), test (``test_mode``) or validation dataset of ``args.data_set`` and nb_classes;
-    ``seed`` (``--seed``) keys the training draws (``utils.seeding``)."""
-    if args.data_set not in DATA_SETS:
-        raise UsageError(f"unknown --data_set {args.data_set!r}; expected one of {', '.join(DATA_SETS)}")
-    kind = DATA_SETS[args.data_set]
-    mode = "train" if is_train else ("test" if test_mode else "validation")
-    nb_classes = int(args.nb_classes)
-    regression = nb_classes == 1
-    frames = kind.sampling == "ssv2" and _uses_frame_folders(args)
-    trimmed = kind.trimmed and (getattr(args, "trimmed", 60) or 0) > 0
-    fmt = "frames" if frames else "trimmed" if trimmed else "regression" if regression else "classification"
-    entries = read_list(_list_path(args.data_path, mode), fmt, getattr(args, "split", " "),
-                        getattr(args, "prefix", ""), regression)
+def _transform(mode: str, augment: AugmentConfig, flip: bool) -> Callable[..., torch.Tensor]:
     if mode == "train":
-        transform = transforms.build_train_transform(args, kind.flip)
-    elif mode == "test":
-        transform = transforms.build_test_transform(args)
-    else:
-        transform = transforms.build_val_transform(args)
-    dataset = VideoClsDataset(
-        entries, mode, transform,
+        return transforms.build_train_transform(augment, flip)
+    if mode == "test":
+        return transforms.build_test_transform(augment)
+    return transforms.build_val_transform(augment)
+
+
+def build_video_dataset(mode: str, data: VideoSetConfig, augment: AugmentConfig, seed: int) -> VideoClsDataset:
+    """The ``train``, ``validation`` or ``test`` set of ``data.data_set``; ``seed`` (``--seed``) keys the training
+    draws (``utils.seeding``)."""
+    if data.data_set not in DATA_SETS:
+        raise UsageError(f"unknown --data_set {data.data_set!r}; expected one of {', '.join(DATA_SETS)}")
+    kind = DATA_SETS[data.data_set]
+    frames = kind.sampling == "ssv2" and data.frame_folders
+    trimmed = kind.trimmed and data.trimmed > 0
+    fmt = "frames" if frames else "trimmed" if trimmed else "regression" if data.regression else "classification"
+    entries = read_list(_list_path(data.data_path, mode), fmt, data.split, data.prefix, data.regression)
+    return VideoClsDataset(
+        entries, mode, _transform(mode, augment, kind.flip),
         sampling="ssv2_frames" if frames else kind.sampling,
-        num_frames=args.num_frames,
-        open_clip=_frame_folder_opener(args) if frames else _video_opener(args),
-        rate=getattr(args, "sampling_rate", 1),
-        num_segments=getattr(args, "test_num_segment", 1),
-        num_crops=getattr(args, "test_num_crop", 1),
-        windows=(args.trimmed, getattr(args, "time_stride", 16)) if trimmed else None,
-        num_sample=getattr(args, "num_sample", 1),
-        regression=regression,
-        max_retries=getattr(args, "max_retries", 10),
-        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
-        zero_frame_size=args.short_side_size if mode == "test" else args.input_size,
+        num_frames=data.num_frames,
+        open_clip=_frame_folder_opener(data.filename_tmpl) if frames else _video_opener(data.video_backend),
+        rate=data.sampling_rate,
+        num_segments=data.test_num_segment,
+        num_crops=augment.test_num_crop,
+        windows=(data.trimmed, data.time_stride) if trimmed else None,
+        num_sample=data.num_sample,
+        regression=data.regression,
+        max_retries=data.max_retries,
+        max_bad_fraction=data.max_bad_fraction,
+        zero_frame_size=augment.short_side_size if mode == "test" else augment.input_size,
         seed=seed,
     )
-    return dataset, nb_classes
 
 
-def build_pretraining_dataset(args: Namespace, seed: int = 0) -> PretrainDataset:
-    """Masked-pretraining clips from the list at ``args.data_path`` (or its ``train.csv``); ``seed`` as
-    ``build_dataset``'s."""
-    path = Path(args.data_path)
-    list_path = _list_path(args.data_path, "train") if path.is_dir() else path
-    entries = read_paths(list_path, getattr(args, "split", " "), getattr(args, "prefix", ""))
+def build_dataset(is_train: bool, test_mode: bool, args: Namespace) -> tuple[VideoClsDataset, int]:
+    """The official entry point: the train (``is_train``), test (``test_mode``) or validation set described by the
+    parsed flags of ``run_class_finetuning.py``, and nb_classes."""
+    config = finetune_config(args)
+    mode = "train" if is_train else ("test" if test_mode else "validation")
+    return build_video_dataset(mode, config.data, config.augment, config.runtime.seed), config.data.nb_classes
+
+
+def build_pretraining_dataset(data: PretrainDataConfig, augment: PretrainAugmentConfig, *, mask_type: str,
+                              mask_ratio: float, mask_window: tuple[int, int, int], seed: int) -> PretrainDataset:
+    """Masked-pretraining clips from the list at ``data.data_path`` (or its ``train.csv``), masks of ``mask_type``
+    over the student's token grid ``mask_window`` (T', H', W'); ``seed`` as ``build_video_dataset``'s."""
+    path = Path(data.data_path)
+    list_path = _list_path(data.data_path, "train") if path.is_dir() else path
+    entries = read_paths(list_path, data.split, data.prefix)
     return PretrainDataset(
-        entries, transforms.build_pretrain_transform(args),
-        num_frames=args.num_frames,
-        sampling_rate=getattr(args, "sampling_rate", 1),
-        open_clip=_video_opener(args),
-        mask_generator=masking.build_mask_generator(args),
-        max_retries=getattr(args, "max_retries", 10),
-        max_bad_fraction=getattr(args, "max_bad_fraction", 0.1),
-        num_segments=getattr(args, "num_segments", 1),
-        num_sample=getattr(args, "num_sample", 1),
+        entries, transforms.build_pretrain_transform(augment),
+        num_frames=data.num_frames,
+        sampling_rate=data.sampling_rate,
+        open_clip=_video_opener(data.video_backend),
+        mask_generator=masking.build_mask_generator(mask_type, mask_ratio, mask_window),
+        max_retries=data.max_retries,
+        max_bad_fraction=data.max_bad_fraction,
+        num_segments=data.num_segments,
+        num_sample=data.num_sample,
         seed=seed,
     )

@@ -1,10 +1,42 @@
-"""Collate for repeated augmentation (``--num_sample S > 1``): one decode, S augmented clips per item."""
+"""Collate: the datasets' items (dicts) into the batch types of ``utils.batch``, the one contract with ``engines/``.
+
+With repeated augmentation (``--num_sample S > 1``: one decode, S augmented clips per item) the items' S samples
+are flattened into the batch first (``multiple_samples_collate``).
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 from torch.utils.data import default_collate
+
+from utils.batch import EvalBatch, MaskedBatch, TrainBatch
+
+
+def _stack(items: list[dict[str, Any]], num_sample: int) -> dict[str, Any]:
+    if num_sample < 1:
+        raise ValueError(f"num_sample must be >= 1, got {num_sample}")
+    return multiple_samples_collate(items) if num_sample > 1 else default_collate(items)
+
+
+def collate_train(items: list[dict[str, Any]], num_sample: int) -> TrainBatch:
+    """Training items ``{"video", "label", "index"}`` (each holding ``num_sample`` clips when > 1) → ``TrainBatch``."""
+    out = _stack(items, num_sample)
+    return TrainBatch(video=out["video"], label=out["label"], index=out["index"])
+
+
+def collate_eval(items: list[dict[str, Any]]) -> EvalBatch:
+    """Validation/test view items ``{"video", "label", "video_id", "window", "segment", "crop", "valid"}`` →
+    ``EvalBatch``."""
+    out = default_collate(items)
+    return EvalBatch(video=out["video"], label=out["label"], video_id=out["video_id"], window=out["window"],
+                     segment=out["segment"], crop=out["crop"], valid=out["valid"])
+
+
+def collate_masked(items: list[dict[str, Any]], num_sample: int) -> MaskedBatch:
+    """Pretraining items ``{"video"[, "mask"]}`` → ``MaskedBatch`` (mask None when the items have none)."""
+    out = _stack(items, num_sample)
+    return MaskedBatch(video=out["video"], mask=out.get("mask"))
 
 
 def multiple_samples_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Mask generators for masked video pretraining (the official ``--mask_type`` rules).
 
-A mask is a flat bool array over the T'·H'·W' patch tokens (frame-major: index t·H'W' + h·W' + w), True = masked.
+A mask is a flat bool array over the T'·H'·W' patch tokens (frame-major: index t·H'W' + h·W' + w), True = masked,
+without a cls column (the convention of ``utils.batch``).
 With ratio r:
   tube        int(r·H'W') patches per frame, the same patches in every frame;
   random      exactly int(r·T'H'W') patches chosen over the whole clip (per-frame counts vary);
@@ -12,7 +13,6 @@ dataset draws each mask under ``utils.seeding.seeded_rngs``).
 """
 from __future__ import annotations
 
-from argparse import Namespace
 from typing import Callable
 
 import numpy as np
@@ -79,25 +79,22 @@ _GENERATORS = {"tube": TubeMaskingGenerator, "random": RandomMaskingGenerator, "
                "random_row": RandomRowMaskingGenerator}
 
 
-def mask_window_size(args: Namespace) -> tuple[int, int, int]:
-    """Token grid (T', H', W') = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)."""
-    num_frames = int(args.num_frames)
-    tubelet = int(getattr(args, "tubelet_size", 1))
-    input_size = int(getattr(args, "input_size", 224))
-    patch = int(getattr(args, "patch_size", 16))
-    if num_frames % tubelet:
-        raise ValueError(f"--num_frames {num_frames} is not a multiple of --tubelet_size {tubelet}")
-    if input_size % patch:
-        raise ValueError(f"--input_size {input_size} is not a multiple of the patch size {patch}")
-    return num_frames // tubelet, input_size // patch, input_size // patch
+def mask_window_size(num_frames: int, tubelet_size: int, input_size: int, patch_size: int) -> tuple[int, int, int]:
+    """Token grid (T', H', W') = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size);
+    ``patch_size`` is the student's, read from the built model as the official script does."""
+    if num_frames % tubelet_size:
+        raise ValueError(f"--num_frames {num_frames} is not a multiple of --tubelet_size {tubelet_size}")
+    if input_size % patch_size:
+        raise ValueError(f"--input_size {input_size} is not a multiple of the patch size {patch_size}")
+    return num_frames // tubelet_size, input_size // patch_size, input_size // patch_size
 
 
-def build_mask_generator(args: Namespace) -> Callable[[], np.ndarray] | None:
-    """Generator for ``args.mask_type`` with ``args.mask_ratio``; None for ``attention``, whose mask the engine
-    builds from the teacher's attention."""
-    mask_type = getattr(args, "mask_type", "tube")
+def build_mask_generator(mask_type: str, mask_ratio: float,
+                         window: tuple[int, int, int]) -> Callable[[], np.ndarray] | None:
+    """Generator of ``mask_type`` masks with ``mask_ratio`` over the token ``window`` (T', H', W'); None for
+    ``attention``, whose mask the engine builds from the teacher's attention."""
     if mask_type not in MASK_TYPES:
         raise ValueError(f"--mask_type {mask_type!r}: must be one of {MASK_TYPES}")
     if mask_type == "attention":
         return None
-    return _GENERATORS[mask_type](mask_window_size(args), float(args.mask_ratio))
+    return _GENERATORS[mask_type](window, mask_ratio)

@@ -6,10 +6,10 @@ while reusing timm's sampling (lambda, box, label smoothing) unchanged.
 """
 from __future__ import annotations
 
-from argparse import Namespace
-
 import torch
 from timm.data import Mixup
+
+from utils.config import AugmentConfig
 
 
 class VideoMixup(Mixup):
@@ -23,16 +23,11 @@ class VideoMixup(Mixup):
         return mixed.reshape(b, c, t, h, w), target
 
 
-def build_mixup_fn(args: Namespace) -> VideoMixup | None:
-    """``VideoMixup`` from the official flags (mixup, cutmix, cutmix_minmax, mixup_prob, mixup_switch_prob,
-    mixup_mode, smoothing, nb_classes), or None when neither mixup nor cutmix is enabled."""
-    mixup = float(getattr(args, "mixup", 0.0))
-    cutmix = float(getattr(args, "cutmix", 0.0))
-    cutmix_minmax = getattr(args, "cutmix_minmax", None)
-    if mixup <= 0 and cutmix <= 0 and cutmix_minmax is None:
+def build_mixup_fn(augment: AugmentConfig, num_classes: int) -> VideoMixup | None:
+    """``VideoMixup`` from ``augment`` (mixup, cutmix, cutmix_minmax, mixup_prob, mixup_switch_prob, mixup_mode,
+    smoothing), or None when neither mixup nor cutmix is enabled."""
+    if augment.mixup <= 0 and augment.cutmix <= 0 and augment.cutmix_minmax is None:
         return None
-    return VideoMixup(mixup_alpha=mixup, cutmix_alpha=cutmix, cutmix_minmax=cutmix_minmax,
-                      prob=float(getattr(args, "mixup_prob", 1.0)),
-                      switch_prob=float(getattr(args, "mixup_switch_prob", 0.5)),
-                      mode=getattr(args, "mixup_mode", "batch"), label_smoothing=float(getattr(args, "smoothing", 0.1)),
-                      num_classes=int(args.nb_classes))
+    return VideoMixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix, cutmix_minmax=augment.cutmix_minmax,
+                      prob=augment.mixup_prob, switch_prob=augment.mixup_switch_prob, mode=augment.mixup_mode,
+                      label_smoothing=augment.smoothing, num_classes=num_classes)

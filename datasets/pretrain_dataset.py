@@ -1,4 +1,5 @@
-"""Masked-video pretraining clips: ``{"video": (C,T,H,W), "mask": bool (T'·H'·W',)}`` (True = masked).
+"""Masked-video pretraining clips: ``{"video": (C,T,H,W), "mask": bool (T'·H'·W',)}`` (True = masked, no cls
+column: the convention of ``utils.batch``); ``PretrainDataset.collate`` makes a ``utils.batch.MaskedBatch``.
 
 Frames follow the official pretraining loader (``datasets.sampling``): with ``num_segments`` > 1 one random frame
 from each of ``num_segments`` equal segments (``pretrain_segment_indices``; ``num_segments`` must equal
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.collate import collate_masked
 from datasets.lists import ListEntry
 from datasets.readers import VideoReader
 from datasets.sampling import pretrain_clip_indices, pretrain_segment_indices
 from datasets.video_dataset import BadInputTracker, draw_repeats, load_with_replacement, sample_rng
+from utils.batch import MaskedBatch
 from utils.seeding import sample_key
 
 
@@ -70,6 +73,10 @@ class PretrainDataset(Dataset):
             return reader.get_frames(indices)
         finally:
             reader.close()
+
+    def collate(self, items: list[dict[str, Any]]) -> MaskedBatch:
+        """The DataLoader's ``collate_fn``."""
+        return collate_masked(items, self.num_sample)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """``key``: ``(epoch, index)`` from ``utils.seeding.EpochSampler``, or an index (epoch 0)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-from argparse import Namespace
 from typing import Callable
 
 import numpy as np
@@ -23,6 +22,7 @@ from torchvision.transforms import ColorJitter
 
 from datasets.rand_augment import VideoRandAugment
 from datasets.random_erasing import ClipRandomErasing
+from utils.config import AugmentConfig, PretrainAugmentConfig
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -258,48 +258,36 @@ def jitter_range(input_size: int) -> tuple[int, int]:
     return int(round(input_size * 256 / 224)), int(round(input_size * 320 / 224))
 
 
-def _aa_policy(args: Namespace) -> str | None:
-    """``--aa`` with the spellings of "off" (None, "", "none") mapped to None."""
-    policy = getattr(args, "aa", None)
-    if policy is None or str(policy).strip().lower() in ("", "none"):
-        return None
-    return str(policy)
+def build_train_transform(augment: AugmentConfig, flip: bool) -> Callable[[np.ndarray], torch.Tensor]:
+    """Training transform of ``augment`` (input_size, aa, train_interpolation, reprob, remode, recount,
+    train_crop_scale: the random-resized-crop area range).
 
-
-def build_train_transform(args: Namespace, flip: bool) -> Callable[[np.ndarray], torch.Tensor]:
-    """Training transform from ``args`` (input_size, aa, train_interpolation, reprob, remode, recount,
-    train_crop_scale: the random-resized-crop area range, default (0.08, 1)).
-
-    Short-side jitter range: ``jitter_range(args.input_size)`` = [256, 320] at 224, scaled linearly otherwise.
-    ``flip`` is False for SSv2 (left/right carries the label there). ``train_interpolation`` (default bicubic) is
-    the filter of RandAugment's geometric ops; the crop resize is bilinear as in the official code.
+    Short-side jitter range: ``jitter_range(input_size)`` = [256, 320] at 224, scaled linearly otherwise.
+    ``flip`` is False for SSv2 (left/right carries the label there). ``train_interpolation`` is the filter of
+    RandAugment's geometric ops; the crop resize is bilinear as in the official code.
     """
-    input_size = int(getattr(args, "input_size", 224))
-    policy = _aa_policy(args)
     rand_augment = None
-    if policy is not None:
-        rand_augment = VideoRandAugment(policy, input_size, getattr(args, "train_interpolation", "bicubic"))
-    reprob = float(getattr(args, "reprob", 0.0))
+    if augment.aa is not None:
+        rand_augment = VideoRandAugment(augment.aa, augment.input_size, augment.train_interpolation)
     erasing = None
-    if reprob > 0:
-        erasing = ClipRandomErasing(reprob, mode=getattr(args, "remode", "pixel"),
-                                    max_count=int(getattr(args, "recount", 1)))
-    scale = tuple(getattr(args, "train_crop_scale", RRC_SCALE))
-    return TrainTransform(input_size, flip, jitter_range(input_size), rand_augment, erasing, scale)
+    if augment.reprob > 0:
+        erasing = ClipRandomErasing(augment.reprob, mode=augment.remode, max_count=augment.recount)
+    return TrainTransform(augment.input_size, flip, jitter_range(augment.input_size), rand_augment, erasing,
+                          augment.train_crop_scale)
 
 
-def build_val_transform(args: Namespace) -> Callable[[np.ndarray], torch.Tensor]:
-    """Validation transform: short side → args.short_side_size, centre crop args.input_size."""
-    return ValTransform(int(getattr(args, "short_side_size", 224)), int(getattr(args, "input_size", 224)))
+def build_val_transform(augment: AugmentConfig) -> Callable[[np.ndarray], torch.Tensor]:
+    """Validation transform: short side → ``short_side_size``, centre crop ``input_size``."""
+    return ValTransform(augment.short_side_size, augment.input_size)
 
 
-def build_test_transform(args: Namespace) -> Callable[[np.ndarray, int], torch.Tensor]:
-    """Test transform called as ``t(frames, crop_index)``: args.test_num_crop crops of args.short_side_size²."""
-    return TestTransform(int(getattr(args, "short_side_size", 224)), int(getattr(args, "test_num_crop", 3)))
+def build_test_transform(augment: AugmentConfig) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """Test transform called as ``t(frames, crop_index)``: ``test_num_crop`` crops of ``short_side_size``² (reads
+    only those two attributes)."""
+    return TestTransform(augment.short_side_size, augment.test_num_crop)
 
 
-def build_pretrain_transform(args: Namespace) -> Callable[[np.ndarray], torch.Tensor]:
-    """Pretraining transform: multi-scale crop to args.input_size, per-frame colour jitter when
-    args.color_jitter > 0, horizontal flip when args.flip."""
-    return PretrainTransform(int(getattr(args, "input_size", 224)), bool(getattr(args, "flip", False)),
-                             float(getattr(args, "color_jitter", 0.0)))
+def build_pretrain_transform(augment: PretrainAugmentConfig) -> Callable[[np.ndarray], torch.Tensor]:
+    """Pretraining transform: multi-scale crop to ``input_size``, per-frame colour jitter when
+    ``color_jitter`` > 0, horizontal flip when ``flip``."""
+    return PretrainTransform(augment.input_size, augment.flip, augment.color_jitter)

@@ -1,8 +1,9 @@
 """Video classification / regression dataset (train, validation, test) and the bad-input policy.
 
-Items are dicts (``default_collate`` works):
-  train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int}``
+Items are dicts, which ``VideoClsDataset.collate`` turns into the batch types of ``utils.batch``:
+  train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int}`` → ``TrainBatch``
   validation  ``{"video", "label", "video_id", "window", "segment", "crop", "valid"}`` (one view per item)
+              → ``EvalBatch``
   test        the same; a video expands to window × segment × crop views.
 Training items are keyed ``(epoch, index)`` (``utils.seeding.EpochSampler``; a plain index means epoch 0): their
 frame indices, replacements and augmentations are a pure function of (seed, epoch, index, repeat), see
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.collate import collate_eval, collate_train
 from datasets.lists import ListEntry
 from datasets.readers import VideoDecodeError, VideoReader
 from datasets.sampling import MODES, clip_indices, trimmed_windows, window_frame_range
+from utils.batch import EvalBatch, TrainBatch
 from utils.errors import UserError
 from utils.seeding import AUGMENT, SAMPLE, sample_key, seed_sequence, seeded_rngs
 
@@ -184,6 +187,10 @@ class VideoClsDataset(Dataset):
             return reader.get_frames(indices)
         finally:
             reader.close()
+
+    def collate(self, items: list[dict[str, Any]]) -> TrainBatch | EvalBatch:
+        """The DataLoader's ``collate_fn``: a ``TrainBatch`` in training, else an ``EvalBatch``."""
+        return collate_train(items, self.num_sample) if self.mode == "train" else collate_eval(items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Training: ``key`` is ``(epoch, index)`` or an index; evaluation: the view index."""

@@ -19,11 +19,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from engines.contracts import Runtime
+from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
 from utils.errors import BadFileError, MissingPathError, UsageError
 
@@ -138,35 +140,33 @@ def find_latest(output_dir: Path) -> Path | None:
     return newest
 
 
-def best_checkpoint(output_dir: Path, deepspeed: bool = False) -> Path | None:
-    """Complete ``checkpoint-best`` of ``output_dir`` (the official regression script's ``checkpoint-best_val``
-    is accepted too), or None."""
-    suffix = "" if deepspeed else ".pth"
-    for name in ("checkpoint-best", "checkpoint-best_val"):
-        path = Path(output_dir) / f"{name}{suffix}"
+def best_checkpoint(checkpoint_path: Callable[[str], Path]) -> Path | None:
+    """The complete ``checkpoint-best`` (the official regression script's ``checkpoint-best_val`` is accepted too)
+    at ``checkpoint_path(tag)`` (``Runtime.checkpoint_path``: a file or a DeepSpeed folder), or None."""
+    for tag in ("checkpoint-best", "checkpoint-best_val"):
+        path = checkpoint_path(tag)
         if is_complete(path):
             return path
     return None
 
 
-def checkpoint_to_evaluate(output_dir: str, resume: str, test_best: bool, deepspeed: bool = False,
-                           search: bool = True) -> Path | None:
+def checkpoint_to_evaluate(output_dir: str, checkpoint_path: Callable[[str], Path], resume: str, test_best: bool,
+                           search: bool) -> Path | None:
     """The weights ``--eval`` tests: with ``--test_best`` the ``checkpoint-best`` of ``output_dir`` (an error when
     there is none); else ``--resume``; else (unless ``search`` is off: ``--no_auto_resume``) the newest complete
     checkpoint of ``output_dir``, then its ``checkpoint-best``; None when there is none of these (the
-    ``--finetune`` weights are tested)."""
-    out = Path(output_dir) if output_dir else None
+    ``--finetune`` weights are tested). ``checkpoint_path``: the runtime's layout of the output folder."""
     if test_best:
-        best = best_checkpoint(out, deepspeed) if out is not None else None
+        best = best_checkpoint(checkpoint_path) if output_dir else None
         if best is None:
             raise MissingPathError(f"--eval --test_best: no complete checkpoint-best in --output_dir "
                                    f"{output_dir or '(not set)'}")
         return best
     if resume:
         return Path(resume)
-    if out is None or not search:
+    if not output_dir or not search:
         return None
-    return find_latest(out) or best_checkpoint(out, deepspeed)
+    return find_latest(Path(output_dir)) or best_checkpoint(checkpoint_path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -212,23 +212,25 @@ class Checkpointer:
     """Writes a run's checkpoints through ``runtime.save`` (nothing without ``--output_dir`` or with
     ``--no_save_ckpt``): after every epoch ``checkpoint-latest`` (plus ``checkpoint-{epoch}`` every
     ``--save_ckpt_freq`` epochs and at the last, ``checkpoint-best`` when validation improved), and inside an epoch
-    ``checkpoint-latest`` whenever the ``SaveClock`` of ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` says so."""
+    ``checkpoint-latest`` whenever the ``SaveClock`` of ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` says so.
+    ``saved_with`` goes into every checkpoint (the official ``args``, our typed ``config``)."""
 
-    def __init__(self, args: Any, runtime: Any, ema: Any | None, info: DistInfo, steps_per_epoch: int,
-                 samples_per_step: int) -> None:
-        self.out = Path(args.output_dir) if args.output_dir and args.save_ckpt else None
-        self.args, self.runtime, self.ema, self.info = args, runtime, ema, info
+    def __init__(self, run: RuntimeConfig, epochs: int, saved_with: dict[str, Any], runtime: Runtime,
+                 ema: Any | None, info: DistInfo, steps_per_epoch: int, samples_per_step: int) -> None:
+        self.enabled = bool(run.output_dir) and run.save_ckpt
+        self.run, self.epochs, self.saved_with = run, epochs, saved_with
+        self.runtime, self.ema, self.info = runtime, ema, info
         self.steps_per_epoch, self.samples_per_step = steps_per_epoch, samples_per_step
-        self.clock = SaveClock(args.save_ckpt_steps, args.save_ckpt_minutes, info.device)
-        if self.out is not None and info.is_main:
-            recover_partial_saves(self.out)
+        self.clock = SaveClock(run.save_ckpt_steps, run.save_ckpt_minutes, info.device)
+        if self.enabled and info.is_main:
+            recover_partial_saves(Path(run.output_dir))
 
     def _save(self, tags: list[str], epoch: int, step: int, rng: dict[str, Any], best: float | None,
               **extra: Any) -> None:
-        client = {"epoch": epoch, "step": step, "args": vars(self.args), "rng": rng, "best": best,
+        client = {"epoch": epoch, "step": step, **self.saved_with, "rng": rng, "best": best,
                   "model_ema": self.ema.module.state_dict() if self.ema is not None else None, **extra}
         for tag in tags:
-            self.runtime.save(self.out, tag, client, self.info.is_main)
+            self.runtime.save(tag, client, self.info.is_main)
         barrier()
         self.clock.saved()
 
@@ -237,17 +239,17 @@ class Checkpointer:
         """After ``steps_done`` optimiser steps of ``epoch`` (every rank calls it): ``checkpoint-latest`` when due,
         with ``epoch`` - 1 as the finished epoch and every rank's meter ``sums`` (a list indexed by rank)."""
         step = epoch * self.steps_per_epoch + steps_done
-        if self.out is None or not self.clock.due(step):
+        if not self.enabled or not self.clock.due(step):
             return
         self._save(["checkpoint-latest"], epoch - 1, step, rng_state(), best, epoch_step=steps_done,
                    samples_per_step=self.samples_per_step, train_sums=all_gather_objects(sums))
 
     def end_of_epoch(self, epoch: int, rng: dict[str, Any], best: float | None, improved: bool) -> None:
         """After ``epoch`` and its validation; ``rng`` the states captured before validation."""
-        if self.out is None:
+        if not self.enabled:
             return
         tags = ["checkpoint-latest"]
-        if (epoch + 1) % self.args.save_ckpt_freq == 0 or epoch + 1 == self.args.epochs:
+        if (epoch + 1) % self.run.save_ckpt_freq == 0 or epoch + 1 == self.epochs:
             tags.insert(0, f"checkpoint-{epoch}")
         if improved:
             tags.append("checkpoint-best")

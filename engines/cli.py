@@ -61,10 +61,15 @@ def report_ignored(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def add_model_size_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model size overrides (tiny configs for tests and demos)")
+def add_model_size_args(parser: argparse.ArgumentParser, scan_backends: tuple[str, ...]) -> None:
+    """``--depth`` / ``--embed_dim`` overrides and ``--scan_backend`` (one of ``scan_backends``:
+    ``models.ops.BACKENDS``)."""
+    group = parser.add_argument_group("model size overrides (tiny configs for tests and demos) and kernels")
     group.add_argument("--depth", type=int, default=None, help="number of blocks, overrides the model's default")
     group.add_argument("--embed_dim", type=int, default=None, help="width, overrides the model's default")
+    group.add_argument("--scan_backend", default=None, choices=scan_backends,
+                       help="selective-scan and causal-conv implementation (default: $VIDEOMAMBA_SCAN_BACKEND, "
+                            "else auto: the CUDA kernels on GPU, the fused C++ kernel on CPU)")
 
 
 def add_optim_args(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int,

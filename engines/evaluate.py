@@ -3,24 +3,20 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 
+from engines.contracts import EvalTask, Runtime
 from engines.progress import Progress
+from utils.batch import EvalBatch
 from utils.distributed import all_reduce_sum
 
 logger = logging.getLogger(__name__)
 
 
-def valid_mask(batch: dict[str, Any], size: int) -> torch.Tensor:
-    """Bool (B,) of the items that decoded; every item is valid when the batch has no ``valid`` key."""
-    valid = batch.get("valid")
-    return torch.ones(size, dtype=torch.bool) if valid is None else torch.as_tensor(valid, dtype=torch.bool)
-
-
 @torch.no_grad()
-def evaluate(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], reduce: bool = False,
+def evaluate(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], reduce: bool = False,
              print_freq: int = 50) -> dict[str, float]:
     """Mean metrics of ``task.batch_stats`` over the valid items; ``missing`` counts the invalid ones.
 
@@ -32,12 +28,12 @@ def evaluate(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], reduce: 
     total = len(loader) if hasattr(loader, "__len__") else 0
     progress = Progress("val", total, print_freq)
     for i, batch in enumerate(loader):
-        keep = valid_mask(batch, len(batch["video"]))
+        keep = batch.valid
         sums["missing"] += float((~keep).sum())
         if keep.any():
             with runtime.autocast():
                 outputs = task.predict(model, batch, runtime.device, runtime.input_dtype)
-            for k, v in task.batch_stats(outputs[keep.to(outputs.device)], batch["label"][keep]).items():
+            for k, v in task.batch_stats(outputs[keep.to(outputs.device)], batch.label[keep]).items():
                 sums[k] += v
         progress.step(i, len(keep))
     names = sorted(set(sums) | {"n", "missing"})

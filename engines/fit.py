@@ -1,8 +1,9 @@
 """The epoch loop shared by fine-tuning and pretraining, plus the set-up both entry points need.
 
 ``fit`` trains epochs, validates, saves ``checkpoint-{epoch}`` / ``-latest`` / ``-best`` (the official keys
-``model``, ``optimizer``, ``epoch``, ``scaler``, ``args``, ``model_ema`` plus our ``rng``, ``best``, ``step``) and
-appends JSON lines to ``log.txt`` (the official keys ``train_*``, ``val_*``, ``epoch``, ``n_parameters``).
+``model``, ``optimizer``, ``epoch``, ``scaler``, ``args``, ``model_ema`` plus our ``config``, ``rng``, ``best``,
+``step``) and appends JSON lines to ``log.txt`` (the official keys ``train_*``, ``val_*``, ``epoch``,
+``n_parameters``).
 With ``--save_ckpt_steps`` / ``--save_ckpt_minutes`` it also writes ``checkpoint-latest`` inside an epoch: ``epoch``
 is then the last finished epoch (as the official resume expects) and ``epoch_step`` the optimiser steps done in
 the next one, with ``train_sums`` (each rank's meter sums so far) and ``samples_per_step``. A run resumed from any
@@ -23,53 +24,50 @@ import torch
 from timm.utils import ModelEmaV2
 
 from engines import checkpoint as ckpt
-from engines.optim import build_optimizer
+from engines.contracts import Runtime, Task
+from engines.optim import create_optimizer
 from engines.runtime import DeepSpeedRuntime, TorchRuntime, amp_dtype, deepspeed_config
 from engines.schedule import cosine_schedule
 from engines.train import train_one_epoch
+from utils.config import EmaConfig, OptimConfig, RuntimeConfig
 from utils.distributed import DistInfo, get_rank, get_world_size
 from utils.seeding import EpochSampler
 
 logger = logging.getLogger(__name__)
 
 
-def scale_lrs(args: Any, world_size: int) -> None:
-    """Linear scaling of ``lr``/``min_lr``/``warmup_lr`` by total batch × num_sample / 256 (official rule)."""
-    if args.no_lr_scale:
-        return
-    factor = args.batch_size * args.update_freq * world_size * getattr(args, "num_sample", 1) / 256
-    args.lr, args.min_lr, args.warmup_lr = args.lr * factor, args.min_lr * factor, args.warmup_lr * factor
-    logger.info("lr scaled by %.4g (total batch %d): lr %.3g, min_lr %.3g, warmup_lr %.3g", factor,
-                args.batch_size * args.update_freq * world_size, args.lr, args.min_lr, args.warmup_lr)
-
-
-def schedules(args: Any, steps_per_epoch: int, warmup_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step lr (warm-up from ``warmup_start``, default ``args.warmup_lr``) and weight-decay schedules."""
-    start = args.warmup_lr if warmup_start is None else warmup_start
-    lr = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
-                         args.warmup_steps, start)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+def schedules(optim: OptimConfig, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step lr (warm-up from ``optim.warmup_start``) and weight-decay schedules."""
+    lr = cosine_schedule(optim.lr, optim.min_lr, optim.epochs, steps_per_epoch, optim.warmup_epochs,
+                         optim.warmup_steps, optim.warmup_start)
+    wd = cosine_schedule(optim.weight_decay, optim.weight_decay_end, optim.epochs, steps_per_epoch)
     return lr, wd
 
 
-def build_runtime(args: Any, model: torch.nn.Module, info: DistInfo,
+def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module, info: DistInfo,
                   find_unused_parameters: bool = False) -> TorchRuntime | DeepSpeedRuntime:
-    """Optimiser plus the DeepSpeed engine (``--enable_deepspeed``) or the plain PyTorch runtime."""
-    optimizer = build_optimizer(args, model, deepspeed=args.enable_deepspeed)
-    if args.enable_deepspeed:
-        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(args, info.world_size))
-    dtype = amp_dtype(info.device, args.no_amp, args.bf16)
+    """Optimiser plus the DeepSpeed engine (``--enable_deepspeed``) or the plain PyTorch runtime, checkpointing
+    into ``run.output_dir``."""
+    if optim.lr_scale != 1.0:
+        logger.info("lr scaled by %.4g (total batch %d): lr %.3g, min_lr %.3g, warmup_lr %.3g", optim.lr_scale,
+                    run.batch_size * run.update_freq * info.world_size, optim.lr, optim.min_lr, optim.warmup_lr)
+    optimizer = create_optimizer(optim, model, deepspeed=run.enable_deepspeed)
+    if run.enable_deepspeed:
+        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
+                                run.output_dir)
+    dtype = amp_dtype(info.device, run.no_amp, run.bf16)
     logger.info("plain PyTorch runtime, autocast dtype %s%s", dtype, ", DDP" if info.distributed else "")
-    return TorchRuntime(model, optimizer, info.device, dtype, args.clip_grad, info.distributed, find_unused_parameters)
+    return TorchRuntime(model, optimizer, info.device, dtype, optim.clip_grad, info.distributed,
+                        find_unused_parameters, run.output_dir)
 
 
-def build_ema(args: Any, model: torch.nn.Module) -> ModelEmaV2 | None:
-    if not getattr(args, "model_ema", False):
+def build_ema(ema: EmaConfig | None, model: torch.nn.Module) -> ModelEmaV2 | None:
+    """The EMA of ``model``'s weights (``--model_ema``), or None."""
+    if ema is None:
         return None
-    device = torch.device("cpu") if args.model_ema_force_cpu else None
-    logger.info("EMA of the weights with decay %s", args.model_ema_decay)
-    return ModelEmaV2(model, decay=args.model_ema_decay, device=device)
+    device = torch.device("cpu") if ema.model_ema_force_cpu else None
+    logger.info("EMA of the weights with decay %s", ema.model_ema_decay)
+    return ModelEmaV2(model, decay=ema.model_ema_decay, device=device)
 
 
 @dataclass
@@ -84,40 +82,41 @@ class RunState:
     train_sums: dict[str, tuple[float, float]] | None = None
 
 
-def samples_per_step(args: Any) -> int:
+def samples_per_step(run: RuntimeConfig) -> int:
     """Training samples per optimiser step over all ranks: batch_size × update_freq × world size."""
-    return args.batch_size * args.update_freq * get_world_size()
+    return run.batch_size * run.update_freq * get_world_size()
 
 
-def resume(args: Any, runtime: Any, ema: ModelEmaV2 | None) -> RunState:
+def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None) -> RunState:
     """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``.
 
     Official checkpoints resume too: their EMA is under ``model_ema`` (ours before issue 12: ``ema``). A mid-epoch
     checkpoint resumes at its step when the samples per step are unchanged; otherwise its epoch starts over.
     """
-    path = Path(args.resume) if args.resume else None
-    if path is None and args.auto_resume and args.output_dir:
-        path = ckpt.find_latest(Path(args.output_dir))
+    path = Path(run.resume) if run.resume else None
+    if path is None and run.auto_resume and run.output_dir:
+        path = ckpt.find_latest(Path(run.output_dir))
     if path is None:
-        return RunState(start_epoch=args.start_epoch)
+        return RunState(start_epoch=run.start_epoch)
     state = runtime.load(path)
     ema_state = state.get("model_ema", state.get("ema"))
     if ema is not None and ema_state is not None:
         ema.module.load_state_dict(ema_state)
     if state.get("rng") is not None:
         ckpt.set_rng_state(state["rng"])
-    run = RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path,
-                   start_step=state.get("epoch_step", 0))
-    if run.start_step and state.get("samples_per_step") != samples_per_step(args):
+    resumed = RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path,
+                       start_step=state.get("epoch_step", 0))
+    if resumed.start_step and state.get("samples_per_step") != samples_per_step(run):
         logger.warning("%s stopped %d steps into epoch %d with %s samples per step, this run has %d "
-                       "(batch_size × update_freq × world size): epoch %d starts over", path, run.start_step,
-                       run.start_epoch, state.get("samples_per_step"), samples_per_step(args), run.start_epoch)
-        run.start_step = 0
+                       "(batch_size × update_freq × world size): epoch %d starts over", path, resumed.start_step,
+                       resumed.start_epoch, state.get("samples_per_step"), samples_per_step(run),
+                       resumed.start_epoch)
+        resumed.start_step = 0
     per_rank = state.get("train_sums") or []
-    if run.start_step and len(per_rank) == get_world_size():  # else the epoch's averages start at the resume
-        run.train_sums = per_rank[get_rank()]
-    logger.info("resumed from %s at epoch %d, step %d of it", path, run.start_epoch, run.start_step)
-    return run
+    if resumed.start_step and len(per_rank) == get_world_size():  # else the epoch's averages start at the resume
+        resumed.train_sums = per_rank[get_rank()]
+    logger.info("resumed from %s at epoch %d, step %d of it", path, resumed.start_epoch, resumed.start_step)
+    return resumed
 
 
 def _start_epoch(loader: Any, epoch: int, skip_micro_batches: int) -> None:
@@ -144,26 +143,27 @@ def append_log(output_dir: str, record: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: int, info: DistInfo,
-        ema: ModelEmaV2 | None = None, validate: Callable[[], dict[str, float]] | None = None,
-        log_writer: Any | None = None, state: RunState | None = None,
-        warmup_start: float | None = None) -> RunState:
-    """Train from ``state.start_epoch`` to ``args.epochs``; returns the final state (best metric, history).
+def fit(optim: OptimConfig, run: RuntimeConfig, runtime: Runtime, task: Task, train_loader: Any,
+        steps_per_epoch: int, info: DistInfo, *, ema: ModelEmaV2 | None = None,
+        validate: Callable[[], dict[str, float]] | None = None, log_writer: Any | None = None,
+        state: RunState | None = None, saved_with: dict[str, Any] | None = None) -> RunState:
+    """Train from ``state.start_epoch`` to ``optim.epochs``; returns the final state (best metric, history).
 
-    ``warmup_start``: first lr of the warm-up (None: ``args.warmup_lr``; pretraining passes 0 like the official
-    script).
+    ``saved_with``: entries every checkpoint carries (the entry scripts: the official ``args`` and the typed
+    ``config``).
     """
     state = state or RunState()
-    lr_schedule, wd_schedule = schedules(args, steps_per_epoch, warmup_start)
+    lr_schedule, wd_schedule = schedules(optim, steps_per_epoch)
     n_parameters = sum(p.numel() for p in runtime.module.parameters() if p.requires_grad)
-    saver = ckpt.Checkpointer(args, runtime, ema, info, steps_per_epoch, samples_per_step(args))
+    saver = ckpt.Checkpointer(run, optim.epochs, saved_with or {}, runtime, ema, info, steps_per_epoch,
+                              samples_per_step(run))
     started = time.time()
-    for epoch in range(state.start_epoch, args.epochs):
+    for epoch in range(state.start_epoch, optim.epochs):
         first = state.start_step if epoch == state.start_epoch else 0
-        _start_epoch(train_loader, epoch, first * args.update_freq)
+        _start_epoch(train_loader, epoch, first * run.update_freq)
         train_stats = train_one_epoch(
             runtime, task, train_loader, epoch, lr_schedule, wd_schedule, epoch * steps_per_epoch, steps_per_epoch,
-            args.update_freq, ema, log_writer, args.print_freq, seed=args.seed, first_step=first,
+            run.update_freq, ema, log_writer, run.print_freq, seed=run.seed, first_step=first,
             sums=state.train_sums if first else None,
             after_step=lambda done, progress, e=epoch: saver.inside_epoch(e, done, progress.sums(), state.best))
         rng = ckpt.rng_state()
@@ -182,7 +182,7 @@ def fit(args: Any, runtime: Any, task: Any, train_loader: Any, steps_per_epoch: 
                   **{f"val_{k}": v for k, v in val_stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
         state.history.append(record)
         if info.is_main:
-            append_log(args.output_dir, record)
+            append_log(run.output_dir, record)
             if log_writer is not None:
                 for k, v in val_stats.items():
                     log_writer.add_scalar(f"val/{k}", v, epoch)

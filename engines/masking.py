@@ -1,4 +1,8 @@
-"""Token masks for masked distillation: the attention-guided mask and the cls column."""
+"""Token masks for masked distillation: the attention-guided mask, and the cls column the student's input takes.
+
+Masks are bool (B, T'·H'·W') over the patch tokens, True = masked (the convention of ``utils.batch``);
+``with_cls_column`` makes the student model's (official) input (B, 1 + T'·H'·W') from one.
+"""
 from __future__ import annotations
 
 import torch
@@ -10,7 +14,7 @@ def attention_mask(attn: torch.Tensor, batch_size: int, mask_ratio: float,
 
     attn: (B·T, HW) non-negative cls→patch attention, frames of one sample consecutive.
     Each frame keeps ``HW − int(HW·mask_ratio)`` patches, drawn without replacement.
-    Returns bool (B, 1 + T·HW), True = masked; column 0 (cls) is always visible.
+    Returns bool (B, T·HW), True = masked.
     """
     if attn.ndim != 2 or attn.shape[0] % batch_size:
         raise ValueError(f"attention must be (B*T, HW) with B={batch_size}, got {tuple(attn.shape)}")
@@ -22,11 +26,10 @@ def attention_mask(attn: torch.Tensor, batch_size: int, mask_ratio: float,
     visible = torch.multinomial(probs, keep, replacement=False, generator=generator)
     mask = torch.ones(frames, hw, dtype=torch.bool, device=attn.device)
     mask.scatter_(1, visible, False)
-    mask = mask.reshape(batch_size, -1)
-    return with_cls_column(mask)
+    return mask.reshape(batch_size, -1)
 
 
 def with_cls_column(mask: torch.Tensor) -> torch.Tensor:
-    """Prepend a visible (False) cls column: (B, T·HW) → (B, 1 + T·HW)."""
+    """Prepend a visible (False) cls column: (B, T'·H'·W') → (B, 1 + T'·H'·W'), the student model's mask."""
     cls = torch.zeros(mask.shape[0], 1, dtype=torch.bool, device=mask.device)
     return torch.cat([cls, mask.bool()], dim=1)

@@ -15,8 +15,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from engines.evaluate import valid_mask
+from engines.contracts import EvalTask, Runtime
 from engines.progress import Progress
+from utils.batch import EvalBatch
 from utils.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ _KEYS = ("video_id", "window", "segment", "crop")
 
 
 @torch.no_grad()
-def predict_views(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], print_freq: int = 50) -> dict[str, np.ndarray]:
+def predict_views(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch],
+                  print_freq: int = 50) -> dict[str, np.ndarray]:
     """Run the model on every view of this rank's shard; returns arrays keyed by the view tuple fields plus
     ``outputs`` (V, C) float32, ``label`` (V,) and ``valid`` (V,) bool (invalid views have zero outputs)."""
     model = runtime.model
@@ -34,15 +36,15 @@ def predict_views(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], pri
     total = len(loader) if hasattr(loader, "__len__") else 0
     progress = Progress("test", total, print_freq)
     for i, batch in enumerate(loader):
-        keep = valid_mask(batch, len(batch["video"]))
+        keep = batch.valid
         with runtime.autocast():
             outputs = task.predict(model, batch, runtime.device, runtime.input_dtype).float().cpu()
         outputs[~keep] = 0.0
         parts["outputs"].append(outputs.numpy())
-        parts["label"].append(torch.as_tensor(batch["label"]).numpy())
+        parts["label"].append(batch.label.numpy())
         parts["valid"].append(keep.numpy())
-        for k in _KEYS:
-            parts[k].append(torch.as_tensor(batch[k]).long().numpy())
+        for name, values in zip(_KEYS, (batch.video_id, batch.window, batch.segment, batch.crop)):
+            parts[name].append(values.long().numpy())
         progress.step(i, len(keep))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -145,7 +147,7 @@ def write_video_csv(result: dict[str, Any], path: Path) -> None:
             writer.writerow([v["video_id"], v["label"], v["pred"], v["views"], scores])
 
 
-def multiview_test(runtime: Any, task: Any, loader: Iterable[dict[str, Any]], world_size: int, rank: int,
+def multiview_test(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], world_size: int, rank: int,
                    views_per_window: int, output_dir: Path | None) -> dict[str, Any] | None:
     """Predict this rank's views, write them, and on rank 0 merge all ranks' files.
 

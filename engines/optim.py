@@ -19,11 +19,14 @@ The training loop multiplies the scheduled lr by each group's ``lr_scale``.
 from __future__ import annotations
 
 import logging
+from argparse import Namespace
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
+
+from utils.config import OptimConfig, optim_config
 
 logger = logging.getLogger(__name__)
 
@@ -122,35 +125,41 @@ def model_depth(model: torch.nn.Module) -> int:
     return len(layers) if layers is not None else 0
 
 
-def optimizer_groups(args: Any, model: torch.nn.Module, deepspeed: bool = False) -> list[dict[str, Any]]:
+def optimizer_groups(optim: OptimConfig, model: torch.nn.Module, deepspeed: bool) -> list[dict[str, Any]]:
     """The groups handed to the optimiser (``param_names`` / ``group_name`` dropped), logged once."""
-    if args.weight_decay == 0 and not deepspeed and args.layer_decay_mode == "official":
+    if optim.weight_decay == 0 and not deepspeed and optim.layer_decay_mode == "official":
         logger.info("--weight_decay 0: one parameter group without layer decay (as the official optimiser factory)")
         return [{"params": [p for _, p in official_order(model.named_parameters())], "weight_decay": 0.0}]
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = model_depth(model)
-    groups = param_groups(model.named_parameters(), args.weight_decay, depth, args.layer_decay, skip,
-                          args.layer_decay_mode)
+    groups = param_groups(model.named_parameters(), optim.weight_decay, depth, optim.layer_decay, skip,
+                          optim.layer_decay_mode)
     logger.info("parameter groups (depth %d, layer decay %s, mode %s, no weight decay for %s):", depth,
-                args.layer_decay, args.layer_decay_mode, sorted(skip))
+                optim.layer_decay, optim.layer_decay_mode, sorted(skip))
     for group in groups:
         logger.info("  %s: %d tensors, lr scale %.6g, weight decay %s", group["group_name"], len(group["params"]),
                     group["lr_scale"], group["weight_decay"])
     return [{k: v for k, v in g.items() if k not in ("param_names", "group_name")} for g in groups]
 
 
-def build_optimizer(args: Any, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
-    """Optimiser from ``--opt``, ``--lr``, ``--weight_decay``, ``--layer_decay(_mode)``, ``--opt_eps``,
-    ``--opt_betas``, ``--momentum``."""
-    groups = optimizer_groups(args, model, deepspeed)
-    kwargs: dict[str, Any] = {"eps": args.opt_eps}
-    if args.opt_betas is not None:
-        kwargs["betas"] = tuple(args.opt_betas)
-    if args.opt.lower().endswith("sgd") or args.opt.lower() == "momentum":
-        kwargs = {"momentum": args.momentum}
-    optimizer = create_optimizer_v2(groups, opt=args.opt, lr=args.lr, weight_decay=0.0, **kwargs)
-    logger.info("optimizer %s with %d parameter groups", args.opt, len(groups))
+def create_optimizer(optim: OptimConfig, model: torch.nn.Module, deepspeed: bool) -> torch.optim.Optimizer:
+    """Optimiser ``optim.opt`` (timm's factory) at ``optim.lr`` over ``optimizer_groups``, with ``opt_eps`` and
+    ``opt_betas`` (Adam-style) or ``momentum`` (SGD-style)."""
+    groups = optimizer_groups(optim, model, deepspeed)
+    kwargs: dict[str, Any] = {"eps": optim.opt_eps}
+    if optim.opt_betas is not None:
+        kwargs["betas"] = tuple(optim.opt_betas)
+    if optim.opt.lower().endswith("sgd") or optim.opt.lower() == "momentum":
+        kwargs = {"momentum": optim.momentum}
+    optimizer = create_optimizer_v2(groups, opt=optim.opt, lr=optim.lr, weight_decay=0.0, **kwargs)
+    logger.info("optimizer %s with %d parameter groups", optim.opt, len(groups))
     return optimizer
+
+
+def build_optimizer(args: Namespace, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
+    """The official entry point: the optimiser of the parsed flags (``--opt``, ``--lr`` as given, ``--weight_decay``,
+    ``--layer_decay(_mode)``, ``--opt_eps``, ``--opt_betas``, ``--momentum``); see ``create_optimizer``."""
+    return create_optimizer(optim_config(args, lr_scale=1.0, warmup_from_zero=False), model, deepspeed)
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

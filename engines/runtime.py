@@ -1,7 +1,6 @@
-"""Two execution paths behind one small interface: plain PyTorch (DDP + torch.amp) and DeepSpeed.
-
-The training loop only calls ``autocast()``, ``backward_step(loss, update)``, ``state_dict()`` /
-``load_state_dict()``, ``save(dir, tag, client_state)`` / ``load(path)`` and reads ``model`` / ``module``.
+"""Two execution paths behind one interface (``engines.contracts.Runtime``): plain PyTorch (DDP + torch.amp) and
+DeepSpeed. Each knows its checkpoint layout in the output folder: ``{tag}.pth`` files, or DeepSpeed folders
+``{tag}/`` (``checkpoint_path``).
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engines import checkpoint as ckpt
+from utils.config import OptimConfig, RuntimeConfig
 from utils.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -30,14 +30,20 @@ def amp_dtype(device: torch.device, no_amp: bool, bf16: bool) -> torch.dtype | N
     return torch.float16 if device.type == "cuda" else None
 
 
-class TorchRuntime:
-    """Plain PyTorch: optional DDP, autocast, GradScaler for fp16, clipping, gradient accumulation."""
+def _output_path(output_dir: Path | None, name: str) -> Path:
+    if output_dir is None:
+        raise ValueError(f"{name}: this runtime has no output folder (--output_dir)")
+    return output_dir / name
 
-    is_deepspeed = False
+
+class TorchRuntime:
+    """Plain PyTorch: optional DDP, autocast, GradScaler for fp16, clipping, gradient accumulation; checkpoints
+    ``output_dir/{tag}.pth`` (``output_dir`` None: none)."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  dtype: torch.dtype | None, clip_grad: float | None, distributed: bool,
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: bool = False, output_dir: str | Path | None = None) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
         self.module = module.to(device)
         self.device = device
         self.optimizer = optimizer
@@ -88,9 +94,12 @@ class TorchRuntime:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
-    def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
+    def checkpoint_path(self, tag: str) -> Path:
+        return _output_path(self.output_dir, f"{tag}.pth")
+
+    def save(self, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
         if is_main:
-            ckpt.save_atomic({**self.state_dict(), **client_state}, Path(output_dir) / f"{tag}.pth")
+            ckpt.save_atomic({**self.state_dict(), **client_state}, self.checkpoint_path(tag))
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         """Load a checkpoint written by ``save`` (or the official script); returns the whole dict (epoch, args,
@@ -105,36 +114,36 @@ class TorchRuntime:
         return state
 
 
-def deepspeed_config(args: Any, world_size: int) -> dict[str, Any]:
-    """DeepSpeed config from the flags: micro batch, accumulation, clipping, ZeRO stage, fp16/bf16."""
+def deepspeed_config(optim: OptimConfig, run: RuntimeConfig, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config: micro batch, accumulation, clipping, ZeRO stage, fp16/bf16."""
     cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.update_freq,
-        "train_batch_size": args.batch_size * args.update_freq * world_size,
+        "train_micro_batch_size_per_gpu": run.batch_size,
+        "gradient_accumulation_steps": run.update_freq,
+        "train_batch_size": run.batch_size * run.update_freq * world_size,
         "steps_per_print": 10**9,
-        "zero_optimization": {"stage": args.zero_stage},
+        "zero_optimization": {"stage": run.zero_stage},
         "zero_allow_untested_optimizer": True,
         "wall_clock_breakdown": False,
     }
-    if args.clip_grad is not None:
-        cfg["gradient_clipping"] = args.clip_grad
-    if not args.no_amp and args.bf16:
+    if optim.clip_grad is not None:
+        cfg["gradient_clipping"] = optim.clip_grad
+    if not run.no_amp and run.bf16:
         cfg["bf16"] = {"enabled": True}
-    elif not args.no_amp and args.device.startswith("cuda"):
+    elif not run.no_amp and run.device.startswith("cuda"):
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                        "hysteresis": 2, "min_loss_scale": 1}
     return cfg
 
 
 class DeepSpeedRuntime:
-    """DeepSpeed engine (ZeRO 0/1/2, fp16/bf16 from its config); checkpoints through ``engine.save_checkpoint``."""
-
-    is_deepspeed = True
+    """DeepSpeed engine (ZeRO 0/1/2, fp16/bf16 from its config); checkpoints are folders ``output_dir/{tag}``
+    written by ``engine.save_checkpoint``."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], output_dir: str | Path | None = None) -> None:
         import deepspeed
 
+        self.output_dir = Path(output_dir) if output_dir else None
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
             # One process needs no shared-memory collectives; skipping them avoids a minutes-long JIT build.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -165,17 +174,22 @@ class DeepSpeedRuntime:
         scaler = getattr(self.optimizer, "cur_scale", None)
         return float(scaler) if scaler is not None else 1.0
 
-    def save(self, output_dir: Path, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
+    def checkpoint_path(self, tag: str) -> Path:
+        return _output_path(self.output_dir, tag)
+
+    def save(self, tag: str, client_state: dict[str, Any], is_main: bool) -> None:
         """DeepSpeed writes into a hidden staging folder, which then replaces ``output_dir/tag``
         (``engines.checkpoint.install_folder``): a kill mid-save leaves the previous checkpoint complete."""
-        staging = ckpt.staging_folder(Path(output_dir), tag)
+        target = self.checkpoint_path(tag)
+        staging = ckpt.staging_folder(target.parent, tag)
         if is_main:
             shutil.rmtree(staging, ignore_errors=True)
         barrier()
-        self.engine.save_checkpoint(str(output_dir), tag=staging.name, client_state=client_state, save_latest=False)
+        self.engine.save_checkpoint(str(target.parent), tag=staging.name, client_state=client_state,
+                                    save_latest=False)
         barrier()
         if is_main:
-            ckpt.install_folder(staging, Path(output_dir) / tag)
+            ckpt.install_folder(staging, target)
         barrier()
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """What differs between jobs that share the training loop: loss, outputs and metric.
 
-A task turns a batch (a dict from the datasets) into a loss for training (``training_loss``) and, for
-evaluation, into per-sample outputs (``predict``) and summable statistics (``batch_stats``).
+A task (``engines.contracts.Task`` / ``EvalTask``) turns a batch (``utils.batch``) into a loss for training
+(``training_loss``) and, for evaluation, into per-sample outputs (``predict``) and summable statistics
+(``batch_stats``).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +15,14 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPE
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from engines.masking import attention_mask, with_cls_column
+from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 
 logger = logging.getLogger(__name__)
 
 
-def _video(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
-    x = batch["video"].to(device, non_blocking=True)
+def _video(batch: TrainBatch | EvalBatch | MaskedBatch, device: torch.device,
+           dtype: torch.dtype | None) -> torch.Tensor:
+    x = batch.video.to(device, non_blocking=True)
     return x.to(dtype) if dtype is not None else x
 
 
@@ -39,10 +42,10 @@ class ClassificationTask:
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
 
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+    def training_loss(self, model: torch.nn.Module, batch: TrainBatch, device: torch.device,
                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         x = _video(batch, device, dtype)
-        target = batch["label"].to(device, non_blocking=True).long()
+        target = batch.label.to(device, non_blocking=True).long()
         if self.mixup is not None:
             x, target = self.mixup(x, target)
         logits = model(x).float()
@@ -52,7 +55,7 @@ class ClassificationTask:
         # The official "class_acc": the fraction of the batch whose arg-max is the label (without mixup only).
         return loss, {"class_acc": float((logits.detach().argmax(-1) == target).float().mean())}
 
-    def predict(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+    def predict(self, model: torch.nn.Module, batch: EvalBatch, device: torch.device,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
         """Logits (B, num_classes) in fp32."""
         return model(_video(batch, device, dtype)).float()
@@ -74,13 +77,13 @@ class RegressionTask:
     name = "regression"
     best_key, higher_is_better = "mse", False
 
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+    def training_loss(self, model: torch.nn.Module, batch: TrainBatch, device: torch.device,
                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         pred = self.predict(model, batch, device, dtype)
-        target = batch["label"].to(device, non_blocking=True).float().reshape(-1)
+        target = batch.label.to(device, non_blocking=True).float().reshape(-1)
         return F.mse_loss(pred.reshape(-1), target), {}
 
-    def predict(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+    def predict(self, model: torch.nn.Module, batch: TrainBatch | EvalBatch, device: torch.device,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
         """Predictions (B, 1) in fp32."""
         out = model(_video(batch, device, dtype)).float()
@@ -106,13 +109,19 @@ def distillation_loss(student: torch.Tensor, target: torch.Tensor, loss_type: st
 
 
 class DistillationTask:
-    """Masked distillation of a frozen CLIP teacher into the student's visible tokens."""
+    """Masked distillation of a frozen CLIP teacher into the student's visible tokens.
+
+    Masks are patch-token masks (B, T'·H'·W') (``utils.batch``): the batch's, or drawn from the teacher's attention
+    (``mask_type`` attention). The student takes them with a cls column (``with_cls_column``, here only) and returns
+    its cls feature first; with ``align_cls`` (``--clip_return_cls``) the teacher returns one too and both are
+    compared, otherwise the student's is dropped.
+    """
 
     name = "distillation"
     best_key, higher_is_better = "loss", False
 
-    def __init__(self, teacher: torch.nn.Module, mask_type: str, mask_ratio: float, loss_type: str = "l2",
-                 loss_ratio: float = 1.0, clip_input_resolution: int = 224, clip_input_norm: str = "imagenet") -> None:
+    def __init__(self, teacher: torch.nn.Module, mask_type: str, mask_ratio: float, loss_type: str,
+                 loss_ratio: float, clip_input_resolution: int, clip_input_norm: str, align_cls: bool) -> None:
         if clip_input_norm not in ("imagenet", "clip"):
             raise ValueError(f"--clip_input_norm must be imagenet or clip, got {clip_input_norm!r}")
         self.teacher = teacher.eval().requires_grad_(False)
@@ -121,6 +130,7 @@ class DistillationTask:
         self.loss_type = loss_type
         self.loss_ratio = loss_ratio
         self.resolution = clip_input_resolution
+        self.num_prefix = 1 if align_cls else 0
         # ImageNet-normalised → CLIP-normalised is one affine map per channel: x · scale + shift.
         self.renorm: tuple[torch.Tensor, torch.Tensor] | None = None
         if clip_input_norm == "clip":
@@ -142,8 +152,9 @@ class DistillationTask:
             x = frames.reshape(b, t, c, self.resolution, self.resolution).permute(0, 2, 1, 3, 4)
         return x
 
-    def targets_and_mask(self, batch: dict[str, Any], video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher features at the visible tokens (K, B, N_vis, D) and the student mask (B, 1 + T·HW)."""
+    def targets_and_mask(self, batch: MaskedBatch, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher features of the visible tokens (K, B, [1 +] N_vis, D), the cls feature first with
+        ``align_cls``, and the patch-token mask (B, T'·H'·W')."""
         with torch.no_grad():
             out = self.teacher(self.teacher_input(video))
             feats, attn = out if isinstance(out, tuple) else (out, None)
@@ -152,25 +163,24 @@ class DistillationTask:
                     raise ValueError("--mask_type attention needs the teacher's attention (--clip_return_attn)")
                 mask = attention_mask(attn, video.shape[0], self.mask_ratio)
             else:
-                mask = with_cls_column(batch["mask"].to(video.device).flatten(1))
+                if batch.mask is None:
+                    raise ValueError(f"--mask_type {self.mask_type}: the batch carries no mask")
+                mask = batch.mask.to(video.device)
             k, b, n, d = feats.shape
-            if n == mask.shape[1]:
-                token_mask = mask
-            elif n == mask.shape[1] - 1:
-                token_mask = mask[:, 1:]
-            else:
-                raise ValueError(f"teacher returns {n} tokens but the student mask covers {mask.shape[1]} "
-                                 "(check --input_size, --clip_input_resolution and the teacher patch size)")
-            targets = feats[:, ~token_mask].reshape(k, b, -1, d).float()
+            if n != self.num_prefix + mask.shape[1]:
+                raise ValueError(f"teacher returns {n} tokens but the mask covers {mask.shape[1]} patch tokens"
+                                 f"{' + cls (--clip_return_cls)' if self.num_prefix else ''} (check --input_size, "
+                                 "--clip_input_resolution and the teacher patch size)")
+            patches = feats[:, :, self.num_prefix:][:, ~mask].reshape(k, b, -1, d)
+            targets = torch.cat([feats[:, :, :self.num_prefix], patches], dim=2).float()
         return targets, mask
 
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+    def training_loss(self, model: torch.nn.Module, batch: MaskedBatch, device: torch.device,
                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        video = batch["video"].to(device, non_blocking=True)
+        video = batch.video.to(device, non_blocking=True)
         targets, mask = self.targets_and_mask(batch, video)
-        student = model(video.to(dtype) if dtype is not None else video, mask).float()
-        if student.shape[2] == targets.shape[2] + 1:
-            student = student[:, :, 1:]
+        student = model(video.to(dtype) if dtype is not None else video, with_cls_column(mask)).float()
+        student = student[:, :, 1 - self.num_prefix:]  # its cls feature comes first: kept only when aligned
         if student.shape != targets.shape:
             raise ValueError(f"student output {tuple(student.shape)} does not match teacher targets "
                              f"{tuple(targets.shape)} (check --clip_return_layer and --clip_output_dim)")

@@ -9,8 +9,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from engines.contracts import Runtime, Task
 from engines.optim import apply_schedule
 from engines.progress import Progress
+from utils.batch import MaskedBatch, TrainBatch
 from utils.distributed import all_reduce_sum, get_rank, get_world_size
 from utils.seeding import seed_step
 
@@ -38,9 +40,9 @@ def _decayed_weight_decay(optimizer: torch.optim.Optimizer) -> float | None:
 
 
 def train_one_epoch(
-    runtime: Any,
-    task: Any,
-    loader: Iterable[dict[str, Any]],
+    runtime: Runtime,
+    task: Task,
+    loader: Iterable[TrainBatch | MaskedBatch],
     epoch: int,
     lr_schedule: np.ndarray,
     wd_schedule: np.ndarray,
@@ -91,7 +93,7 @@ def train_one_epoch(
             ema.update(runtime.module)
         lrs = [g["lr"] for g in runtime.optimizer.param_groups]
         lr = max(lrs)
-        n = len(batch["video"])
+        n = len(batch.video)
         progress.update(n=n, loss=value, **extra)
         if update:
             progress.update(lr=lr, min_lr=min(lrs), weight_decay=_decayed_weight_decay(runtime.optimizer),

@@ -31,14 +31,13 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
+from utils.config import CLIP_DIR_ENV
 from utils.errors import BadFileError, MissingPathError
 
 from .checkpoint import inflate_patch_weight
 from .pos_embed import resample_abs_pos_embed
 
 logger = logging.getLogger(__name__)
-
-CLIP_DIR_ENV = "VIDEOMAMBA_CLIP_DIR"
 
 # Architecture name -> constructor sizes and the canonical file name of its converted weights.
 CLIP_ARCHS: dict[str, dict[str, Any]] = {
@@ -253,25 +252,33 @@ def load_clip_state_dict(model: CLIPTeacher, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(clip_checkpoint_filter_fn(state_dict, model, center=center, source=source), strict=True)
 
 
+def _convert_hint(arch: str) -> str:
+    return (f"convert the CLIP weights first: `python tools/convert_clip.py --src <OpenAI .pt | open_clip .bin | "
+            f"Hugging Face folder> --arch {arch} --out <file>`")
+
+
+def default_clip_weights(arch: str, clip_dir: str | os.PathLike | None) -> Path:
+    """``clip_dir/<canonical name>`` of ``arch``: where ``--clip_teacher_path`` falls back to (``clip_dir``:
+    ``$VIDEOMAMBA_CLIP_DIR``); ``MissingPathError`` telling both ways when ``clip_dir`` is not given."""
+    if not clip_dir:
+        raise MissingPathError(
+            f"no CLIP {arch} weights given: pass a path (--clip_teacher_path) or set {CLIP_DIR_ENV} to the folder "
+            f"holding {CLIP_FILE_NAMES[arch]}; {_convert_hint(arch)}"
+        )
+    return Path(clip_dir) / CLIP_FILE_NAMES[arch]
+
+
 def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Path:
     """Path of the converted weights: ``pretrained`` itself, or ``$VIDEOMAMBA_CLIP_DIR/<canonical name>`` when True/"auto".
 
     Raises ``MissingPathError`` (a FileNotFoundError) telling how to produce the file when it does not exist.
     """
-    hint = (f"convert the CLIP weights first: `python tools/convert_clip.py --src <OpenAI .pt | open_clip .bin | "
-            f"Hugging Face folder> --arch {arch} --out <file>`")
     if pretrained is True or pretrained == "auto":
-        clip_dir = os.environ.get(CLIP_DIR_ENV)
-        if not clip_dir:
-            raise MissingPathError(
-                f"no CLIP {arch} weights given: pass a path (--clip_teacher_path) or set {CLIP_DIR_ENV} to the folder "
-                f"holding {CLIP_FILE_NAMES[arch]}; {hint}"
-            )
-        path = Path(clip_dir) / CLIP_FILE_NAMES[arch]
+        path = default_clip_weights(arch, os.environ.get(CLIP_DIR_ENV))
     else:
         path = Path(pretrained)
     if not path.is_file():
-        raise MissingPathError(f"CLIP {arch} teacher weights not found at {path}; {hint}")
+        raise MissingPathError(f"CLIP {arch} teacher weights not found at {path}; {_convert_hint(arch)}")
     return path
 
 

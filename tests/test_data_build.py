@@ -10,10 +10,16 @@ import torch
 from PIL import Image
 
 import datasets.transforms as transforms
+import run_class_finetuning
+import run_mask_pretrain
+from datasets import build_dataset
 from datasets import sampling as S
-from datasets.build import build_dataset, build_pretraining_dataset
+from datasets.build import build_pretraining_dataset
 from datasets.collate import multiple_samples_collate
+from datasets.masking import mask_window_size
+from utils.config import pretrain_config
 from datasets.video_dataset import BadInputError
+from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 from utils.seeding import EpochSampler
 from utils.errors import UsageError
 from tools.make_synthetic_dataset import decode_frame_index, index_frames, write_video
@@ -55,16 +61,37 @@ def indices_of(video):
     return decode_frame_index(frames), crop
 
 
+def _parsed(parser, values: dict) -> Namespace:
+    """The parser's defaults with ``values`` set (the ones the parser knows; the others are ignored)."""
+    args = parser.parse_args([])
+    flags = vars(args)
+    flags.update({k: v for k, v in values.items() if k in flags})
+    return args
+
+
 def make_args(root, tmp_path, lines, **kw):
+    """run_class_finetuning.py's parsed flags for lists of ``lines``; the pretraining flags go to ``pretraining``."""
     for name in ("train", "val", "test"):
         (tmp_path / f"{name}.csv").write_text("".join(f"{line}\n" for line in lines))
     base = dict(data_set="Kinetics_sparse", data_path=str(tmp_path), prefix=str(root), split=" ", nb_classes=4,
                 num_frames=8, sampling_rate=4, input_size=32, short_side_size=32, test_num_segment=1,
                 test_num_crop=1, num_sample=1, video_backend="pyav", trimmed=4, time_stride=1,
-                filename_tmpl="img_{:05}.png", mask_type="tube", mask_ratio=0.75, tubelet_size=1, patch_size=16,
+                filename_tmpl="img_{:05}.png", mask_type="tube", mask_ratio=0.75, tubelet_size=1, aa="none",
                 max_retries=10, max_bad_fraction=0.1)
     base.update(kw)
-    return Namespace(**base)
+    args = _parsed(run_class_finetuning.get_args_parser(), base)
+    args.pretraining = base
+    return args
+
+
+def pretraining(values: dict):
+    """The pretraining dataset of run_mask_pretrain.py's flags set to ``values``, masks over the token grid of a
+    student with 16-pixel patches."""
+    config = pretrain_config(_parsed(run_mask_pretrain.get_args_parser(), values))
+    window = mask_window_size(config.data.num_frames, config.model.tubelet_size, config.model.input_size, 16)
+    return build_pretraining_dataset(config.data, config.augment, mask_type=config.distill.mask_type,
+                                     mask_ratio=config.distill.mask_ratio, mask_window=window,
+                                     seed=config.runtime.seed)
 
 
 def eval_views(ds):
@@ -133,7 +160,7 @@ def test_ssv2_from_videos(media, tmp_path, raw_transforms):
 
 def test_ssv2_from_frame_folders(media, tmp_path, raw_transforms):
     args = make_args(media, tmp_path, ["f30 30 0", "f5 5 1"], data_set="SSV2", test_num_segment=2,
-                     no_use_decord=True)
+                     use_decord=False)
     val, _ = build_dataset(False, False, args)
     assert [v[3] for v in eval_views(val)] == [[1, 4, 7, 10, 13, 16, 19, 22], [0, 0, 0, 0, 1, 2, 3, 4]]
     test, _ = build_dataset(False, True, args)
@@ -167,7 +194,7 @@ def test_trimmed_boundary_and_regression(media, tmp_path, raw_transforms):
     # 30 frames at 5 fps, duration 6; trimmed 4, stride 2: [0,4] [2,6] and [4,6] (6 − 4 = trimmed/2, kept);
     # v5 (10 fps, listed 0.5 s) is shorter than trimmed: one window, frames 0..int(0.5·10) capped at 4
     args = make_args(media, tmp_path, ["v30.mp4 1.25 6", "v5.mp4 -0.5 0.5"], data_set="COIN", num_frames=4,
-                     time_stride=2, nb_classes=1)
+                     time_stride=2, nb_classes=1, task="regression")
     val, nb = build_dataset(False, False, args)
     assert nb == 1
     assert [(v[0], v[1], v[3]) for v in eval_views(val)] == [
@@ -187,14 +214,17 @@ def test_real_transforms_through_workers(media, tmp_path):
     args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 1", "v40.mp4 2", "v30.mp4 3"], num_sample=2,
                      aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25, test_num_segment=2, test_num_crop=3)
     train, _ = build_dataset(True, False, args)
-    loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=2, collate_fn=multiple_samples_collate)
+    loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate)
     batches = list(loader)
-    assert [b["video"].shape for b in batches] == [(4, 3, 8, 32, 32)] * 2
-    assert torch.cat([b["label"] for b in batches]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert all(isinstance(b, TrainBatch) for b in batches)
+    assert [b.video.shape for b in batches] == [(4, 3, 8, 32, 32)] * 2
+    assert torch.cat([b.label for b in batches]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.cat([b.index for b in batches]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     test, _ = build_dataset(False, True, args)
-    batch = next(iter(torch.utils.data.DataLoader(test, batch_size=6)))
-    assert batch["video"].shape == (6, 3, 8, 32, 32) and batch["valid"].all()
-    assert batch["segment"].tolist() == [0, 0, 0, 1, 1, 1] and batch["crop"].tolist() == [0, 1, 2] * 2
+    batch = next(iter(torch.utils.data.DataLoader(test, batch_size=6, num_workers=1, collate_fn=test.collate)))
+    assert isinstance(batch, EvalBatch) and batch.video.shape == (6, 3, 8, 32, 32) and batch.valid.all()
+    assert batch.segment.tolist() == [0, 0, 0, 1, 1, 1] and batch.crop.tolist() == [0, 1, 2] * 2
+    assert batch.video_id.tolist() == [0] * 6 and batch.window.tolist() == [0] * 6
 
 
 def test_training_items_are_a_pure_function_of_seed_epoch_and_index(media, tmp_path):
@@ -220,7 +250,8 @@ def test_training_items_are_a_pure_function_of_seed_epoch_and_index(media, tmp_p
         assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()
     assert not torch.equal(seen[(0, 2)][0], seen[(0, 2)][1])  # the two repeats differ
     assert not torch.equal(seen[(0, 2)], seen[(1, 2)])  # so do two epochs
-    reseeded, _ = build_dataset(True, False, args, seed=1)
+    args.seed = 1
+    reseeded, _ = build_dataset(True, False, args)
     assert not torch.equal(reseeded[(0, 2)]["video"], seen[(0, 2)])
 
 
@@ -269,30 +300,33 @@ def test_list_errors_reach_the_caller(media, tmp_path, raw_transforms):
 def test_pretraining_dataset(media, tmp_path, raw_transforms):
     # the official launchers' setting: --num_segments 8 --num_frames 8 --sampling_rate 1
     args = make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 0"], sampling_rate=1, num_segments=8, mask_type="tube")
-    ds = build_pretraining_dataset(args)
+    ds = pretraining(args.pretraining)
     item = ds[0]
     assert item["mask"].dtype == torch.bool and item["mask"].shape == (8 * 2 * 2,)
     assert item["mask"].view(8, 4).float().std(0).max() == 0  # tube: the same patches in every frame
     assert all(7 * i <= k < 7 * i + 7 for i, k in enumerate(indices_of(item["video"])[0]))  # 60 // 8 = 7 per segment
-    args.mask_type, args.data_path = "attention", str(tmp_path / "train.csv")
-    args.sampling_rate, args.num_segments = 4, 1
-    ds = build_pretraining_dataset(args)
+    args.pretraining.update(mask_type="attention", data_path=str(tmp_path / "train.csv"), sampling_rate=4,
+                            num_segments=1)
+    ds = pretraining(args.pretraining)
     item = ds[0]
     assert set(item) == {"video"}
     idx = indices_of(item["video"])[0]
     assert idx == [idx[0] + 4 * k for k in range(8)] and 0 <= idx[0] <= 60 - 32  # stride 4 from a random start
     # --num_sample 2: two clips of one decode, each with its own mask, flattened by the collate
-    args.mask_type, args.num_sample = "random", 2
-    ds = build_pretraining_dataset(args)
+    args.pretraining.update(mask_type="random", num_sample=2)
+    ds = pretraining(args.pretraining)
     items = [ds[0], ds[1]]
     assert items[0]["video"].shape == (2, 3, 8, 32, 32) and items[0]["mask"].shape == (2, 8 * 2 * 2)
     assert torch.equal(items[0]["video"][0], items[0]["video"][1])  # the raw test transform: same decode
     assert not torch.equal(items[0]["mask"][0], items[0]["mask"][1])
     batch = multiple_samples_collate(items)
     assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["mask"].shape == (4, 32)
-    args.num_segments = 4
+    masked = ds.collate(items)
+    assert isinstance(masked, MaskedBatch) and torch.equal(masked.mask, batch["mask"])
+    assert torch.equal(masked.video, batch["video"])
+    args.pretraining.update(num_segments=4)
     with pytest.raises(ValueError, match="--num_segments 4"):
-        build_pretraining_dataset(args)
+        pretraining(args.pretraining)
 
 
 def test_test_crops_of_one_segment_share_one_decode(media, tmp_path, raw_transforms, monkeypatch):
@@ -310,15 +344,12 @@ def test_test_crops_of_one_segment_share_one_decode(media, tmp_path, raw_transfo
 
 
 def test_bad_input_flags_of_both_entry_scripts_reach_the_datasets(media, tmp_path):
-    import run_class_finetuning
-    import run_mask_pretrain
-
     make_args(media, tmp_path, ["v60.mp4 0", "v9.mp4 1"])
     flags = ["--data_path", str(tmp_path), "--prefix", str(media), "--max_bad_fraction", "0.5", "--max_retries", "3"]
     finetune = run_class_finetuning.get_args_parser().parse_args([*flags, "--data_set", "Kinetics_sparse",
                                                                    "--input_size", "32", "--aa", "none"])
     pretrain = run_mask_pretrain.get_args_parser().parse_args([*flags, "--input_size", "32"])
-    for dataset in (build_dataset(True, False, finetune)[0], build_pretraining_dataset(pretrain)):
+    for dataset in (build_dataset(True, False, finetune)[0], pretraining(vars(pretrain))):
         assert (dataset.tracker.max_bad_fraction, dataset.tracker.max_retries) == (0.5, 3)
     defaults = run_class_finetuning.get_args_parser().parse_args([])
     assert (defaults.max_bad_fraction, defaults.max_retries) == (0.1, 10)  # as DATASET.md and the error say

@@ -1,7 +1,5 @@
 """Pretraining mask generators (the official --mask_type rules): exact masked counts, tube and row structure,
-window size from args, seeding."""
-from argparse import Namespace
-
+window size from the patch size, seeding."""
 import numpy as np
 import pytest
 
@@ -9,15 +7,15 @@ from datasets.masking import (RandomMaskingGenerator, RandomRowMaskingGenerator,
                               TubeRowMaskingGenerator, build_mask_generator, mask_window_size)
 
 
-def pretrain_args(**overrides) -> Namespace:
-    base = dict(num_frames=8, tubelet_size=1, input_size=224, mask_type="tube", mask_ratio=0.8)
-    base.update(overrides)
-    return Namespace(**base)
+def make_generator(mask_type: str = "tube", mask_ratio: float = 0.8, num_frames: int = 8, tubelet_size: int = 1,
+                   input_size: int = 224):
+    """The generator the pretraining dataset gets for a student with 16-pixel patches."""
+    return build_mask_generator(mask_type, mask_ratio, mask_window_size(num_frames, tubelet_size, input_size, 16))
 
 
 def test_tube_mask_same_patches_every_frame_exact_count():
     np.random.seed(0)
-    generator = build_mask_generator(pretrain_args(mask_type="tube", mask_ratio=0.8))
+    generator = make_generator(mask_type="tube", mask_ratio=0.8)
     assert isinstance(generator, TubeMaskingGenerator)
     for _ in range(5):
         mask = generator()
@@ -30,7 +28,7 @@ def test_tube_mask_same_patches_every_frame_exact_count():
 
 def test_random_mask_exact_count_over_the_whole_clip():
     np.random.seed(0)
-    generator = build_mask_generator(pretrain_args(mask_type="random", mask_ratio=0.9, num_frames=16, tubelet_size=2))
+    generator = make_generator(mask_type="random", mask_ratio=0.9, num_frames=16, tubelet_size=2)
     assert isinstance(generator, RandomMaskingGenerator)
     counts = set()
     for _ in range(20):
@@ -45,7 +43,7 @@ def test_random_mask_exact_count_over_the_whole_clip():
 
 def test_tube_row_masks_whole_rows_independently_per_frame():
     np.random.seed(0)
-    generator = build_mask_generator(pretrain_args(mask_type="tube_row", mask_ratio=0.5, input_size=112))
+    generator = make_generator(mask_type="tube_row", mask_ratio=0.5, input_size=112)
     assert isinstance(generator, TubeRowMaskingGenerator)
     patterns = set()
     for _ in range(10):
@@ -58,7 +56,7 @@ def test_tube_row_masks_whole_rows_independently_per_frame():
 
 def test_random_row_masks_rows_over_the_whole_clip():
     np.random.seed(0)
-    generator = build_mask_generator(pretrain_args(mask_type="random_row", mask_ratio=0.5, input_size=112))
+    generator = make_generator(mask_type="random_row", mask_ratio=0.5, input_size=112)
     assert isinstance(generator, RandomRowMaskingGenerator)
     per_frame = set()
     for _ in range(20):
@@ -86,14 +84,15 @@ def test_masks_are_deterministic_under_seed():
 
 
 def test_window_size_attention_and_bad_arguments():
-    assert mask_window_size(pretrain_args(num_frames=16, tubelet_size=2, input_size=112)) == (8, 7, 7)
-    assert mask_window_size(Namespace(num_frames=8, input_size=224)) == (8, 14, 14)
-    assert build_mask_generator(pretrain_args(mask_type="attention")) is None
+    assert mask_window_size(16, 2, 112, 16) == (8, 7, 7)
+    assert mask_window_size(8, 1, 224, 16) == (8, 14, 14)
+    assert mask_window_size(8, 1, 224, 14) == (8, 16, 16)  # the student's real patch size sets the grid
+    assert make_generator(mask_type="attention") is None
     with pytest.raises(ValueError, match="mask_type"):
-        build_mask_generator(pretrain_args(mask_type="block"))
+        make_generator(mask_type="block")
     with pytest.raises(ValueError, match="mask_ratio"):
-        build_mask_generator(pretrain_args(mask_ratio=1.0))
+        make_generator(mask_ratio=1.0)
     with pytest.raises(ValueError, match="tubelet_size"):
-        mask_window_size(pretrain_args(num_frames=9, tubelet_size=2))
+        mask_window_size(9, 2, 224, 16)
     with pytest.raises(ValueError, match="patch size"):
-        mask_window_size(pretrain_args(input_size=200))
+        mask_window_size(8, 1, 200, 16)

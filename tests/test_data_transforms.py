@@ -1,7 +1,6 @@
 """Clip transforms: shapes, normalisation, exact crop offsets, clip-consistent augmentation, determinism."""
 import math
 import random
-from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from datasets.random_erasing import ClipRandomErasing
 from datasets.transforms import (build_pretrain_transform, build_test_transform, build_train_transform,
                                  build_val_transform, jitter_range, sample_jittered_crop_box,
                                  sample_multiscale_crop_box, sample_resized_crop_box)
+from utils.config import AugmentConfig, PretrainAugmentConfig, aa_policy
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -24,11 +24,16 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_args(**overrides) -> Namespace:
+def make_args(**overrides) -> AugmentConfig:
     base = dict(input_size=32, short_side_size=32, test_num_crop=3, aa=None, train_interpolation="bicubic",
-                reprob=0.0, remode="pixel", recount=1, flip=False)
+                train_crop_scale=(0.08, 1.0), reprob=0.0, remode="pixel", recount=1, mixup=0.0, cutmix=0.0,
+                cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.0)
     base.update(overrides)
-    return Namespace(**base)
+    return AugmentConfig(**base)
+
+
+def pretrain_args(**overrides) -> PretrainAugmentConfig:
+    return PretrainAugmentConfig(**{"input_size": 32, "flip": False, "color_jitter": 0.0, **overrides})
 
 
 def coordinate_clip(t: int, h: int, w: int) -> np.ndarray:
@@ -54,13 +59,13 @@ def textured_clip(t: int = 4, h: int = 40, w: int = 56, seed: int = 0) -> np.nda
 @pytest.mark.parametrize("kind", ["train", "val", "test", "pretrain"])
 def test_output_shape_dtype_and_range(kind):
     seed_all(0)
-    args = make_args(aa="rand-m7-n4-mstd0.5-inc1", reprob=1.0, flip=True)
+    args = make_args(aa="rand-m7-n4-mstd0.5-inc1", reprob=1.0)
     frames = np.random.default_rng(1).integers(0, 256, size=(4, 40, 56, 3), dtype=np.uint8)
     transforms = {
         "train": lambda f: build_train_transform(args, flip=True)(f),
         "val": build_val_transform(args),
         "test": lambda f: build_test_transform(args)(f, 2),
-        "pretrain": build_pretrain_transform(args),
+        "pretrain": build_pretrain_transform(pretrain_args(flip=True)),
     }
     out = transforms[kind](frames)
     assert out.shape == (3, 4, 32, 32) and out.dtype == torch.float32 and out.is_contiguous()
@@ -220,7 +225,7 @@ def test_multiscale_crop_boxes_follow_the_official_grid():
 def test_pretrain_crop_matches_pil_reference_pipeline():
     """The official pretraining path crops and resizes PIL frames (bilinear); we agree within one grey level."""
     frames = np.random.default_rng(0).integers(0, 256, size=(2, 60, 80, 3), dtype=np.uint8)
-    transform = build_pretrain_transform(make_args(input_size=32, flip=False))
+    transform = build_pretrain_transform(pretrain_args(input_size=32, flip=False))
     for seed in range(4):
         seed_all(seed)
         out = denormalize(transform(frames)).transpose(1, 2, 3, 0)
@@ -235,8 +240,8 @@ def test_pretrain_crop_matches_pil_reference_pipeline():
 def test_pretrain_colour_jitter_is_drawn_per_frame_after_the_crop():
     """--color_jitter > 0: torchvision's ColorJitter(b, c, s) on every frame independently (official per-image)."""
     frames = textured_clip(t=4, h=40, w=56)  # four identical frames
-    plain = build_pretrain_transform(make_args(input_size=32, color_jitter=0.0))
-    jittered = build_pretrain_transform(make_args(input_size=32, color_jitter=0.4))
+    plain = build_pretrain_transform(pretrain_args(input_size=32, color_jitter=0.0))
+    jittered = build_pretrain_transform(pretrain_args(input_size=32, color_jitter=0.4))
     seed_all(3)
     out_plain = plain(frames)
     assert all(torch.equal(out_plain[:, t], out_plain[:, 0]) for t in range(4))
@@ -248,7 +253,7 @@ def test_pretrain_colour_jitter_is_drawn_per_frame_after_the_crop():
     seed_all(3)
     assert torch.equal(jittered(frames), out)  # reproducible under the seeds
     with pytest.raises(ValueError, match="color_jitter"):
-        build_pretrain_transform(make_args(color_jitter=-0.1))
+        build_pretrain_transform(pretrain_args(color_jitter=-0.1))
 
 
 def test_random_erasing_shared_box_and_validation():
@@ -278,7 +283,7 @@ def test_bad_frames_raise_clear_errors():
 
 def test_aa_off_spellings_disable_rand_augment():
     for off in (None, "", "None", "none"):
-        assert build_train_transform(make_args(aa=off), True).rand_augment is None
+        assert aa_policy(off) is None and build_train_transform(make_args(aa=aa_policy(off)), True).rand_augment is None
     assert math.isclose(build_train_transform(make_args(reprob=0.25), True).erasing.probability, 0.25)
 
 

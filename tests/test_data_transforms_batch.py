@@ -1,5 +1,5 @@
 """Batch-level helpers: repeated-augmentation collate and video Mixup/CutMix."""
-from argparse import Namespace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from timm.data import Mixup
 
 from datasets.collate import multiple_samples_collate
 from datasets.mixup import VideoMixup, build_mixup_fn
+from utils.config import AugmentConfig
 
 
 def repeated_item(item: int, num_samples: int = 3) -> dict:
@@ -64,9 +65,12 @@ def test_plain_timm_cutmix_would_cut_along_time():
 
 def test_video_mixup_blends_and_builder():
     torch.manual_seed(0)
-    assert build_mixup_fn(Namespace(mixup=0.0, cutmix=0.0, cutmix_minmax=None, nb_classes=5)) is None
-    mix = build_mixup_fn(Namespace(mixup=0.8, cutmix=0.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5,
-                                   mixup_mode="batch", smoothing=0.0, nb_classes=5))
+    off = AugmentConfig(input_size=8, short_side_size=8, aa=None, train_interpolation="bicubic",
+                        train_crop_scale=(0.08, 1.0), reprob=0.0, remode="pixel", recount=1, test_num_crop=1, mixup=0.0,
+                        cutmix=0.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
+                        smoothing=0.0)
+    assert build_mixup_fn(off, 5) is None
+    mix = build_mixup_fn(replace(off, mixup=0.8), 5)
     assert isinstance(mix, VideoMixup)
     x = torch.stack([torch.zeros(3, 2, 8, 8), torch.ones(3, 2, 8, 8)])
     mixed, soft = mix(x, torch.tensor([1, 3]))

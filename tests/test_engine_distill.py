@@ -5,6 +5,7 @@ from torch import nn
 
 from engines.masking import attention_mask, with_cls_column
 from engines.tasks import DistillationTask, distillation_loss
+from utils.batch import MaskedBatch
 
 
 def test_attention_mask_keeps_exact_visible_count_per_frame():
@@ -12,9 +13,11 @@ def test_attention_mask_keeps_exact_visible_count_per_frame():
     b, t, hw, ratio = 3, 4, 10, 0.7
     attn = torch.rand(b * t, hw)
     mask = attention_mask(attn, b, ratio)
-    assert mask.shape == (b, 1 + t * hw) and mask.dtype == torch.bool
-    assert not mask[:, 0].any()
-    per_frame_visible = (~mask[:, 1:]).reshape(b, t, hw).sum(-1)
+    assert mask.shape == (b, t * hw) and mask.dtype == torch.bool  # patch tokens only: no cls column
+    student_mask = with_cls_column(mask)
+    assert student_mask.shape == (b, 1 + t * hw) and not student_mask[:, 0].any()
+    assert torch.equal(student_mask[:, 1:], mask)
+    per_frame_visible = (~mask).reshape(b, t, hw).sum(-1)
     assert (per_frame_visible == hw - int(hw * ratio)).all()
 
 
@@ -23,7 +26,7 @@ def test_attention_mask_samples_where_attention_is():
     attn = torch.zeros(b * t, hw)
     attn[:, [1, 6]] = 1.0  # all attention on two patches; keep 2 -> exactly those two
     mask = attention_mask(attn, b, mask_ratio=0.75, generator=torch.Generator().manual_seed(1))
-    visible = (~mask[:, 1:]).reshape(b, t, hw)
+    visible = (~mask).reshape(b, t, hw)
     expected = torch.zeros(hw, dtype=torch.bool)
     expected[[1, 6]] = True
     assert (visible == expected).all()
@@ -87,8 +90,9 @@ class FakeStudent(nn.Module):
 def test_distillation_task_masks_resizes_and_learns():
     torch.manual_seed(0)
     teacher, student = FakeTeacher(), FakeStudent()
-    task = DistillationTask(teacher, "attention", 0.5, "l2", 2.0, clip_input_resolution=16, clip_input_norm="clip")
-    batch = {"video": torch.randn(2, 3, 2, 8, 8)}
+    task = DistillationTask(teacher, "attention", 0.5, "l2", 2.0, clip_input_resolution=16, clip_input_norm="clip",
+                            align_cls=True)
+    batch = MaskedBatch(video=torch.randn(2, 3, 2, 8, 8), mask=None)
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
     losses = []
     for _ in range(30):
@@ -105,16 +109,48 @@ def test_distillation_task_masks_resizes_and_learns():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _task(teacher, mask_type="tube", align_cls=True):
+    return DistillationTask(teacher, mask_type, 0.5, "l2", 1.0, clip_input_resolution=8, clip_input_norm="imagenet",
+                            align_cls=align_cls)
+
+
 def test_loader_masks_get_a_cls_column_and_shape_errors_are_clear():
     teacher = FakeTeacher()
-    task = DistillationTask(teacher, "tube", 0.5, clip_input_resolution=8)
+    task = _task(teacher)
     video = torch.randn(1, 3, 2, 8, 8)
     loader_mask = torch.tensor([[True, False, True, False] * 2])
-    targets, mask = task.targets_and_mask({"mask": loader_mask}, video)
-    assert torch.equal(mask, with_cls_column(loader_mask))
-    assert targets.shape == (1, 1, 5, 6)
+    targets, mask = task.targets_and_mask(MaskedBatch(video, loader_mask), video)
+    assert torch.equal(mask, loader_mask)  # one convention: the batch's patch-token mask
+    assert targets.shape == (1, 1, 5, 6)  # the teacher's cls feature, then the 4 visible patches
+    feats, _ = teacher(video)
+    torch.testing.assert_close(targets[0, 0, 1:], feats[0, 0, 1:][~loader_mask[0]])
+    student = FakeStudent()
+    task.training_loss(student, MaskedBatch(video, loader_mask), torch.device("cpu"))
+    assert torch.equal(student.calls[0], with_cls_column(loader_mask))  # the cls column is added for the student
     with pytest.raises(ValueError, match="teacher returns"):
-        task.targets_and_mask({"mask": torch.zeros(1, 12, dtype=torch.bool)}, video)
+        task.targets_and_mask(MaskedBatch(video, torch.zeros(1, 12, dtype=torch.bool)), video)
+
+
+class PatchTeacher(FakeTeacher):
+    """FakeTeacher without the cls feature (``--clip_return_cls`` off)."""
+
+    def forward(self, x):
+        feats, attn = super().forward(x)
+        return feats[:, :, 1:], attn
+
+
+def test_without_teacher_cls_the_students_cls_feature_is_dropped():
+    video = torch.randn(2, 3, 2, 8, 8)
+    mask = torch.tensor([[True, False, True, False] * 2, [False, True, True, False] * 2])
+    task = _task(PatchTeacher(), align_cls=False)
+    targets, _ = task.targets_and_mask(MaskedBatch(video, mask), video)
+    assert targets.shape == (1, 2, 4, 6)
+    student = FakeStudent()
+    student.proj = task.teacher.proj  # the same projection: the student reproduces the teacher exactly
+    loss, _ = task.training_loss(student, MaskedBatch(video, mask), torch.device("cpu"))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"covers 8 patch tokens \+ cls"):  # a teacher without cls, align_cls on
+        _task(PatchTeacher(), align_cls=True).targets_and_mask(MaskedBatch(video, mask), video)
 
 
 def test_clip_input_norm_maps_imagenet_normalisation_to_clip_normalisation():
@@ -124,7 +160,8 @@ def test_clip_input_norm_maps_imagenet_normalisation_to_clip_normalisation():
         [0.229, 0.224, 0.225]).view(shape)
     clip = (pixels - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(shape)) / torch.tensor(
         [0.26862954, 0.26130258, 0.27577711]).view(shape)
-    renorm = DistillationTask(FakeTeacher(), "tube", 0.5, clip_input_resolution=8, clip_input_norm="clip")
-    keep = DistillationTask(FakeTeacher(), "tube", 0.5, clip_input_resolution=8)
+    renorm = DistillationTask(FakeTeacher(), "tube", 0.5, "l2", 1.0, clip_input_resolution=8, clip_input_norm="clip",
+                              align_cls=True)
+    keep = _task(FakeTeacher())
     torch.testing.assert_close(renorm.teacher_input(imagenet), clip, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(keep.teacher_input(imagenet), imagenet)

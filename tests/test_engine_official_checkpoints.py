@@ -8,6 +8,8 @@ sub-modules) grouped by the official rule written out below.
 """
 import argparse
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ import run_class_finetuning
 from engines.checkpoint import (DEEPSPEED_MODEL_STATES, best_checkpoint, checkpoint_to_evaluate, find_latest,
                                 install_folder, is_complete, staging_folder)
 from engines.fit import build_ema, build_runtime, resume
+from engines.runtime import TorchRuntime
+from models.factory import build_classifier
+from utils.config import finetune_config
 from utils.distributed import DistInfo
 
 DEPTH = 2
@@ -37,6 +42,23 @@ def _argv(out, *extra):
             "--num_frames", "4", "--tubelet_size", "1", "--input_size", "32", "--device", "cpu",
             "--layer_decay", str(LAYER_DECAY), "--weight_decay", "0.05", "--opt_betas", "0.9", "0.999",
             "--output_dir", str(out), "--model_ema", *extra]
+
+
+def _build_model(args):
+    return build_classifier(finetune_config(args).model)
+
+
+def _plain_layout(output_dir):
+    """``TorchRuntime.checkpoint_path`` of a runtime writing into ``output_dir``: ``{tag}.pth`` files."""
+    model = torch.nn.Linear(1, 1)
+    runtime = TorchRuntime(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), None, None,
+                           False, output_dir=output_dir)
+    return runtime.checkpoint_path
+
+
+def _deepspeed_layout(output_dir):
+    """``DeepSpeedRuntime.checkpoint_path``: folders ``{tag}``."""
+    return lambda tag: Path(output_dir) / tag
 
 
 def _official_optimizer(model):
@@ -62,7 +84,7 @@ def _official_optimizer(model):
 def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
     args = run_class_finetuning.get_args_parser().parse_args(_argv(tmp_path / "official"))
     torch.manual_seed(0)
-    official = run_class_finetuning.build_model(args)
+    official = _build_model(args)
     optimizer, index_names = _official_optimizer(official)
     for step in range(3):  # distinct moments for every parameter
         optimizer.zero_grad()
@@ -78,10 +100,11 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
 
     ours_args = run_class_finetuning.get_args_parser().parse_args(_argv(tmp_path / "ours", "--resume", str(path)))
     torch.manual_seed(1)
-    model = run_class_finetuning.build_model(ours_args)
-    runtime = build_runtime(ours_args, model, DistInfo(0, 1, 0, torch.device("cpu")))
-    ema_model = build_ema(ours_args, runtime.module)
-    state = resume(ours_args, runtime, ema_model)
+    model = _build_model(ours_args)
+    config = finetune_config(ours_args)
+    runtime = build_runtime(config.optim, config.runtime, model, DistInfo(0, 1, 0, torch.device("cpu")))
+    ema_model = build_ema(config.ema, runtime.module)
+    state = resume(config.runtime, runtime, ema_model)
 
     assert state.start_epoch == 12 and state.resumed_from == path
     saved = optimizer.state_dict()
@@ -104,8 +127,7 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
     legacy = torch.load(path, weights_only=False)
     legacy["ema"] = {k: v - 1.0 for k, v in legacy.pop("model_ema").items()}
     torch.save(legacy, tmp_path / "legacy.pth")
-    ours_args.resume = str(tmp_path / "legacy.pth")
-    resume(ours_args, runtime, ema_model)
+    resume(replace(config.runtime, resume=str(tmp_path / "legacy.pth")), runtime, ema_model)
     for key, value in legacy["ema"].items():
         torch.testing.assert_close(ema_model.module.state_dict()[key], value, rtol=0, atol=0, msg=key)
     # the resumed optimiser steps
@@ -116,22 +138,26 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
 
 
 def test_eval_weights_best_resume_newest_then_none(tmp_path):
-    assert checkpoint_to_evaluate("", "", False) is None
-    assert checkpoint_to_evaluate(str(tmp_path), "", False) is None
+    layout = _plain_layout(tmp_path)
+    assert checkpoint_to_evaluate("", _plain_layout(None), "", False, search=True) is None
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) is None
     with pytest.raises(FileNotFoundError, match="--eval --test_best: no complete checkpoint-best"):
-        checkpoint_to_evaluate(str(tmp_path), "", True)
+        checkpoint_to_evaluate(str(tmp_path), layout, "", True, search=True)
     for i, name in enumerate(("checkpoint-best.pth", "checkpoint-4.pth", "checkpoint-latest.pth")):
         (tmp_path / name).write_bytes(b"x")
         os.utime(tmp_path / name, ns=(10**18 + i * 10**9,) * 2)
-    assert checkpoint_to_evaluate(str(tmp_path), "", False) == tmp_path / "checkpoint-latest.pth"
-    assert checkpoint_to_evaluate(str(tmp_path), "", False, search=False) is None  # --no_auto_resume
-    assert checkpoint_to_evaluate(str(tmp_path), "/x/given.pth", False).as_posix() == "/x/given.pth"
-    assert checkpoint_to_evaluate(str(tmp_path), "/x/given.pth", True) == tmp_path / "checkpoint-best.pth"
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) == tmp_path / "checkpoint-latest.pth"
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=False) is None  # --no_auto_resume
+    given = checkpoint_to_evaluate(str(tmp_path), layout, "/x/given.pth", False, search=True)
+    assert given.as_posix() == "/x/given.pth"
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "/x/given.pth", True, search=True) == \
+        tmp_path / "checkpoint-best.pth"
     (tmp_path / "checkpoint-latest.pth").unlink()
     (tmp_path / "checkpoint-4.pth").unlink()
-    assert checkpoint_to_evaluate(str(tmp_path), "", False) == tmp_path / "checkpoint-best.pth"
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) == tmp_path / "checkpoint-best.pth"
     (tmp_path / "checkpoint-best.pth").rename(tmp_path / "checkpoint-best_val.pth")  # official regression name
-    assert best_checkpoint(tmp_path) == tmp_path / "checkpoint-best_val.pth"
+    assert best_checkpoint(layout) == tmp_path / "checkpoint-best_val.pth"
+    assert best_checkpoint(_deepspeed_layout(tmp_path)) is None  # DeepSpeed checkpoints are folders
 
 
 def test_official_deepspeed_folders_count_as_complete_and_ours_only_when_marked(tmp_path):
@@ -147,8 +173,9 @@ def test_official_deepspeed_folders_count_as_complete_and_ours_only_when_marked(
     official, best = folder("checkpoint-latest", 1), folder("checkpoint-best", 2)
     (tmp_path / "checkpoint-7").mkdir()  # no model states: not a checkpoint
     assert find_latest(tmp_path) == official
-    assert checkpoint_to_evaluate(str(tmp_path), "", False, deepspeed=True) == official
-    assert checkpoint_to_evaluate(str(tmp_path), "", True, deepspeed=True) == best
+    layout = _deepspeed_layout(tmp_path)
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) == official
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", True, search=True) == best
     staging = staging_folder(tmp_path, "checkpoint-9")  # ours, while DeepSpeed writes: hidden, never a candidate
     staging.mkdir()
     (staging / DEEPSPEED_MODEL_STATES).write_bytes(b"sta")

@@ -1,7 +1,6 @@
 """Parameter groups (the official rule by default, true per-block decay as an option) and the per-step schedules."""
 import math
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 import models  # noqa: F401  (registers the VideoMamba models with timm)
+import run_class_finetuning
 from engines.optim import apply_schedule, build_optimizer, layer_id, official_order, param_groups
 from engines.schedule import cosine_schedule
 
@@ -36,9 +36,12 @@ class FakeBackbone(nn.Module):
 
 
 def _args(**overrides):
+    """run_class_finetuning.py's parsed flags with these values (``build_optimizer`` takes the parsed flags)."""
     base = dict(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5, layer_decay_mode="official", opt_eps=1e-8,
                 opt_betas=[0.9, 0.95], momentum=0.9)
-    return SimpleNamespace(**{**base, **overrides})
+    args = run_class_finetuning.get_args_parser().parse_args([])
+    vars(args).update(base, **overrides)
+    return args
 
 
 # The official rule for VideoMamba, written out: name pattern -> (lr scale is layer_decay**(depth+1)?, decayed?).

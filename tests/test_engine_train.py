@@ -1,7 +1,7 @@
 """The training loop, runtime, checkpoints and validation on a tiny fake model and in-memory data."""
 import json
 import random
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from configs import optim_and_runtime
+from datasets.collate import collate_eval, collate_train
 from engines import checkpoint as ckpt
 from engines.evaluate import evaluate
 from engines.fit import fit, resume
@@ -25,7 +27,8 @@ INFO = DistInfo(0, 1, 0, CPU)
 
 
 class ToyVideos(Dataset):
-    """Clips (3, 2, 4, 4) whose class (0..2) is the channel with the largest mean; ``valid`` False every 5th item."""
+    """Clips (3, 2, 4, 4) whose class (0..2) is the channel with the largest mean: training items, or with
+    ``with_valid`` evaluation views whose ``valid`` is False every 5th item."""
 
     def __init__(self, n: int = 24, seed: int = 0, with_valid: bool = False) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -38,10 +41,13 @@ class ToyVideos(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        item = {"video": self.videos[i], "label": self.labels[i]}
         if self.with_valid:
-            item["valid"] = i % 5 != 4
-        return item
+            return {"video": self.videos[i], "label": self.labels[i], "video_id": i, "window": 0, "segment": 0,
+                    "crop": 0, "valid": i % 5 != 4}
+        return {"video": self.videos[i], "label": self.labels[i], "index": i}
+
+    def collate(self, items):
+        return collate_eval(items) if self.with_valid else collate_train(items, 1)
 
 
 class ToyNet(nn.Module):
@@ -53,24 +59,26 @@ class ToyNet(nn.Module):
         return self.head(x.mean(dim=(2, 3, 4)))
 
 
-def _runtime(model, lr=0.5, opt="sgd"):
+def _runtime(model, lr=0.5, opt="sgd", out=None):
     params = [{"params": list(model.parameters()), "weight_decay": 0.0, "lr_scale": 1.0}]
     optimizer = torch.optim.SGD(params, lr=lr) if opt == "sgd" else torch.optim.AdamW(params, lr=lr)
-    return TorchRuntime(model, optimizer, CPU, None, clip_grad=None, distributed=False)
+    return TorchRuntime(model, optimizer, CPU, None, clip_grad=None, distributed=False, output_dir=out)
 
 
 def _args(tmp_path, **kw):
+    """(OptimConfig, RuntimeConfig) of these flags."""
     base = dict(epochs=3, update_freq=1, print_freq=100, output_dir=str(tmp_path), save_ckpt=True, save_ckpt_freq=1,
                 lr=0.3, min_lr=0.01, warmup_epochs=0, warmup_steps=-1, warmup_lr=0.0, weight_decay=0.0,
                 weight_decay_end=None, resume="", auto_resume=True, start_epoch=0, seed=0, batch_size=4,
                 save_ckpt_steps=0, save_ckpt_minutes=0.0)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return optim_and_runtime(**base)
 
 
 def test_training_lowers_the_loss():
     torch.manual_seed(0)
-    loader = DataLoader(ToyVideos(), batch_size=4, shuffle=True)
+    data = ToyVideos()
+    loader = DataLoader(data, batch_size=4, shuffle=True, collate_fn=data.collate)
     runtime = _runtime(ToyNet(), lr=0.5)
     task = ClassificationTask(3)
     lr = np.full(100, 0.5)
@@ -91,8 +99,10 @@ def test_gradient_accumulation_matches_a_big_batch():
     net_b = ToyNet()
     net_b.load_state_dict(net_a.state_dict())
     run_a, run_b = _runtime(net_a), _runtime(net_b)
-    train_one_epoch(run_a, task, DataLoader(data, batch_size=4), 0, lr, wd, 0, 2, update_freq=1)
-    train_one_epoch(run_b, task, DataLoader(data, batch_size=2), 0, lr, wd, 0, 2, update_freq=2)
+    train_one_epoch(run_a, task, DataLoader(data, batch_size=4, collate_fn=data.collate), 0, lr, wd, 0, 2,
+                    update_freq=1)
+    train_one_epoch(run_b, task, DataLoader(data, batch_size=2, collate_fn=data.collate), 0, lr, wd, 0, 2,
+                    update_freq=2)
     for pa, pb in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
@@ -112,11 +122,12 @@ class NaNAfter:
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     torch.manual_seed(0)
-    loader = DataLoader(ToyVideos(n=12), batch_size=4)
-    runtime = _runtime(ToyNet())
+    data = ToyVideos(n=12)
+    loader = DataLoader(data, batch_size=4, collate_fn=data.collate)
+    runtime = _runtime(ToyNet(), out=tmp_path)
     task = NaNAfter(ClassificationTask(3), n=5)  # epoch 0 = calls 1..3, NaN in epoch 1
     with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 4"):
-        fit(_args(tmp_path), runtime, task, loader, len(loader), INFO)
+        fit(*_args(tmp_path), runtime, task, loader, len(loader), INFO)
     saved = ckpt.read(tmp_path / "checkpoint-latest.pth")
     assert saved["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
@@ -128,24 +139,24 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 def test_resume_continues_exactly(tmp_path):
     data = ToyVideos(n=12)
 
-    def make():
+    def make(out):
         torch.manual_seed(0)
         net = ToyNet()
-        loader = DataLoader(data, batch_size=4, shuffle=True)
-        return net, loader, _runtime(net, lr=0.3, opt="adamw")
+        loader = DataLoader(data, batch_size=4, shuffle=True, collate_fn=data.collate)
+        return net, loader, _runtime(net, lr=0.3, opt="adamw", out=out)
 
-    net_a, loader_a, run_a = make()
+    net_a, loader_a, run_a = make(tmp_path / "a")
     torch.manual_seed(1)
-    fit(_args(tmp_path / "a"), run_a, ClassificationTask(3), loader_a, 3, INFO)
+    fit(*_args(tmp_path / "a"), run_a, ClassificationTask(3), loader_a, 3, INFO)
     # A second run is "killed" after epoch 1: only checkpoint-1 survives; --auto_resume continues from it.
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "checkpoint-1.pth").write_bytes((tmp_path / "a" / "checkpoint-1.pth").read_bytes())
-    net_b, loader_b, run_b = make()
+    net_b, loader_b, run_b = make(tmp_path / "b")
     torch.manual_seed(123)  # whatever the fresh process's RNG is, the checkpoint's RNG state takes over
-    args_b = _args(tmp_path / "b")
+    optim_b, args_b = _args(tmp_path / "b")
     state = resume(args_b, run_b, None)
     assert state.start_epoch == 2
-    fit(args_b, run_b, ClassificationTask(3), loader_b, 3, INFO, state=state)
+    fit(optim_b, args_b, run_b, ClassificationTask(3), loader_b, 3, INFO, state=state)
     for pa, pb in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     opt_a, opt_b = run_a.optimizer.state_dict(), run_b.optimizer.state_dict()
@@ -157,6 +168,7 @@ class Keyed(Dataset):
 
     def __init__(self, data: ToyVideos) -> None:
         self.data = data
+        self.collate = data.collate
 
     def __len__(self) -> int:
         return len(self.data)
@@ -195,14 +207,15 @@ def test_mid_epoch_checkpoint_resumes_at_the_next_step_exactly(tmp_path):
     def make(out):
         torch.manual_seed(0)
         net = DropNet()
-        loader = DataLoader(data, batch_size=2, sampler=EpochSampler(data, num_replicas=1, rank=0, seed=0))
-        return net, loader, _runtime(net, lr=0.3, opt="adamw"), _args(out, epochs=2, save_ckpt_steps=3)
+        loader = DataLoader(data, batch_size=2, sampler=EpochSampler(data, num_replicas=1, rank=0, seed=0),
+                            collate_fn=data.collate)
+        return net, loader, _runtime(net, lr=0.3, opt="adamw", out=out), _args(out, epochs=2, save_ckpt_steps=3)
 
-    net_a, loader_a, run_a, args_a = make(tmp_path / "a")
-    fit(args_a, run_a, task, loader_a, 8, INFO)
-    net_b, loader_b, run_b, args_b = make(tmp_path / "b")
+    net_a, loader_a, run_a, (optim, args_a) = make(tmp_path / "a")
+    fit(optim, args_a, run_a, task, loader_a, 8, INFO)
+    net_b, loader_b, run_b, (optim, args_b) = make(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):  # crashes in the 7th step of epoch 1 (the 15th training call)
-        fit(args_b, run_b, CrashAt(task, 15), loader_b, 8, INFO)
+        fit(optim, args_b, run_b, CrashAt(task, 15), loader_b, 8, INFO)
     saved = ckpt.read(tmp_path / "b" / "checkpoint-latest.pth")
     assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (0, 4, 12)  # global steps 3, 6, 9, 12 saved
     assert len(saved["train_sums"]) == 1 and saved["train_sums"][0]["loss"][1] == 4 * 2
@@ -210,12 +223,12 @@ def test_mid_epoch_checkpoint_resumes_at_the_next_step_exactly(tmp_path):
     torch.manual_seed(99)
     state = resume(args_b, run_c, None)
     assert (state.start_epoch, state.start_step) == (1, 4)
-    fit(args_b, run_c, task, loader_c, 8, INFO, state=state)
+    fit(optim, args_b, run_c, task, loader_c, 8, INFO, state=state)
     for pa, pc in zip(net_a.parameters(), net_c.parameters()):
         assert torch.equal(pa, pc)
     assert (tmp_path / "a" / "log.txt").read_text() == (tmp_path / "b" / "log.txt").read_text()
-    args_b.batch_size = 1  # another number of samples per step: the epoch starts over (no exact resume)
-    assert resume(args_b, run_c, None).start_step == 0
+    # another number of samples per step: the epoch starts over (no exact resume)
+    assert resume(replace(args_b, batch_size=1), run_c, None).start_step == 0
 
 
 def test_save_clock_steps_and_minutes():
@@ -275,7 +288,7 @@ def test_validation_excludes_undecodable_items():
     data = ToyVideos(n=10, with_valid=True)
     net = ToyNet()
     runtime = _runtime(net)
-    stats = evaluate(runtime, ClassificationTask(3), DataLoader(data, batch_size=3))
+    stats = evaluate(runtime, ClassificationTask(3), DataLoader(data, batch_size=3, collate_fn=data.collate))
     keep = [i for i in range(10) if i % 5 != 4]
     with torch.no_grad():
         logits = net(data.videos[keep])
@@ -288,10 +301,11 @@ def test_validation_excludes_undecodable_items():
 def test_regression_task_loss_and_metric():
     net = ToyNet(out=1)
     runtime = _runtime(net)
-    data = [{"video": torch.randn(3, 2, 4, 4), "label": torch.tensor(float(i))} for i in range(6)]
-    stats = evaluate(runtime, RegressionTask(), DataLoader(data, batch_size=4))
+    data = [{"video": torch.randn(3, 2, 4, 4), "label": torch.tensor(float(i)), "video_id": i, "window": 0,
+             "segment": 0, "crop": 0, "valid": True} for i in range(6)]
+    stats = evaluate(runtime, RegressionTask(), DataLoader(data, batch_size=4, collate_fn=collate_eval))
     with torch.no_grad():
         pred = net(torch.stack([d["video"] for d in data])).squeeze(1)
     assert stats["mse"] == pytest.approx(((pred - torch.arange(6.0)) ** 2).mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="nb_classes 1"):
-        RegressionTask().predict(ToyNet(out=3), data[0] | {"video": data[0]["video"][None]}, CPU)
+        RegressionTask().predict(ToyNet(out=3), collate_eval(data[:1]), CPU)

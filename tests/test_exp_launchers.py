@@ -223,3 +223,76 @@ def test_model_zoo_names_existing_launchers_and_covers_them_all() -> None:
     for rel in named:
         assert (EXP / rel).is_file(), f"MODEL_ZOO.md names exp/{rel}, which does not exist"
     assert set(LAUNCHERS) <= named
+
+
+# The published recipe of every launcher, written out: (--lr, --epochs, --batch_size per GPU, --num_frames,
+# test views --test_num_segment x --test_num_crop; None for pretraining). These are the official launchers' values
+# except the two settings MODEL_ZOO.md lists: SSv2 Ti f16x224to288 (16 frames, as its name says; official 64) and
+# COIN M-mask f64 (10 segments, as published; official 4).
+PUBLISHED = {
+    "breakfast/videomamba_tiny/run_f32x224.sh": (2e-4, 70, 32, 32, (4, 3)),
+    "breakfast/videomamba_tiny/run_f64x224.sh": (2e-4, 70, 16, 64, (4, 3)),
+    "breakfast/videomamba_small/run_f32x224.sh": (2e-4, 50, 16, 32, (4, 3)),
+    "breakfast/videomamba_small/run_f64x224.sh": (2e-4, 50, 8, 64, (4, 3)),
+    "breakfast/videomamba_middle/run_f32x224.sh": (2e-4, 50, 8, 32, (4, 3)),
+    "breakfast/videomamba_middle/run_f64x224.sh": (2e-4, 50, 4, 64, (4, 3)),
+    "breakfast/videomamba_middle_mask/run_f32x224.sh": (2e-4, 45, 8, 32, (4, 3)),
+    "breakfast/videomamba_middle_mask/run_f64x224.sh": (2e-4, 45, 4, 64, (4, 3)),
+    "coin/videomamba_tiny/run_f32x224.sh": (2e-4, 40, 32, 32, (10, 3)),
+    "coin/videomamba_tiny/run_f64x224.sh": (2e-4, 40, 16, 64, (10, 3)),
+    "coin/videomamba_small/run_f32x224.sh": (2e-4, 35, 16, 32, (10, 3)),
+    "coin/videomamba_small/run_f64x224.sh": (2e-4, 35, 8, 64, (10, 3)),
+    "coin/videomamba_middle/run_f32x224.sh": (2e-4, 30, 8, 32, (10, 3)),
+    "coin/videomamba_middle/run_f64x224.sh": (2e-4, 30, 4, 64, (10, 3)),
+    "coin/videomamba_middle_mask/run_f32x224.sh": (2e-4, 30, 8, 32, (10, 3)),
+    "coin/videomamba_middle_mask/run_f64x224.sh": (2e-4, 30, 4, 64, (10, 3)),
+    "k400/videomamba_tiny/run_f8x224.sh": (2e-4, 70, 64, 8, (4, 3)),
+    "k400/videomamba_tiny/run_f16x224.sh": (2e-4, 70, 64, 16, (4, 3)),
+    "k400/videomamba_tiny/run_f32x224.sh": (2e-4, 70, 32, 32, (4, 3)),
+    "k400/videomamba_tiny/run_f64x224.sh": (2e-4, 70, 16, 64, (4, 3)),
+    "k400/videomamba_tiny/run_f64x224to384.sh": (5e-6, 10, 6, 64, (4, 3)),
+    "k400/videomamba_small/run_f8x224.sh": (2e-4, 50, 64, 8, (4, 3)),
+    "k400/videomamba_small/run_f16x224.sh": (2e-4, 50, 32, 16, (4, 3)),
+    "k400/videomamba_small/run_f32x224.sh": (2e-4, 50, 16, 32, (4, 3)),
+    "k400/videomamba_small/run_f64x224.sh": (2e-4, 50, 8, 64, (4, 3)),
+    "k400/videomamba_small/run_f64x224to384.sh": (5e-6, 6, 2, 64, (4, 3)),
+    "k400/videomamba_middle/run_f8x224.sh": (2e-4, 50, 32, 8, (4, 3)),
+    "k400/videomamba_middle/run_f16x224.sh": (1e-4, 50, 16, 16, (4, 3)),
+    "k400/videomamba_middle/run_f32x224.sh": (1e-4, 50, 8, 32, (4, 3)),
+    "k400/videomamba_middle/run_f64x224.sh": (1e-4, 50, 4, 64, (4, 3)),
+    "k400/videomamba_middle/run_f64x224to384.sh": (5e-6, 6, 1, 64, (4, 3)),
+    "k400/videomamba_middle_mask/run_f8x224.sh": (1e-4, 45, 32, 8, (4, 3)),
+    "k400/videomamba_middle_mask/run_f16x224.sh": (1e-4, 45, 16, 16, (4, 3)),
+    "k400/videomamba_middle_mask/run_f32x224.sh": (1e-4, 45, 8, 32, (4, 3)),
+    "k400/videomamba_middle_mask/run_f64x224.sh": (1e-4, 45, 4, 64, (4, 3)),
+    "k400/videomamba_middle_mask/run_f64x224to384.sh": (5e-6, 6, 1, 64, (4, 3)),
+    "k400/videomamba_middle_mask/run_mask_pretrain.sh": (1.5e-4, 801, 64, 8, None),
+    "ssv2/videomamba_tiny/run_f8x224.sh": (4e-4, 35, 64, 8, (2, 3)),
+    "ssv2/videomamba_tiny/run_f16x224.sh": (4e-4, 35, 64, 16, (2, 3)),
+    "ssv2/videomamba_tiny/run_f16x224to288.sh": (5e-6, 10, 32, 16, (2, 3)),
+    "ssv2/videomamba_small/run_f8x224.sh": (4e-4, 30, 64, 8, (2, 3)),
+    "ssv2/videomamba_small/run_f16x224.sh": (4e-4, 30, 32, 16, (2, 3)),
+    "ssv2/videomamba_small/run_f16x224to288.sh": (5e-6, 10, 12, 16, (2, 3)),
+    "ssv2/videomamba_middle/run_f8x224.sh": (4e-4, 30, 32, 8, (2, 3)),
+    "ssv2/videomamba_middle/run_f16x224.sh": (4e-4, 30, 16, 16, (2, 3)),
+    "ssv2/videomamba_middle/run_f16x224to288.sh": (5e-6, 10, 6, 16, (2, 3)),
+    "ssv2/videomamba_middle_mask/run_f8x224.sh": (1e-4, 30, 32, 8, (2, 3)),
+    "ssv2/videomamba_middle_mask/run_f16x224.sh": (1e-4, 30, 16, 16, (2, 3)),
+    "ssv2/videomamba_middle_mask/run_f16x224to288.sh": (5e-6, 10, 6, 16, (2, 3)),
+    "ssv2/videomamba_middle_mask/run_mask_pretrain.sh": (1.5e-4, 801, 64, 8, None),
+    "lvu/run_class.sh": (4e-4, 70, 8, 32, (4, 3)),
+    "lvu/run_class_trim.sh": (4e-4, 70, 8, 32, (4, 3)),
+    "lvu/run_regression.sh": (4e-4, 70, 8, 32, (4, 3)),
+    "lvu/run_regression_trim.sh": (4e-4, 70, 8, 32, (4, 3)),
+}
+
+
+def test_every_launcher_sets_the_published_recipe(sandbox: Path) -> None:
+    """lr, epochs, batch size, frames and test views of each launcher, as its entry script parses them."""
+    assert sorted(PUBLISHED) == LAUNCHERS
+    parsers = _entry_parsers()
+    for rel in LAUNCHERS:
+        words = _launch_words(rel, _paths(sandbox))
+        args = parsers[words[0]].parse_args(words[1:] + ["--output_dir", "out"])
+        views = None if words[0] == "run_mask_pretrain.py" else (args.test_num_segment, args.test_num_crop)
+        assert (args.lr, args.epochs, args.batch_size, args.num_frames, views) == PUBLISHED[rel], rel

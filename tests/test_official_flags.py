@@ -18,7 +18,7 @@ import run_class_finetuning
 import run_mask_pretrain
 import run_regression_finetuning
 from engines.cli import IGNORED, report_ignored
-from utils.distributed import _launcher_env
+from utils.distributed import launcher_env
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = json.loads((REPO / "tests" / "data" / "official_flags.json").read_text())
@@ -157,11 +157,11 @@ def test_dist_on_itp_reads_openmpi_variables(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "5")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "16")
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
-    assert _launcher_env(openmpi=True) == (5, 16, 1)
-    assert _launcher_env() is None  # only with --dist_on_itp
+    assert launcher_env(openmpi=True) == (5, 16, 1)
+    assert launcher_env() is None  # only with --dist_on_itp
     monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
     with pytest.raises(RuntimeError, match="--dist_on_itp needs .*OMPI_COMM_WORLD_LOCAL_RANK"):
-        _launcher_env(openmpi=True)
+        launcher_env(openmpi=True)
 
 
 def test_official_pretraining_command_runs_unchanged_through_the_alias_script(tmp_path):

@@ -5,6 +5,11 @@ Modes:
           position, size, colours and background are random, so a single frame does not reveal the class.
   index   every frame encodes its own index as a 4×4 grid of black/white blocks (16 bits, survives h264),
           for exact frame-index tests; ``decode_frame_index`` reads it back.
+  colour  4 classes told apart by the colour (red, green, blue, yellow) of a square of random size drifting over a
+          noisy grey background of random level: every frame shows the class, but only in a part of it.
+  brightness  a regression set: the label is a real value v in [-1, 1] that sets the mean grey level of the
+          video (40 + 175 · (v + 1) / 2, with pixel noise and a drifting darker or lighter blob), for
+          ``--task regression`` runs that must learn something.
 
 List lines are ``videos/<split>_<k>.mp4 <label>`` (space-separated); use ``--prefix <out>`` when training.
 Example: python tools/make_synthetic_dataset.py --out /tmp/synth --num_train 64 --size 64 --frames 16
@@ -20,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python t
 import av
 import numpy as np
 
-NUM_MOTION_CLASSES = 4
+NUM_CLASSES = 4
 _BITS_SIDE = 4  # index mode: a 4×4 grid of blocks, one bit each
 _DIRECTIONS = {0: (1, 0), 1: (-1, 0), 2: (0, 1), 3: (0, -1)}  # (dx, dy): right, left, down, up
+_COLOURS = {0: (230, 40, 40), 1: (40, 200, 40), 2: (40, 60, 240), 3: (220, 220, 40)}  # red, green, blue, yellow
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18,
@@ -109,9 +115,53 @@ def motion_frames(label: int, num_frames: int, size: int, rng: np.random.Generat
     return frames
 
 
+def colour_frames(label: int, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A square of colour ``label`` (a third to half of the frame side) drifting at up to 2 px per frame over a grey
+    background of random level (60-190) with pixel noise (σ 8)."""
+    side = int(rng.integers(size // 3, size // 2 + 1))
+    grey = np.clip(rng.integers(60, 190) + rng.normal(0, 8, (size, size, 1)), 0, 255)
+    x0, y0 = rng.integers(0, size - side, 2)
+    vx, vy = rng.integers(-2, 3, 2)
+    frames = np.repeat(np.repeat(grey, 3, axis=-1)[None], num_frames, axis=0).astype(np.uint8)
+    for t in range(num_frames):
+        x, y = int(np.clip(x0 + vx * t, 0, size - side)), int(np.clip(y0 + vy * t, 0, size - side))
+        frames[t, y:y + side, x:x + side] = _COLOURS[label]
+    return frames
+
+
+def brightness_frames(value: float, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Grey frames whose mean level is 40 + 175 · (value + 1) / 2 (value in [-1, 1]), with pixel noise (σ 6) and a
+    blob ±30 grey levels off the background drifting across the frame, so that no pixel alone gives the value."""
+    level = 40 + 175 * (value + 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    x0, y0, vx, vy = rng.uniform(0, size, 2).tolist() + rng.uniform(-2, 2, 2).tolist()
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        blob = np.exp(-((xx - x0 - vx * t) ** 2 + (yy - y0 - vy * t) ** 2) / (2 * (size / 6) ** 2))
+        grey = level + sign * 30 * blob + rng.normal(0, 6, (size, size))
+        frames[t] = np.clip(grey, 0, 255).astype(np.uint8)[..., None]
+    return frames
+
+
+def _clip_and_label(mode: str, k: int, count: int, frames: int, size: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Item ``k`` of a split of ``count``: its frames and the label column (a class id, or for brightness a real
+    value, the split's values evenly spread over [-1, 1])."""
+    if mode == "brightness":
+        value = round(-1 + 2 * (k + 0.5) / count, 4)
+        return brightness_frames(value, frames, size, rng), f"{value}"
+    label = k % NUM_CLASSES
+    if mode == "index":
+        return index_frames(frames, size, size), f"{label}"
+    draw = motion_frames if mode == "motion" else colour_frames
+    return draw(label, frames, size, rng), f"{label}"
+
+
 def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num_val: int = 16,
                  num_test: int = 16, size: int = 64, frames: int = 16, fps: int = 30, seed: int = 0) -> Path:
-    """Write ``out/videos/*.mp4`` and ``out/{train,val,test}.csv``; labels cycle through the 4 classes."""
+    """Write ``out/videos/*.mp4`` and ``out/{train,val,test}.csv``; class labels cycle through the 4 classes,
+    brightness labels are evenly spread over [-1, 1]."""
     if size % 2 or size < 16:
         raise ValueError(f"--size must be even and >= 16, got {size}")
     out = Path(out)
@@ -119,8 +169,7 @@ def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num
     for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
         lines = []
         for k in range(count):
-            label = k % NUM_MOTION_CLASSES
-            clip = motion_frames(label, frames, size, rng) if mode == "motion" else index_frames(frames, size, size)
+            clip, label = _clip_and_label(mode, k, count, frames, size, rng)
             rel = f"videos/{split}_{k:05d}.mp4"
             write_video(out / rel, clip, fps=fps)
             lines.append(f"{rel} {label}\n")
@@ -131,7 +180,7 @@ def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--mode", choices=("motion", "index"), default="motion")
+    parser.add_argument("--mode", choices=("motion", "index", "colour", "brightness"), default="motion")
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--num_val", type=int, default=16)
     parser.add_argument("--num_test", type=int, default=16)

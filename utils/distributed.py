@@ -43,7 +43,7 @@ def _first_slurm_host(nodelist: str) -> str:
     return out.stdout.split()[0]
 
 
-def _launcher_env(openmpi: bool = False) -> tuple[int, int, int] | None:
+def launcher_env(openmpi: bool = False) -> tuple[int, int, int] | None:
     """(rank, world_size, local_rank) from OpenMPI (``openmpi``: the official ``--dist_on_itp``), torchrun or
     slurm variables, or None for a plain single process."""
     env = os.environ
@@ -72,7 +72,7 @@ def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group:
     use_cuda = device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but CUDA is not available; pass --device cpu")
-    found = _launcher_env(openmpi)
+    found = launcher_env(openmpi)
     rank, world_size, local_rank = found if found is not None else (0, 1, 0)
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:

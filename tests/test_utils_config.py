@@ -1,0 +1,159 @@
+"""The typed configuration: every derived value computed once from the parsed flags, the environment variables as
+fallbacks of real flags, the official ``args`` entry of checkpoints, and the batch types' contract."""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_class_finetuning
+import run_mask_pretrain
+import run_regression_finetuning
+from datasets.collate import collate_eval, collate_masked, collate_train
+from models.clip_teacher import default_clip_weights
+from models.factory import build_classifier
+from models.ops import get_backend, set_backend
+from utils.batch import EvalBatch, MaskedBatch, TrainBatch
+from utils.config import (CLIP_DIR_ENV, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig, checkpoint_args,
+                          finetune_config, pretrain_config)
+from utils.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", SCAN_BACKEND_ENV, CLIP_DIR_ENV)
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch):
+    """No launcher and no VideoMamba variables: a plain single process."""
+    for name in LAUNCHER_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def finetune(*argv: str) -> FinetuneConfig:
+    return finetune_config(run_class_finetuning.get_args_parser().parse_args(list(argv)))
+
+
+def pretrain(*argv: str) -> PretrainConfig:
+    return pretrain_config(run_mask_pretrain.get_args_parser().parse_args(list(argv)))
+
+
+def test_lr_is_scaled_once_by_the_total_batch_and_num_sample(monkeypatch):
+    config = finetune("--batch_size", "16", "--update_freq", "2", "--num_sample", "2", "--lr", "1e-3")
+    assert config.runtime.world_size == 1
+    assert config.optim.lr_scale == 16 * 2 * 2 / 256
+    assert config.optim.lr == pytest.approx(1e-3 * 0.25) and config.optim.min_lr == pytest.approx(1e-6 * 0.25)
+    assert config.optim.warmup_start == config.optim.warmup_lr == pytest.approx(1e-6 * 0.25)
+    assert finetune("--no_lr_scale", "--lr", "1e-3").optim.lr == 1e-3
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun's variables: the world size of the lr rule
+    scaled = finetune("--batch_size", "16", "--num_sample", "2", "--lr", "1e-3")
+    assert scaled.runtime.world_size == 8 and scaled.optim.lr == pytest.approx(1e-3 * 16 * 8 * 2 / 256)
+
+
+def test_pretraining_warms_up_from_zero_and_resolves_weight_decay_end():
+    config = pretrain("--warmup_lr", "1e-3", "--batch_size", "32")
+    assert config.optim.warmup_start == 0.0 and config.optim.warmup_lr == pytest.approx(1e-3 * 32 / 256)
+    assert config.optim.weight_decay_end == config.optim.weight_decay == 0.05
+    assert finetune("--weight_decay_end", "0.1").optim.weight_decay_end == 0.1
+    assert finetune("--opt_betas", "0.9", "0.999").optim.opt_betas == (0.9, 0.999)
+
+
+def test_regression_is_decided_once_from_task_and_nb_classes():
+    regression = finetune("--task", "regression", "--nb_classes", "1", "--mixup", "0.8", "--smoothing", "0.1")
+    assert regression.task == "regression" and regression.data.regression
+    augment = regression.augment
+    assert (augment.mixup, augment.cutmix, augment.cutmix_minmax, augment.smoothing) == (0.0, 0.0, None, 0.0)
+    alias = run_regression_finetuning.get_args_parser().parse_args([])
+    assert finetune_config(alias).task == "regression"
+    classification = finetune("--nb_classes", "10")
+    assert classification.task == "classification" and not classification.data.regression
+    assert classification.augment.mixup == 0.8 and classification.augment.smoothing == 0.1
+    with pytest.raises(UsageError, match="--task regression needs --nb_classes 1"):
+        finetune("--task", "regression", "--nb_classes", "400")
+    with pytest.raises(UsageError, match="pass --task regression"):
+        finetune("--nb_classes", "1")
+
+
+def test_aa_spellings_and_frame_folders():
+    assert finetune("--aa", "none").augment.aa is None and finetune("--aa", "").augment.aa is None
+    assert finetune().augment.aa == "rand-m7-n4-mstd0.5-inc1"
+    assert finetune("--no_use_decord").data.frame_folders and not finetune().data.frame_folders
+    # the parser's values, not a builder's own fallback: --reprob 0.25, --test_num_crop 3
+    assert (finetune().augment.reprob, finetune().augment.test_num_crop) == (0.25, 3)
+
+
+def test_scan_backend_flag_with_the_environment_as_fallback(monkeypatch):
+    assert finetune().model.scan_backend == "auto"
+    monkeypatch.setenv(SCAN_BACKEND_ENV, "ref")
+    assert finetune().model.scan_backend == "ref" and pretrain().model.scan_backend == "ref"
+    assert finetune("--scan_backend", "torch").model.scan_backend == "torch"
+    with pytest.raises(SystemExit):
+        run_class_finetuning.get_args_parser().parse_args(["--scan_backend", "gpu"])
+
+
+def test_the_run_applies_its_scan_backend():
+    previous = get_backend()
+    try:
+        config = finetune("--scan_backend", "ref", "--depth", "1", "--embed_dim", "16", "--num_frames", "2",
+                          "--input_size", "32", "--nb_classes", "3")
+        build_classifier(config.model)
+        assert get_backend() == "ref"
+    finally:
+        set_backend(previous)
+
+
+def test_clip_teacher_path_with_the_clip_folder_as_fallback(monkeypatch, tmp_path):
+    assert pretrain("--clip_teacher_path", "/w/b16.pth").teacher.clip_teacher_path == "/w/b16.pth"
+    assert pretrain().teacher.clip_dir is None
+    with pytest.raises(FileNotFoundError, match="--clip_teacher_path.*VIDEOMAMBA_CLIP_DIR"):
+        default_clip_weights("ViT-B/16", pretrain().teacher.clip_dir)
+    monkeypatch.setenv(CLIP_DIR_ENV, str(tmp_path))
+    teacher = pretrain().teacher
+    assert teacher.clip_dir == str(tmp_path)
+    assert default_clip_weights("ViT-L/14", teacher.clip_dir) == tmp_path / "vit_l14.pth"
+    assert not teacher.clip_return_attn and pretrain("--mask_type", "attention").teacher.clip_return_attn
+
+
+def test_checkpoint_args_are_the_official_namespace_and_the_config_a_plain_dict():
+    args = run_class_finetuning.get_args_parser().parse_args(["--task", "regression", "--nb_classes", "1",
+                                                             "--lr", "1e-3", "--batch_size", "128"])
+    config = finetune_config(args)
+    saved = checkpoint_args(args, config)
+    assert saved["lr"] == pytest.approx(1e-3) and config.optim.lr_scale == 1.0  # 128 × 2 samples / 256
+    assert (saved["mixup"], saved["cutmix"], saved["smoothing"]) == (0.0, 0.0, 0.0)
+    assert {k: v for k, v in saved.items() if k not in ("lr", "min_lr", "warmup_lr", "mixup", "cutmix",
+                                                          "cutmix_minmax", "smoothing")} == \
+        {k: v for k, v in vars(args).items() if k not in ("lr", "min_lr", "warmup_lr", "mixup", "cutmix",
+                                                          "cutmix_minmax", "smoothing")}
+    plain = dataclasses.asdict(config)
+    assert plain["optim"]["lr"] == config.optim.lr and plain["data"]["regression"] is True
+    json.dumps(plain)  # plain values only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_every_official_launcher_command_line_converts():
+    data = json.loads((REPO / "tests" / "data" / "official_flags.json").read_text())
+    parsers = {"run_class_finetuning.py": (run_class_finetuning.get_args_parser(), finetune_config),
+               "run_regression_finetuning.py": (run_regression_finetuning.get_args_parser(), finetune_config),
+               "run_videomamba_pretraining.py": (run_mask_pretrain.get_args_parser(), pretrain_config)}
+    for launcher in data["launchers"]:
+        parser, convert = parsers[launcher["entry"]]
+        config = convert(parser.parse_args(launcher["argv"]))
+        assert config.runtime.output_dir == "OUTPUT_DIR" and config.model.tubelet_size == 1, launcher["launcher"]
+
+
+def test_batches_are_typed_and_pinnable_tensor_containers():
+    train = collate_train([{"video": torch.zeros(3, 2, 4, 4), "label": torch.tensor(1), "index": 5}] * 2, 1)
+    assert isinstance(train, TrainBatch) and train.index.tolist() == [5, 5] and train.label.dtype == torch.int64
+    view = {"video": torch.zeros(3, 2, 4, 4), "label": torch.tensor(0.5), "video_id": 3, "window": 1, "segment": 0,
+            "crop": 2, "valid": False}
+    evaluation = collate_eval([view])
+    assert isinstance(evaluation, EvalBatch) and evaluation.valid.dtype == torch.bool and not evaluation.valid.any()
+    masked = collate_masked([{"video": torch.zeros(2, 3, 2, 4, 4), "mask": torch.ones(2, 8, dtype=torch.bool)}], 2)
+    assert isinstance(masked, MaskedBatch) and masked.mask.shape == (2, 8) and masked.video.shape[0] == 2
+    assert collate_masked([{"video": torch.zeros(3, 2, 4, 4)}], 1).mask is None
+    if torch.cuda.is_available():  # what the DataLoader calls with --pin_mem
+        pinned = train.pin_memory()
+        assert isinstance(pinned, TrainBatch) and pinned.video.is_pinned() and pinned.index.is_pinned()
