@@ -46,8 +46,9 @@ PATH_FLAGS = {"--data_path": "folder", "--prefix": "folder", "--finetune": "file
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("VideoMamba fine-tuning and evaluation", allow_abbrev=False)
-    parser.add_argument("--task", default="classification", choices=["classification", "regression"],
-                        help="regression: one real-valued output (--nb_classes 1), MSE loss and metric")
+    parser.add_argument("--task", default=None, choices=["classification", "regression"],
+                        help="regression: one real-valued output, MSE loss and metric (default: regression exactly "
+                             "when --nb_classes is 1)")
     parser.add_argument("--epochs", default=30, type=int)
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="videomamba_tiny", type=str)

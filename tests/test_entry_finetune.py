@@ -161,8 +161,8 @@ def test_regression_learns_a_real_valued_target(brightness_set, tmp_path):
     last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
     assert result["best"] == min(val_mse)
-    with pytest.raises(UsageError, match="--task regression"):
-        _run(_argv(brightness_set, tmp_path / "bad", "--epochs", "1", "--nb_classes", "1"))
+    with pytest.raises(UsageError, match="--task classification needs --nb_classes >= 2"):
+        _run(_argv(brightness_set, tmp_path / "bad", "--epochs", "1", "--task", "classification", "--nb_classes", "1"))
 
 
 def test_k710_checkpoint_into_600_classes_needs_label_map(tmp_path):

@@ -71,8 +71,10 @@ def test_regression_is_decided_once_from_task_and_nb_classes():
     assert classification.augment.mixup == 0.8 and classification.augment.smoothing == 0.1
     with pytest.raises(UsageError, match="--task regression needs --nb_classes 1"):
         finetune("--task", "regression", "--nb_classes", "400")
-    with pytest.raises(UsageError, match="pass --task regression"):
-        finetune("--nb_classes", "1")
+    implied = finetune("--nb_classes", "1", "--mixup", "0.8")
+    assert implied.task == "regression" and implied.data.regression and implied.augment.mixup == 0.0
+    with pytest.raises(UsageError, match="--task classification needs --nb_classes >= 2"):
+        finetune("--task", "classification", "--nb_classes", "1")
 
 
 def test_aa_spellings_and_frame_folders():

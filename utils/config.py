@@ -275,13 +275,15 @@ def _fields(cls: type, args: Namespace, **derived: Any) -> Any:
 
 
 def task_of(args: Namespace) -> str:
-    """``--task``, checked against ``--nb_classes`` (regression is exactly ``--nb_classes 1``)."""
+    """``--task``, else implied by ``--nb_classes`` (1: regression), checked against it."""
+    if args.task is None:
+        return "regression" if args.nb_classes == 1 else "classification"
     if args.task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {args.task!r}")
     if args.task == "regression" and args.nb_classes != 1:
         raise UsageError(f"--task regression needs --nb_classes 1, got {args.nb_classes}")
     if args.task == "classification" and args.nb_classes < 2:
-        raise UsageError("--nb_classes 1 is regression: pass --task regression (or use run_regression_finetuning.py)")
+        raise UsageError("--task classification needs --nb_classes >= 2 (--nb_classes 1 is regression)")
     return args.task
 
 
