@@ -5,6 +5,7 @@ Formats (one sample per line, blank lines ignored, exactly these fields):
   regression      ``path value``                  value: float
   trimmed         ``path label duration``         duration in seconds (label int, or float for regression)
   frames          ``folder total_frames label``   SSV2 extracted frames
+  paths           ``path [anything ...]``         pretraining: the first field only (e.g. ``path 0 -1``)
 A malformed line raises ``ListFileError`` naming the file and the 1-based line number. ``read_list_lines`` is the
 lenient reader for checking tools: it keeps every line's exact bytes and reports malformed lines instead of raising.
 """
@@ -24,6 +25,7 @@ FORMATS = {
     "regression": ("path", "value"),
     "trimmed": ("path", "label", "duration"),
     "frames": ("folder", "total_frames", "label"),
+    "paths": ("path",),  # pretraining: only the first field is read; any further fields are ignored
 }
 
 
@@ -79,6 +81,10 @@ def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regressi
     """Parse one stripped list line of format ``fmt``; raises ``ValueError`` describing what is wrong."""
     fields = FORMATS[fmt]
     parts = split_fields(line, split)
+    if fmt == "paths":
+        if not parts[0]:
+            raise ValueError(f"expected a video path as the first field (fields separated by {split!r})")
+        return ListEntry(join_prefix(prefix, parts[0]), 0)
     if len(parts) != len(fields) or not all(parts):
         raise ValueError(f"expected {len(fields)} fields '{' '.join(fields)}' separated by {split!r}")
     try:
@@ -141,6 +147,7 @@ def read_list(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str =
 def guess_format(lines: Iterable[str], split: str = " ") -> tuple[str, bool]:
     """``(format, regression)`` of a video list from its text lines: ``trimmed`` when most non-blank lines have 3
     fields, else ``classification``; regression when a label of those lines is a number but not an integer.
+    A 3-field list whose third column holds a negative number (the pretraining lists' ``path 0 -1``) is ``paths``.
 
     Frame-folder lists (3 fields too) are never guessed: name that format explicitly.
     """
@@ -148,7 +155,17 @@ def guess_format(lines: Iterable[str], split: str = " ") -> tuple[str, bool]:
     counts = Counter(len(r) for r in rows)
     width = counts.most_common(1)[0][0] if counts else 2
     fmt = "trimmed" if width == 3 else "classification"
+    if fmt == "trimmed" and any(r[2].startswith("-") and _is_number(r[2]) for r in rows if len(r) == 3):
+        return "paths", False
     return fmt, any(_is_float_not_int(r[1]) for r in rows if len(r) == width and width >= 2)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_float_not_int(text: str) -> bool:
@@ -165,11 +182,4 @@ def _is_float_not_int(text: str) -> bool:
 
 def read_paths(path: str | os.PathLike, split: str = " ", prefix: str = "") -> list[ListEntry]:
     """Pretraining lists: the first field of each line is the video path (labels and other fields are ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ListFileError(f"{path}: list file not found")
-    with open(path, encoding="utf-8") as f:
-        entries = [ListEntry(join_prefix(prefix, split_fields(line, split)[0]), 0) for line in f if line.strip()]
-    if not entries:
-        raise ListFileError(f"{path}: no entries")
-    return entries
+    return read_list(path, "paths", split, prefix)

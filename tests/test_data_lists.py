@@ -1,7 +1,7 @@
 """List-file parsing: every format, separators, prefixes and errors naming file and line."""
 import pytest
 
-from datasets.lists import ListEntry, ListFileError, list_file_path, read_list, read_paths
+from datasets.lists import ListEntry, ListFileError, guess_format, list_file_path, read_list, read_paths
 
 
 def write(tmp_path, text, name="train.csv"):
@@ -42,3 +42,14 @@ def test_malformed_lines_name_file_and_line(tmp_path, fmt, text, message):
 def test_missing_list_file(tmp_path):
     with pytest.raises(ListFileError, match="val.csv: list file not found"):
         read_list(tmp_path / "val.csv", "classification")
+
+
+def test_pretraining_paths_lists_keep_only_the_first_field(tmp_path):
+    lst = tmp_path / "train.csv"
+    lst.write_text("a.mp4 0 -1\nsub/b.mp4 0 -1\n\n")
+    assert guess_format(lst.read_text().splitlines()) == ("paths", False)
+    assert [e.path for e in read_paths(lst, prefix="/v")] == ["/v/a.mp4", "/v/sub/b.mp4"]
+    assert guess_format(["a.mp4 3 12.5", "b.mp4 1 7"]) == ("trimmed", False)
+    with pytest.raises(ListFileError, match=r"train.csv:2: expected a video path"):
+        lst.write_text("a.mp4 0 -1\n,0,-1\n")
+        read_paths(lst, split=",")

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 PROBLEMS = ("missing", "empty", "not_video", "truncated", "no_frames", "undecodable", "duration", "malformed")
 SAMPLINGS = ("sparse", "dense", "ssv2")
-LIST_FORMATS = ("auto", "classification", "regression", "trimmed")
+LIST_FORMATS = ("auto", "classification", "regression", "trimmed", "paths")
 # First bytes of the containers FFmpeg reads for video data sets (offset, signature).
 _SIGNATURES = {
     "matroska/webm": [(0, b"\x1aE\xdf\xa3")], "avi": [(0, b"RIFF"), (8, b"AVI ")], "flv": [(0, b"FLV")],
@@ -368,7 +368,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default="", help="folder the list paths are relative to (as in training)")
     parser.add_argument("--split", default=" ", help="list field separator (as in training; launchers use ',')")
     parser.add_argument("--format", choices=LIST_FORMATS, default="auto",
-                        help="list format (auto: 3 fields trimmed, 2 fields classification or regression)")
+                        help="list format (auto: 3 fields trimmed, or paths when the third is negative as in the "
+                             "pretraining lists' 'path 0 -1'; 2 fields classification or regression)")
     parser.add_argument("--out", type=Path, default=None,
                         help="cleaned list (a file for one input, a folder for several)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report (every line) as JSON")
