@@ -1,0 +1,257 @@
+// Python-facing drivers of the fused bidirectional Mamba kernels (bimamba_kernels.h): argument checks,
+// output allocation, and the work split over torch's OpenMP threads.
+//
+// Work is handed out item by item from an atomic counter inside one parallel region per call, so a thread
+// slowed down by another process on its core simply takes fewer items; calls too small to pay for waking
+// the threads run serially (kMinWorkPerThread).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "bimamba_kernels.h"
+#include "bindings.h"
+
+namespace bimamba {
+namespace {
+
+ISA_DISPATCH(conv_fwd, ConvArgs)
+ISA_DISPATCH(conv_bwd, ConvArgs)
+ISA_DISPATCH(scan_fwd, ScanArgs)
+ISA_DISPATCH(scan_bwd, ScanArgs)
+
+// Vector-lane operations below which a call stays on the calling thread (about 20 us of work).
+constexpr int64_t kMinWorkPerThread = 1 << 16;
+
+template <class F>
+void run_items(int64_t n_items, int64_t work_per_item, const F& body) {
+  if (n_items <= 0) return;
+  const int64_t by_work = std::max<int64_t>(1, n_items * work_per_item / kMinWorkPerThread);
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), n_items, by_work});
+  if (workers <= 1) {
+    for (int64_t i = 0; i < n_items; ++i) body(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) body(i);
+  });
+}
+
+void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like, bool contiguous) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type(), "bimamba_cpu: ", name,
+              " must be a CPU tensor of dtype ", like.scalar_type(), ", got ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == like.size(0) && t.size(1) == like.size(1) && t.stride(2) == 1,
+              "bimamba_cpu: ", name, " must be (batch=", like.size(0), ", L=", like.size(1),
+              ", channels) with unit channel stride, got sizes ", t.sizes(), " strides ", t.strides());
+  TORCH_CHECK(!contiguous || t.is_contiguous(), "bimamba_cpu: ", name, " must be contiguous");
+}
+
+void check_vector(const at::Tensor& t, const char* name, const at::Tensor& like, int64_t size) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.dim() == 1 && t.size(0) == size,
+              "bimamba_cpu: ", name, " must be a (", size, ",) CPU tensor of dtype ", like.scalar_type(), ", got ",
+              t.sizes(), " ", t.scalar_type());
+}
+
+int64_t vector_count(int64_t dim, int64_t lanes) { return (dim + lanes - 1) / lanes; }
+
+template <typename T>
+ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::optional<at::Tensor>& bias,
+                      bool reverse) {
+  ConvArgs<T> a{};
+  a.batch = x.size(0);
+  a.length = x.size(1);
+  a.dim = x.size(2);
+  a.width = w_t.size(0);
+  a.lanes = isa_lanes<T>();
+  a.x = x.data_ptr<T>();
+  a.x_batch = x.stride(0);
+  a.x_row = x.stride(1);
+  a.w_t = w_t.data_ptr<T>();
+  a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  a.reverse = reverse;
+  return a;
+}
+
+at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(2) && weight.size(1) >= 1 &&
+                  weight.size(1) <= kMaxWidth && weight.scalar_type() == x.scalar_type(),
+              "bimamba_cpu: conv weight must be (channels=", x.size(2), ", width <= ", kMaxWidth, ") of dtype ",
+              x.scalar_type(), ", got ", weight.sizes(), " ", weight.scalar_type());
+  if (bias.has_value()) check_vector(*bias, "conv bias", x, x.size(2));
+  return weight.t().contiguous();
+}
+
+// x (batch, L, dim) with unit channel stride -> silu(conv(x)) (batch, L, dim).
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        bool reverse) {
+  check_rows(x, "x", x, false);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  const at::Tensor w_t = transposed_weight(x, weight, bias);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_forward", [&] {
+    ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
+    a.out = out.data_ptr<scalar_t>();
+    run_items(vector_count(a.dim, a.lanes), a.batch * a.length * a.lanes * a.width,
+              [&](int64_t item) { conv_fwd(a, item); });
+  });
+  return out;
+}
+
+// Gradients of silu(conv(x)) given dout (batch, L, dim): writes (or adds, `accumulate`) dx into the
+// (batch, L, dim) view `dx`; returns [dweight (dim, width), dbias (dim,) or None].
+std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias, const at::Tensor& dout,
+                                      at::Tensor dx, bool accumulate, bool reverse) {
+  check_rows(x, "x", x, false);
+  check_rows(dout, "dout", x, true);
+  check_rows(dx, "dx", x, false);
+  TORCH_CHECK(dout.size(2) == x.size(2) && dx.size(2) == x.size(2), "bimamba_cpu: dout, dx must match x");
+  const at::Tensor w_t = transposed_weight(x, weight, bias);
+  at::Tensor dw_t = at::empty(w_t.sizes(), x.options());
+  at::Tensor dbias = bias.has_value() ? at::empty({x.size(2)}, x.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_backward", [&] {
+    ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
+    a.dout = dout.data_ptr<scalar_t>();
+    a.dx = dx.data_ptr<scalar_t>();
+    a.dx_batch = dx.stride(0);
+    a.dx_row = dx.stride(1);
+    a.accumulate = accumulate;
+    a.dw_t = dw_t.data_ptr<scalar_t>();
+    a.dbias = bias.has_value() ? dbias.data_ptr<scalar_t>() : nullptr;
+    run_items(vector_count(a.dim, a.lanes), 3 * a.batch * a.length * a.lanes * a.width,
+              [&](int64_t item) { conv_bwd(a, item); });
+  });
+  return {dw_t.t().contiguous(), dbias};
+}
+
+template <typename T>
+ScanArgs<T> scan_args(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias, const at::Tensor& A_t,
+                      const at::Tensor& A2_t, const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, at::Tensor& y, bool accumulate,
+                      bool reverse) {
+  ScanArgs<T> a{};
+  a.batch = u.size(0);
+  a.length = u.size(1);
+  a.dim = u.size(2);
+  a.n_state = A_t.size(0);
+  a.n_chunks = (a.length + kChunk - 1) / kChunk;
+  a.lanes = isa_lanes<T>();
+  a.u = u.data_ptr<T>();
+  a.dt = dt.data_ptr<T>();
+  a.B = B.data_ptr<T>();
+  a.C = C.data_ptr<T>();
+  a.bc_batch = B.stride(0);
+  a.bc_row = B.stride(1);
+  a.A_t = A_t.data_ptr<T>();
+  a.A2_t = A2_t.data_ptr<T>();
+  a.D = D.data_ptr<T>();
+  a.dt_bias = dt_bias.data_ptr<T>();
+  a.reverse = reverse;
+  a.y = y.data_ptr<T>();
+  a.accumulate = accumulate;
+  return a;
+}
+
+at::Tensor check_scan(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias, const at::Tensor& A,
+                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& y) {
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  check_rows(u, "u", u, true);
+  check_rows(dt, "dt", u, true);
+  check_rows(y, "y", u, true);
+  const int64_t dim = u.size(2);
+  TORCH_CHECK(dt.size(2) == dim && y.size(2) == dim, "bimamba_cpu: u, dt, y must have the same shape");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1 && A.size(1) <= kMaxState &&
+                  A.scalar_type() == u.scalar_type(),
+              "bimamba_cpu: A must be (channels=", dim, ", N <= ", kMaxState, ") of u's dtype, got ", A.sizes());
+  check_rows(B, "B", u, false);
+  check_rows(C, "C", u, false);
+  TORCH_CHECK(B.size(2) == A.size(1) && C.size(2) == A.size(1) && B.strides() == C.strides(),
+              "bimamba_cpu: B and C must be (batch, L, N) views with the same strides");
+  check_vector(D, "D", u, dim);
+  check_vector(dt_bias, "dt_bias", u, dim);
+  TORCH_CHECK(A.max().item<double>() <= 0.0, "bimamba_cpu: A must be <= 0 (A = -exp(A_log))");
+  return A.t().contiguous();
+}
+
+// Scan of one direction: y (+)= scan(u, dt, ...); returns the (batch, n_chunks, N, dim) states entering each
+// chunk when `save_states`, else None. u, dt, y (batch, L, dim) contiguous; B, C (batch, L, N) row views.
+c10::optional<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias,
+                                       const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                       const at::Tensor& D, at::Tensor y, bool accumulate, bool reverse,
+                                       bool save_states) {
+  const at::Tensor A_t = check_scan(u, dt, dt_bias, A, B, C, D, y), A2_t = A_t * M_LOG2E;
+  const int64_t n_chunks = (u.size(1) + kChunk - 1) / kChunk;
+  at::Tensor states = save_states ? at::empty({u.size(0), n_chunks, A.size(1), u.size(2)}, u.options())
+                                  : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_forward", [&] {
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, dt, dt_bias, A_t, A2_t, B, C, D, y, accumulate, reverse);
+    a.states = save_states ? states.data_ptr<scalar_t>() : nullptr;
+    run_items(a.batch * vector_count(a.dim, a.lanes), a.length * a.lanes * a.n_state,
+              [&](int64_t item) { scan_fwd(a, item); });
+  });
+  if (!save_states) return c10::nullopt;
+  return states;
+}
+
+// Backward of one direction given dy, from the saved states; also recomputes y (+)= this direction's output.
+// Returns [du, ddt (gradient of dt before bias and softplus), dA (dim, N), dD, ddt_bias, dB, dC (batch, L, N)].
+std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias,
+                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                      const at::Tensor& D, const at::Tensor& states, const at::Tensor& dy,
+                                      at::Tensor y, bool accumulate, bool reverse) {
+  const at::Tensor A_t = check_scan(u, dt, dt_bias, A, B, C, D, y), A2_t = A_t * M_LOG2E;
+  check_rows(dy, "dy", u, true);
+  const int64_t batch = u.size(0), length = u.size(1), dim = u.size(2), N = A.size(1);
+  const int64_t n_chunks = (length + kChunk - 1) / kChunk;
+  TORCH_CHECK(dy.size(2) == dim, "bimamba_cpu: dy must have u's shape");
+  TORCH_CHECK(states.scalar_type() == u.scalar_type() && states.is_contiguous() &&
+                  states.sizes() == at::IntArrayRef({batch, n_chunks, N, dim}),
+              "bimamba_cpu: states must be the (batch, n_chunks, N, dim) tensor saved by the forward");
+  at::Tensor du = at::empty(u.sizes(), u.options()), ddt = at::empty(u.sizes(), u.options());
+  at::Tensor dA_parts = at::empty({batch, N, dim}, u.options());
+  at::Tensor dD_parts = at::empty({batch, dim}, u.options()), dbias_parts = at::empty({batch, dim}, u.options());
+  at::Tensor dB_parts, dC_parts;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_backward", [&] {
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, dt, dt_bias, A_t, A2_t, B, C, D, y, accumulate, reverse);
+    // About four items per thread in all: enough to balance, few enough that the per-item sums of dB and dC
+    // over the item's channel vectors stay cheap.
+    const int64_t vectors = vector_count(dim, a.lanes);
+    const int64_t wanted = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
+    a.vectors_per_item = (vectors + std::min(wanted, vectors) - 1) / std::min(wanted, vectors);
+    const int64_t items_per_batch = (vectors + a.vectors_per_item - 1) / a.vectors_per_item;
+    dB_parts = at::empty({batch, items_per_batch, length, N}, u.options());
+    dC_parts = at::empty({batch, items_per_batch, length, N}, u.options());
+    a.states = const_cast<scalar_t*>(states.data_ptr<scalar_t>());
+    a.dy = dy.data_ptr<scalar_t>();
+    a.du = du.data_ptr<scalar_t>();
+    a.ddt = ddt.data_ptr<scalar_t>();
+    a.dA_t = dA_parts.data_ptr<scalar_t>();
+    a.dD = dD_parts.data_ptr<scalar_t>();
+    a.ddt_bias = dbias_parts.data_ptr<scalar_t>();
+    a.dB_parts = dB_parts.data_ptr<scalar_t>();
+    a.dC_parts = dC_parts.data_ptr<scalar_t>();
+    run_items(batch * items_per_batch, 3 * length * a.lanes * N * a.vectors_per_item,
+              [&](int64_t item) { scan_bwd(a, item); });
+  });
+  return {du, ddt, dA_parts.sum(0).t().contiguous(), dD_parts.sum(0), dbias_parts.sum(0), dB_parts.sum(1),
+          dC_parts.sum(1)};
+}
+
+}  // namespace
+}  // namespace bimamba
+
+void register_bimamba(pybind11::module& m) {
+  m.def("conv_forward", &bimamba::conv_forward, "channels-last causal conv + SiLU");
+  m.def("conv_backward", &bimamba::conv_backward, "its backward: writes dx, returns [dweight, dbias or None]");
+  m.def("scan_forward", &bimamba::scan_forward, "channels-last selective scan of one direction into y");
+  m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
+  m.attr("scan_chunk") = bimamba::kChunk;
+  m.def("isa", []() { return std::string(isa::name(isa::active())); }, "instruction set the kernels use");
+  m.def("best_isa", []() { return std::string(isa::name(isa::best_supported())); }, "best this CPU supports");
+  m.def("set_isa", &isa::set_active, "force 'avx512', 'avx2' or 'generic' (or 'auto')");
+}
