@@ -2,8 +2,8 @@
 
 The forward direction and the time-reversed backward direction share ``in_proj`` and ``out_proj`` and
 have their own conv / projections / SSM parameters (suffix ``_b``); their outputs are summed and gated.
-Everything between the two projections runs as one op, `models.ops.bimamba_inner_fn` (fused kernels on CPU
-and CUDA, the composed standalone ops as reference and fallback).
+The whole mixer, in_proj to out_proj, runs as one op, `models.ops.bimamba_inner_fn` (fused kernels on CPU and
+CUDA, the composed standalone ops as reference and fallback).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.ops import Direction, bimamba_inner_fn, check_backend
+from models.ops import Direction, InnerParams, bimamba_inner_fn, check_backend
 
 
 class BiMambaMixer(nn.Module):
@@ -99,10 +99,13 @@ class BiMambaMixer(nn.Module):
         return Direction(conv.weight.squeeze(1), conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A,
                          getattr(self, f"D{suffix}"))
 
+    def inner_params(self) -> InnerParams:
+        """The parameters of the inner op: the projections and both directions."""
+        return InnerParams(self.in_proj.weight, self.in_proj.bias, self._direction(""), self._direction("_b"),
+                           self.out_proj.weight, self.out_proj.bias)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, L, d_model) -> (B, L, d_model): out_proj((forward scan + reversed backward scan)
         · silu(z)). The official code gates each direction with silu(z) inside its scan and then sums; gating
         the sum once is the same function."""
-        xz = self.in_proj(hidden_states)  # (B, L, 2*d_inner)
-        return bimamba_inner_fn(xz, self._direction(""), self._direction("_b"), self.out_proj.weight,
-                                self.out_proj.bias, backend=self.backend)
+        return bimamba_inner_fn(hidden_states, self.inner_params(), backend=self.backend)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models.ops as ops
-from models.ops import Direction, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
+from models.ops import Direction, InnerParams, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
 from models.ops.selective_scan_cpu import SCAN_CHUNK, load_cpu_kernel
 
 
@@ -28,9 +28,9 @@ def restore_isa_and_backend(ext, monkeypatch):
     ops.set_backend("auto")
 
 
-def random_inner(batch, length, d_inner, n_state=16, rank=3, width=4, d_model=6, conv_bias=True, out_bias=False,
+def random_inner(batch, length, d_inner, n_state=16, rank=3, width=4, d_model=6, conv_bias=True, proj_bias=False,
                  dtype=torch.float64, seed=0):
-    """Leaves (xz, forward Direction, backward Direction, out_proj weight, bias) with direction-specific values."""
+    """Leaves (hidden, InnerParams) with direction-specific values."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=0.3):
@@ -41,13 +41,14 @@ def random_inner(batch, length, d_inner, n_state=16, rank=3, width=4, d_model=6,
         return Direction(randn(d_inner, width), randn(d_inner) if conv_bias else None, randn(rank + 2 * n_state, d_inner),
                          randn(d_inner, rank, scale=0.5), randn(d_inner), A, randn(d_inner))
 
-    return (randn(batch, length, 2 * d_inner, scale=1.0), direction(), direction(), randn(d_model, d_inner),
-            randn(d_model) if out_bias else None)
+    params = InnerParams(randn(2 * d_inner, d_model), randn(2 * d_inner) if proj_bias else None, direction(),
+                         direction(), randn(d_model, d_inner), randn(d_model) if proj_bias else None)
+    return randn(batch, length, d_model, scale=1.0), params
 
 
 def leaves(args):
-    xz, fwd, bwd, w_out, b_out = args
-    return [t for t in (xz, *fwd, *bwd, w_out, b_out) if t is not None]
+    hidden, params = args
+    return [t for t in (hidden, *params.flat()) if t is not None]
 
 
 def output_and_grads(fn, args, seed=1):
@@ -60,16 +61,16 @@ def rel_err(got, want):
     return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
 
 
-def fused(*args):
-    return bimamba_inner_fn(*args, backend="cpp")
+def fused(hidden, params):
+    return bimamba_inner_fn(hidden, params, backend="cpp")
 
 
 def composed(backend):
-    return lambda *args: bimamba_inner_ref(*args, backend=backend)
+    return lambda hidden, params: bimamba_inner_ref(hidden, params, backend=backend)
 
 
 CASES = [
-    # batch, L, d_inner, N, rank, width, conv bias, out_proj bias
+    # batch, L, d_inner, N, rank, width, conv bias, projection biases
     (2, 2 * SCAN_CHUNK + 22, 40, 16, 3, 4, True, True),  # three scan chunks; 40 channels = vectors + a tail
     (1, 1, 8, 4, 2, 4, True, False),  # one step
     (2, SCAN_CHUNK, 20, 5, 2, 3, False, False),  # exactly one chunk; N = 5 (general state loop); width 3
@@ -79,8 +80,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_equals_composed_in_fp64_for_every_gradient(ext, case):
-    batch, length, d_inner, n_state, rank, width, conv_bias, out_bias = case
-    args = random_inner(batch, length, d_inner, n_state, rank, width, conv_bias=conv_bias, out_bias=out_bias,
+    batch, length, d_inner, n_state, rank, width, conv_bias, proj_bias = case
+    args = random_inner(batch, length, d_inner, n_state, rank, width, conv_bias=conv_bias, proj_bias=proj_bias,
                         seed=length)
     out, grads = output_and_grads(fused, args)
     want, want_grads = output_and_grads(composed("ref"), args)
@@ -92,7 +93,7 @@ def test_fused_equals_composed_in_fp64_for_every_gradient(ext, case):
 
 
 def test_fp32_matches_composed_torch_path(ext):
-    args = random_inner(2, 150, 64, dtype=torch.float32, out_bias=True, seed=3)
+    args = random_inner(2, 150, 64, dtype=torch.float32, proj_bias=True, seed=3)
     out, grads = output_and_grads(fused, args)
     want, want_grads = output_and_grads(composed("torch"), args)
     assert out.dtype == torch.float32
@@ -167,21 +168,21 @@ def test_inference_runs_the_same_op_without_saving(ext):
         want = bimamba_inner_fn(*args, backend="cpp")
     assert want.requires_grad and torch.equal(out, want.detach())
     with torch.no_grad():
-        xz, fwd, bwd, w_out, b_out = args
-        results = torch.ops.videomamba.bimamba_inner(xz, *fwd, *bwd, w_out, b_out, False)
+        hidden, params = args
+        results = torch.ops.videomamba.bimamba_inner(hidden, *params.flat(), False)
     assert len(results) == 1
 
 
 def test_custom_op_registrations_pass_opcheck(ext):
-    xz, fwd, bwd, w_out, b_out = random_inner(1, 7, 8, n_state=4, rank=2, dtype=torch.float32, out_bias=True)
-    torch.library.opcheck(torch.ops.videomamba.bimamba_inner.default, (xz, *fwd, *bwd, w_out, b_out, True))
+    hidden, params = random_inner(1, 7, 8, n_state=4, rank=2, dtype=torch.float32, proj_bias=True)
+    torch.library.opcheck(torch.ops.videomamba.bimamba_inner.default, (hidden, *params.flat(), True))
 
 
 def test_positive_A_is_rejected(ext):
-    xz, fwd, bwd, w_out, b_out = random_inner(1, 5, 8, n_state=4)
-    fwd = fwd._replace(A=fwd.A.detach().abs())
+    hidden, params = random_inner(1, 5, 8, n_state=4)
+    params = params._replace(forward=params.forward._replace(A=params.forward.A.detach().abs()))
     with pytest.raises(RuntimeError, match="A must be <= 0"):
-        bimamba_inner_fn(xz, fwd, bwd, w_out, b_out, backend="cpp")
+        bimamba_inner_fn(hidden, params, backend="cpp")
 
 
 def test_auto_uses_the_fused_op_on_cpu_and_logs_it_once(ext, caplog):

@@ -2,8 +2,8 @@
 
 Convention (fvcore, which the official code used): one multiply-add counts as one FLOP. The dense part
 (Linear, matmul, Conv3d patch embedding) is counted by ``torch.utils.flop_counter.FlopCounterMode``
-(which counts 2 per multiply-add, so it is halved). The mixer's fused inner op (everything between in_proj and
-out_proj, out_proj included) is opaque to such counters, so during counting it is replaced by its composed
+(which counts 2 per multiply-add, so it is halved). The mixer's fused inner op (in_proj to out_proj) is opaque to
+such counters, so during counting it is replaced by its composed
 reference, `models.ops.bimamba_inner_ref`, and the selective scan and the depthwise causal conv1d inside that are
 replaced by shape recorders and counted explicitly, per call (one call = one direction of one layer):
 
@@ -40,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import ops
 
 SCAN_FLOPS_PER_STATE = 9
-# Modules whose cost the official fvcore count included (last name component, or the full name).
-PAPER_MODULE_LEAVES = ("in_proj", "out_proj")
+# Modules whose cost the official fvcore count included, besides the mixers' in_proj and out_proj (counted inside
+# the inner op).
 PAPER_MODULE_NAMES = ("patch_embed", "head")
 
 
@@ -84,15 +84,15 @@ class _ExplicitOps:
         self.scan = 0
         self.conv1d = 0
         self.scan_calls = 0
-        self.out_proj = 0  # multiply-adds of the out_proj inside the mixer's inner op
+        self.projections = 0  # multiply-adds of in_proj and out_proj inside the mixer's inner op
 
-    def bimamba_inner_fn(self, xz: Tensor, forward: ops.Direction, backward: ops.Direction, out_proj_weight: Tensor,
-                         out_proj_bias: Tensor | None = None, backend: str | None = None) -> Tensor:
+    def bimamba_inner_fn(self, hidden: Tensor, params: ops.InnerParams, backend: str | None = None) -> Tensor:
         """The composed reference of the inner op (its scan and conv calls reach the recorders); records the
-        out_proj multiply-adds, which the per-module count cannot attribute to ``out_proj`` inside the op."""
-        batch, length, _ = xz.shape
-        self.out_proj += batch * length * out_proj_weight.numel()
-        return ops.bimamba_inner_ref(xz, forward, backward, out_proj_weight, out_proj_bias, backend=backend)
+        in_proj and out_proj multiply-adds, which the per-module count cannot attribute to those modules inside
+        the op."""
+        batch, length, _ = hidden.shape
+        self.projections += batch * length * (params.in_proj_weight.numel() + params.out_proj_weight.numel())
+        return ops.bimamba_inner_ref(hidden, params, backend=backend)
 
     def selective_scan_fn(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -139,7 +139,7 @@ def _paper_part(counts: dict[str, dict]) -> int:
     total = 0
     for key, per_op in counts.items():
         name = key.split(".", 1)[1] if "." in key else ""
-        if name.rsplit(".", 1)[-1] in PAPER_MODULE_LEAVES or name in PAPER_MODULE_NAMES:
+        if name in PAPER_MODULE_NAMES:
             total += sum(per_op.values())
     return total
 
@@ -156,7 +156,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> FlopReport:
         dense=counter.get_total_flops() // 2,
         scan=explicit.scan,
         conv1d=explicit.conv1d,
-        paper=_paper_part(counter.get_flop_counts()) // 2 + explicit.out_proj,
+        paper=_paper_part(counter.get_flop_counts()) // 2 + explicit.projections,
         scan_calls=explicit.scan_calls,
     )
 

@@ -3,17 +3,19 @@
 GEMMs.
 
 Everything stays in the (batch, L, channels) layout the projections produce, so nothing is transposed or
-flipped. Computes in fp64 for fp64 inputs, else fp32. The forward keeps, besides xz, only each direction's
-x_proj output (batch, L, dt_rank + 2N) and the scan state entering every chunk of ``scan_chunk`` steps
-(batch, L / chunk, N, d_inner); the backward recomputes the conv, Δ and the scan chunk by chunk.
+flipped. Computes in fp64 for fp64 inputs, else fp32. The forward keeps only each direction's x_proj output
+(batch, L, dt_rank + 2N) and the scan state entering every chunk of ``SCAN_CHUNK`` steps (batch, L / chunk, N,
+d_inner); the op's input is kept by autograd anyway, and the backward recomputes in_proj, the conv, Δ and the
+scan (chunk by chunk). The scan kernel forms Δ = softplus(dt_proj(dt_low)) itself, and the second direction's
+scan applies the silu(z) gate as it writes, so a forward allocates only x, z, the conv output and y.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bimamba_params import Direction
+from .bimamba_params import Direction, InnerParams, map_params
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -25,82 +27,77 @@ def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if t is None else t.to(dtype)
 
 
-def _direction(p: Direction, dtype: torch.dtype) -> Direction:
-    return Direction(*(_cast(t, dtype) for t in p))
+def _in_proj(hidden: Tensor, p: InnerParams) -> Tuple[Tensor, Tensor]:
+    """x, z (batch, L, d_inner) each, contiguous: in_proj in two halves."""
+    w_x, w_z = p.in_proj_weight.chunk(2)
+    b_x, b_z = (None, None) if p.in_proj_bias is None else p.in_proj_bias.chunk(2)
+    return F.linear(hidden, w_x, b_x), F.linear(hidden, w_z, b_z)
 
 
-def _split(x_dbl: Tensor, dt_rank: int, n_state: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """x_proj output (batch, L, dt_rank + 2N) -> row views dt_low, B, C."""
-    return x_dbl[..., :dt_rank], x_dbl[..., dt_rank:dt_rank + n_state], x_dbl[..., dt_rank + n_state:]
-
-
-def forward(ext, xz: Tensor, directions: Sequence[Direction], out_proj_weight: Tensor,
-            out_proj_bias: Optional[Tensor], save: bool) -> Tuple[Tensor, List[Tensor]]:
-    """xz (batch, L, 2·d_inner) -> (out (batch, L, d_model), residuals for `backward`: per direction
-    x_dbl and the chunk states; empty when not `save`)."""
-    dtype = compute_dtype(xz.dtype)
-    xz = xz.to(dtype)
-    d_inner = xz.shape[-1] // 2
-    x, z = xz[..., :d_inner], xz[..., d_inner:]
-    y = xz.new_empty(x.shape)
+def forward(ext, hidden: Tensor, params: InnerParams, save: bool) -> Tuple[Tensor, List[Tensor]]:
+    """hidden (batch, L, d_model) -> (out (batch, L, d_model), residuals for `backward`: per direction x_dbl and
+    the chunk states; empty when not `save`)."""
+    dtype = compute_dtype(hidden.dtype)
+    p = map_params(lambda t: t.to(dtype), params)
+    x, z = _in_proj(hidden.to(dtype), p)
+    y = torch.empty_like(x)
+    u: Optional[Tensor] = None
     residuals: List[Tensor] = []
-    for index, raw in enumerate(directions):
-        p = _direction(raw, dtype)
-        reverse = index == 1
-        u = ext.conv_forward(x, p.conv_weight, p.conv_bias, reverse)
-        x_dbl = F.linear(u, p.x_proj_weight)
-        dt_low, B, C = _split(x_dbl, p.dt_proj_weight.shape[1], p.A.shape[1])
-        dt = F.linear(dt_low, p.dt_proj_weight)
-        states = ext.scan_forward(u, dt, p.dt_proj_bias, p.A, B, C, p.D, y, index > 0, reverse, save)
+    for reverse, d in ((False, p.forward), (True, p.backward)):
+        u = ext.conv_forward(x, d.conv_weight, d.conv_bias, reverse, u)
+        x_dbl = F.linear(u, d.x_proj_weight)
+        states = ext.scan_forward(u, x_dbl, d.dt_proj_weight, d.dt_proj_bias, d.A, d.D, y, reverse, reverse, save,
+                                  z if reverse else None)
         if save:
             residuals += [x_dbl, states]
-        del u, dt, x_dbl
-    gated = y.mul_(F.silu(z))
-    out = F.linear(gated, out_proj_weight.to(dtype), _cast(out_proj_bias, dtype))
-    return out, residuals
+    del u, x, z
+    return F.linear(y, p.out_proj_weight, p.out_proj_bias).to(hidden.dtype), residuals
 
 
-def backward(ext, xz: Tensor, directions: Sequence[Direction], out_proj_weight: Tensor,
-             out_proj_bias: Optional[Tensor], residuals: Sequence[Tensor],
-             dout: Tensor) -> Tuple[Tensor, List[Optional[Tensor]], Tensor, Optional[Tensor]]:
-    """Gradients (dxz, both directions' parameter gradients in `Direction` field order, dout_proj_weight,
-    dout_proj_bias) of `forward`'s output given its gradient dout (batch, L, d_model)."""
-    dtype = compute_dtype(xz.dtype)
-    xz = xz.to(dtype)
+def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], dout: Tensor
+             ) -> Tuple[Tensor, InnerParams]:
+    """Gradients (dhidden, InnerParams of parameter gradients, None where a parameter is None) of `forward`'s
+    output given its gradient dout (batch, L, d_model)."""
+    dtype = compute_dtype(hidden.dtype)
+    p = map_params(lambda t: t.to(dtype), params)
+    hidden_c = hidden.to(dtype)
     dout = dout.to(dtype).contiguous()
-    w_out = out_proj_weight.to(dtype)
-    d_inner = xz.shape[-1] // 2
-    x, z = xz[..., :d_inner], xz[..., d_inner:]
-    d_gated = torch.matmul(dout, w_out)  # (batch, L, d_inner)
+    x, z = _in_proj(hidden_c, p)
+    d_gated = torch.matmul(dout, p.out_proj_weight)  # (batch, L, d_inner)
     sig_z = torch.sigmoid(z)
-    dy = d_gated * (z * sig_z)
-    y = torch.empty_like(dy)  # the scans' output, recomputed by their backward passes
-    dxz = xz.new_empty(xz.shape)
-    dx = dxz[..., :d_inner]
-    param_grads: List[Optional[Tensor]] = []
-    for index, raw in enumerate(directions):
-        p = _direction(raw, dtype)
+    dy = d_gated * z * sig_z
+    y = torch.empty_like(dy)  # the scans' output before the gate, recomputed by their backward passes
+    dx = torch.empty_like(x)
+    u: Optional[Tensor] = None
+    direction_grads = []
+    for index, d in enumerate((p.forward, p.backward)):
         reverse = index == 1
         x_dbl, states = residuals[2 * index], residuals[2 * index + 1]
-        dt_rank = p.dt_proj_weight.shape[1]
-        dt_low, B, C = _split(x_dbl, dt_rank, p.A.shape[1])
-        u = ext.conv_forward(x, p.conv_weight, p.conv_bias, reverse)
-        dt = F.linear(dt_low, p.dt_proj_weight)
-        du, ddt, dA, dD, ddt_bias, dB, dC = ext.scan_backward(u, dt, p.dt_proj_bias, p.A, B, C, p.D, states, dy,
-                                                              y, index > 0, reverse)
-        del dt
-        d_x_dbl = torch.cat([torch.matmul(ddt, p.dt_proj_weight), dB, dC], dim=-1)
+        u = ext.conv_forward(x, d.conv_weight, d.conv_bias, reverse, u)
+        du, ddt, dA, dD, ddt_bias, dB, dC = ext.scan_backward(u, x_dbl, d.dt_proj_weight, d.dt_proj_bias, d.A, d.D,
+                                                              states, dy, y, reverse, reverse)
+        dt_low = x_dbl[..., :d.dt_proj_weight.shape[1]]
+        d_x_dbl = torch.cat([torch.matmul(ddt, d.dt_proj_weight), dB, dC], dim=-1)
         d_dt_proj_weight = ddt.flatten(0, 1).t() @ dt_low.flatten(0, 1)
         d_x_proj_weight = d_x_dbl.flatten(0, 1).t() @ u.flatten(0, 1)
-        du.flatten(0, 1).addmm_(d_x_dbl.flatten(0, 1), p.x_proj_weight)
-        del u, ddt, d_x_dbl
-        d_conv_weight, d_conv_bias = ext.conv_backward(x, p.conv_weight, p.conv_bias, du, dx, index > 0, reverse)
-        grads = Direction(d_conv_weight, d_conv_bias, d_x_proj_weight, d_dt_proj_weight, ddt_bias, dA, dD)
-        param_grads += [_cast(g, t.dtype) if t is not None else None for g, t in zip(grads, raw)]
-    # silu'(z) = sig + silu(z)·(1 - sig)
-    torch.mul(d_gated.mul_(y), sig_z * (1 + z * (1 - sig_z)), out=dxz[..., d_inner:])
-    del d_gated
+        du.flatten(0, 1).addmm_(d_x_dbl.flatten(0, 1), d.x_proj_weight)
+        del ddt, d_x_dbl
+        d_conv_weight, d_conv_bias = ext.conv_backward(x, d.conv_weight, d.conv_bias, du, dx, reverse, reverse)
+        del du
+        direction_grads.append(Direction(d_conv_weight, d_conv_bias, d_x_proj_weight, d_dt_proj_weight, ddt_bias,
+                                         dA, dD))
+    del u, dy, x
+    dz = d_gated.mul_(y).mul_(sig_z * (1 + z * (1 - sig_z)))  # silu'(z) = sig + silu(z)·(1 - sig)
     gated = y.mul_(z * sig_z)
+    del z, sig_z
     d_out_proj_weight = dout.flatten(0, 1).t() @ gated.flatten(0, 1)
-    d_out_proj_bias = None if out_proj_bias is None else dout.sum((0, 1)).to(out_proj_bias.dtype)
-    return dxz, param_grads, d_out_proj_weight.to(out_proj_weight.dtype), d_out_proj_bias
+    d_out_proj_bias = None if p.out_proj_bias is None else dout.sum((0, 1))
+    del gated
+    w_x, w_z = p.in_proj_weight.chunk(2)
+    d_hidden = torch.matmul(dx, w_x).flatten(0, 1).addmm_(dz.flatten(0, 1), w_z).view_as(hidden_c)
+    flat_hidden = hidden_c.flatten(0, 1)
+    d_in_proj_weight = torch.cat([dx.flatten(0, 1).t() @ flat_hidden, dz.flatten(0, 1).t() @ flat_hidden])
+    d_in_proj_bias = None if p.in_proj_bias is None else torch.cat([dx.sum((0, 1)), dz.sum((0, 1))])
+    grads = InnerParams(d_in_proj_weight, d_in_proj_bias, *direction_grads, d_out_proj_weight, d_out_proj_bias)
+    return d_hidden.to(hidden.dtype), map_params(lambda g, t: g.to(t.dtype), grads, params)
+

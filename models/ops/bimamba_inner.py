@@ -1,15 +1,16 @@
-"""The bidirectional Mamba mixer's inner path as one op.
+"""The bidirectional Mamba mixer's inner path, in_proj to out_proj, as one op.
 
-    xz (batch, L, 2·d_inner) = in_proj(hidden), split into x and z (batch, L, d_inner) each;
+    x, z = in_proj(hidden)                     (batch, L, d_inner) each, from hidden (batch, L, d_model)
     y = scan_f(x) + flip(scan_b(flip(x)))      each scan: causal conv + SiLU -> x_proj -> Δ -> selective scan + D·u
     out = out_proj(y · silu(z))                (batch, L, d_model)
 
 This is the function of the official bimamba "v2" mixer (the sum of the two gated directions; gating the sum is
 the same function). `bimamba_inner_ref` composes the standalone ops and is the readable reference;
-`bimamba_inner_fn` runs the fused implementation, one autograd node that keeps only xz and small per-direction
-tensors and recomputes the rest in its backward: C++ kernels on CPU (`bimamba_cpu`), the stock mamba-ssm /
-causal-conv1d kernels on CUDA (`bimamba_cuda`). It is the custom op ``videomamba::bimamba_inner`` (with fake-tensor
-and autograd registrations), so torch.compile sees one opaque node per block instead of a graph break.
+`bimamba_inner_fn` runs the fused implementation, one autograd node that keeps only its input and small
+per-direction tensors and recomputes the rest (in_proj included) in its backward: C++ kernels on CPU
+(`bimamba_cpu`), the stock mamba-ssm / causal-conv1d kernels on CUDA (`bimamba_cuda`). It is the custom op
+``videomamba::bimamba_inner`` (with fake-tensor and autograd registrations), so torch.compile sees one opaque node
+per block instead of a graph break.
 """
 import logging
 from typing import List, Optional, Tuple
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from . import bimamba_cpu, bimamba_cuda
 from .backend import announce, requested_backend, warn_once
-from .bimamba_params import Direction
+from .bimamba_params import FLAT_SIZE, Direction, InnerParams
 from .causal_conv1d import causal_conv1d_fn
 from .cuda_glue import conv_kernel_supports, load_fused_kernels
 from .selective_scan import selective_scan_fn
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 MAX_CPU_CONV_WIDTH = 8
 MAX_STATE = 256
 CUDA_SCAN_CHUNK = 2048  # steps per saved state chunk of mamba_ssm's kernel
-_N_PARAMS = 2 * len(Direction._fields) + 2
 
 
 def _direction_ref(x: Tensor, p: Direction, backend: Optional[str]) -> Tensor:
@@ -45,103 +45,94 @@ def _direction_ref(x: Tensor, p: Direction, backend: Optional[str]) -> Tensor:
                              delta_softplus=True, backend=backend)
 
 
-def bimamba_inner_ref(xz: Tensor, forward: Direction, backward: Direction, out_proj_weight: Tensor,
-                      out_proj_bias: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+def bimamba_inner_ref(hidden: Tensor, params: InnerParams, backend: Optional[str] = None) -> Tensor:
     """Reference composition of the inner path from `causal_conv1d_fn` and `selective_scan_fn` (run with
-    `backend`); xz (batch, L, 2·d_inner) -> (batch, L, d_model). The backward direction runs on flipped copies."""
+    `backend`); hidden (batch, L, d_model) -> (batch, L, d_model). The backward direction runs on flipped copies."""
+    xz = F.linear(hidden, params.in_proj_weight, params.in_proj_bias)
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) views
-    y = _direction_ref(x, forward, backend) + _direction_ref(x.flip(-1), backward, backend).flip(-1)
-    return F.linear((y * F.silu(z)).transpose(1, 2), out_proj_weight, out_proj_bias)
+    y = _direction_ref(x, params.forward, backend) + _direction_ref(x.flip(-1), params.backward, backend).flip(-1)
+    return F.linear((y * F.silu(z)).transpose(1, 2), params.out_proj_weight, params.out_proj_bias)
 
 
 # ---- the fused op ---------------------------------------------------------------------------------------------
 
-def _unpack(params: Tuple[Optional[Tensor], ...]) -> Tuple[List[Direction], Tensor, Optional[Tensor]]:
-    size = len(Direction._fields)
-    return [Direction(*params[:size]), Direction(*params[size:2 * size])], params[-2], params[-1]
-
-
 @torch.library.custom_op("videomamba::bimamba_inner", mutates_args=(), device_types="cpu")
-def _fused(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
-           dt_proj_weight: Tensor, dt_proj_bias: Tensor, A: Tensor, D: Tensor,
-           conv_weight_b: Tensor, conv_bias_b: Optional[Tensor], x_proj_weight_b: Tensor,
-           dt_proj_weight_b: Tensor, dt_proj_bias_b: Tensor, A_b: Tensor, D_b: Tensor,
+def _fused(hidden: Tensor, in_proj_weight: Tensor, in_proj_bias: Optional[Tensor],
+           conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor,
+           dt_proj_bias: Tensor, A: Tensor, D: Tensor,
+           conv_weight_b: Tensor, conv_bias_b: Optional[Tensor], x_proj_weight_b: Tensor, dt_proj_weight_b: Tensor,
+           dt_proj_bias_b: Tensor, A_b: Tensor, D_b: Tensor,
            out_proj_weight: Tensor, out_proj_bias: Optional[Tensor], save: bool) -> List[Tensor]:
-    """[out, *residuals]: CPU residuals are per direction x_dbl and the chunk states (none without `save`)."""
-    directions, w_out, b_out = _unpack((conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                                        conv_weight_b, conv_bias_b, x_proj_weight_b, dt_proj_weight_b,
-                                        dt_proj_bias_b, A_b, D_b, out_proj_weight, out_proj_bias))
-    out, residuals = bimamba_cpu.forward(load_cpu_kernel().module, xz, directions, w_out, b_out, save)
-    return [out.to(xz.dtype), *residuals]
+    """[out, *residuals]; on CPU the residuals are per direction x_dbl and the chunk states (none without save)."""
+    params = InnerParams.from_flat((in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+                                    dt_proj_weight, dt_proj_bias, A, D, conv_weight_b, conv_bias_b,
+                                    x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
+                                    out_proj_bias))
+    out, residuals = bimamba_cpu.forward(load_cpu_kernel().module, hidden, params, save)
+    return [out, *residuals]
 
 
 @_fused.register_kernel("cuda")
-def _fused_cuda(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, conv_weight_b,
-                conv_bias_b, x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
-                out_proj_bias, save):
-    """CUDA residuals: per direction x_dbl and the kernel's chunk states, then y (batch, d_inner, L)."""
-    directions, w_out, b_out = _unpack((conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                                        conv_weight_b, conv_bias_b, x_proj_weight_b, dt_proj_weight_b,
-                                        dt_proj_bias_b, A_b, D_b, out_proj_weight, out_proj_bias))
-    out, residuals = bimamba_cuda.forward(load_fused_kernels(), xz, directions, w_out, b_out, save)
+def _fused_cuda(hidden, *args):
+    """On CUDA the residuals are per direction x_dbl and the kernel's chunk states, then y (batch, d_inner, L)."""
+    out, residuals = bimamba_cuda.forward(load_fused_kernels(), hidden, InnerParams.from_flat(args[:FLAT_SIZE]),
+                                          args[FLAT_SIZE])
     return [out, *residuals]
 
 
 @_fused.register_fake
-def _fused_fake(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, *rest):
-    out_proj_weight, save = rest[-3], rest[-1]
-    batch, length, _ = xz.shape
-    d_inner, n_state = A.shape
-    out = xz.new_empty(batch, length, out_proj_weight.shape[0])
+def _fused_fake(hidden, *args):
+    params, save = InnerParams.from_flat(args[:FLAT_SIZE]), args[FLAT_SIZE]
+    batch, length, d_model = hidden.shape
+    d_inner, n_state = params.forward.A.shape
+    out = hidden.new_empty(batch, length, d_model)
     if not save:
         return [out]
-    if xz.device.type == "cuda":
-        x_dbl = xz.new_empty(batch, length, x_proj_weight.shape[0])
-        chunks = -(-length // CUDA_SCAN_CHUNK)
-        states = xz.new_empty(batch, d_inner, chunks, 2 * n_state, dtype=torch.float32)
-        return [out, x_dbl, states, x_dbl.clone(), states.clone(), xz.new_empty(batch, d_inner, length)]
-    dtype = bimamba_cpu.compute_dtype(xz.dtype)
-    x_dbl = xz.new_empty(batch, length, x_proj_weight.shape[0], dtype=dtype)
-    states = xz.new_empty(batch, -(-length // SCAN_CHUNK), n_state, d_inner, dtype=dtype)
+    proj_width = params.forward.x_proj_weight.shape[0]
+    if hidden.device.type == "cuda":
+        x_dbl = hidden.new_empty(batch, length, proj_width)
+        states = hidden.new_empty(batch, d_inner, -(-length // CUDA_SCAN_CHUNK), 2 * n_state, dtype=torch.float32)
+        return [out, x_dbl, states, x_dbl.clone(), states.clone(), hidden.new_empty(batch, d_inner, length)]
+    dtype = bimamba_cpu.compute_dtype(hidden.dtype)
+    x_dbl = hidden.new_empty(batch, length, proj_width, dtype=dtype)
+    states = hidden.new_empty(batch, -(-length // SCAN_CHUNK), n_state, d_inner, dtype=dtype)
     return [out, x_dbl, states, x_dbl.clone(), states.clone()]
 
 
 @torch.library.custom_op("videomamba::bimamba_inner_backward", mutates_args=(), device_types="cpu")
-def _fused_backward(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
-                    dt_proj_weight: Tensor, dt_proj_bias: Tensor, A: Tensor, D: Tensor,
+def _fused_backward(hidden: Tensor, in_proj_weight: Tensor, in_proj_bias: Optional[Tensor],
+                    conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor,
+                    dt_proj_bias: Tensor, A: Tensor, D: Tensor,
                     conv_weight_b: Tensor, conv_bias_b: Optional[Tensor], x_proj_weight_b: Tensor,
                     dt_proj_weight_b: Tensor, dt_proj_bias_b: Tensor, A_b: Tensor, D_b: Tensor,
                     out_proj_weight: Tensor, out_proj_bias: Optional[Tensor], residuals: List[Tensor],
                     dout: Tensor) -> List[Tensor]:
-    """[dxz, then the gradient of every parameter that is not None, in argument order]."""
-    params = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, conv_weight_b,
-              conv_bias_b, x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
-              out_proj_bias)
-    directions, w_out, b_out = _unpack(params)
-    dxz, grads, d_w_out, d_b_out = bimamba_cpu.backward(load_cpu_kernel().module, xz, directions, w_out, b_out,
-                                                       residuals, dout)
-    return [dxz.to(xz.dtype), *[g for g in (*grads, d_w_out, d_b_out) if g is not None]]
+    """[dhidden, then the gradient of every parameter that is not None, in argument order]."""
+    params = InnerParams.from_flat((in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+                                    dt_proj_weight, dt_proj_bias, A, D, conv_weight_b, conv_bias_b,
+                                    x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
+                                    out_proj_bias))
+    d_hidden, grads = bimamba_cpu.backward(load_cpu_kernel().module, hidden, params, residuals, dout)
+    return [d_hidden, *[g for g in grads.flat() if g is not None]]
 
 
 @_fused_backward.register_kernel("cuda")
-def _fused_backward_cuda(xz, *args):
-    params, residuals, dout = args[:_N_PARAMS], args[_N_PARAMS], args[_N_PARAMS + 1]
-    directions, w_out, b_out = _unpack(params)
-    dxz, grads, d_w_out, d_b_out = bimamba_cuda.backward(load_fused_kernels(), xz, directions, w_out, b_out,
-                                                        residuals, dout)
-    return [dxz, *[g for g in (*grads, d_w_out, d_b_out) if g is not None]]
+def _fused_backward_cuda(hidden, *args):
+    params, residuals, dout = InnerParams.from_flat(args[:FLAT_SIZE]), args[FLAT_SIZE], args[FLAT_SIZE + 1]
+    d_hidden, grads = bimamba_cuda.backward(load_fused_kernels(), hidden, params, residuals, dout)
+    return [d_hidden, *[g for g in grads.flat() if g is not None]]
 
 
 @_fused_backward.register_fake
-def _fused_backward_fake(xz, *args):
-    return [torch.empty_like(xz), *[torch.empty_like(p) for p in args[:_N_PARAMS] if p is not None]]
+def _fused_backward_fake(hidden, *args):
+    return [torch.empty_like(hidden), *[torch.empty_like(p) for p in args[:FLAT_SIZE] if p is not None]]
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    xz, params = inputs[0], inputs[1:1 + _N_PARAMS]
+    hidden, params = inputs[0], inputs[1:1 + FLAT_SIZE]
     ctx.has_param = [p is not None for p in params]
     ctx.n_residuals = len(output) - 1
-    ctx.save_for_backward(xz, *params, *output[1:])
+    ctx.save_for_backward(hidden, *params, *output[1:])
 
 
 def _backward(ctx, grads: List[Optional[Tensor]]) -> Tuple[Optional[Tensor], ...]:
@@ -150,12 +141,12 @@ def _backward(ctx, grads: List[Optional[Tensor]]) -> Tuple[Optional[Tensor], ...
                            "what the backward needs whenever gradients are required")
     dout = grads[0]
     if dout is None:
-        return (None,) * (2 + _N_PARAMS)
+        return (None,) * (2 + FLAT_SIZE)
     saved = ctx.saved_tensors
-    xz, params, residuals = saved[0], saved[1:1 + _N_PARAMS], list(saved[1 + _N_PARAMS:])
-    result = iter(torch.ops.videomamba.bimamba_inner_backward(xz, *params, residuals, dout.contiguous()))
-    dxz = next(result)
-    return (dxz, *[next(result) if has else None for has in ctx.has_param], None)
+    hidden, params, residuals = saved[0], saved[1:1 + FLAT_SIZE], list(saved[1 + FLAT_SIZE:])
+    result = iter(torch.ops.videomamba.bimamba_inner_backward(hidden, *params, residuals, dout.contiguous()))
+    d_hidden = next(result)
+    return (d_hidden, *[next(result) if has else None for has in ctx.has_param], None)
 
 
 torch.library.register_autograd("videomamba::bimamba_inner", _backward, setup_context=_setup_context)
@@ -202,18 +193,17 @@ def resolve_inner_backend(device_type: str, backend: Optional[str], conv_width: 
     return "cpp"
 
 
-def bimamba_inner_fn(xz: Tensor, forward: Direction, backward: Direction, out_proj_weight: Tensor,
-                     out_proj_bias: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
-    """Fused inner path (see the module docstring): xz (batch, L, 2·d_inner) -> (batch, L, d_model).
+def bimamba_inner_fn(hidden: Tensor, params: InnerParams, backend: Optional[str] = None) -> Tensor:
+    """Fused inner path (see the module docstring): hidden (batch, L, d_model) -> (batch, L, d_model).
 
     `backend`: one of `BACKENDS`, None for the process default; the choice is logged once per device.
     """
-    device = xz.device.type
-    name = resolve_inner_backend(device, backend, forward.conv_weight.shape[1], forward.A.shape[1])
+    device = hidden.device.type
+    name = resolve_inner_backend(device, backend, params.forward.conv_weight.shape[1], params.forward.A.shape[1])
     if not torch.compiler.is_compiling():
         announce("bimamba_inner", name, device, requested_backend(backend))
     if name.startswith("composed:"):
-        return bimamba_inner_ref(xz, forward, backward, out_proj_weight, out_proj_bias, name.split(":", 1)[1])
-    params = (*forward, *backward, out_proj_weight, out_proj_bias)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xz, *params))
-    return torch.ops.videomamba.bimamba_inner(xz, *params, save)[0]
+        return bimamba_inner_ref(hidden, params, name.split(":", 1)[1])
+    flat = params.flat()
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, *flat))
+    return torch.ops.videomamba.bimamba_inner(hidden, *flat, save)[0]

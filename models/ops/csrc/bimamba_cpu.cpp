@@ -59,6 +59,8 @@ void check_vector(const at::Tensor& t, const char* name, const at::Tensor& like,
 
 int64_t vector_count(int64_t dim, int64_t lanes) { return (dim + lanes - 1) / lanes; }
 
+constexpr int64_t kConvRows = 64;  // steps per conv work item
+
 template <typename T>
 ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::optional<at::Tensor>& bias,
                       bool reverse) {
@@ -68,6 +70,7 @@ ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::opt
   a.dim = x.size(2);
   a.width = w_t.size(0);
   a.lanes = isa_lanes<T>();
+  a.rows_per_item = kConvRows;
   a.x = x.data_ptr<T>();
   a.x_batch = x.stride(0);
   a.x_row = x.stride(1);
@@ -76,6 +79,8 @@ ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::opt
   a.reverse = reverse;
   return a;
 }
+
+int64_t conv_items(const at::Tensor& x) { return x.size(0) * ((x.size(1) + kConvRows - 1) / kConvRows); }
 
 at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias) {
@@ -87,18 +92,19 @@ at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight,
   return weight.t().contiguous();
 }
 
-// x (batch, L, dim) with unit channel stride -> silu(conv(x)) (batch, L, dim).
+// x (batch, L, dim) with unit channel stride -> silu(conv(x)) (batch, L, dim), into `out` when given.
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                        bool reverse) {
+                        bool reverse, const c10::optional<at::Tensor>& out_) {
   check_rows(x, "x", x, false);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
   const at::Tensor w_t = transposed_weight(x, weight, bias);
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor out = out_.has_value() ? *out_ : at::empty(x.sizes(), x.options());
+  check_rows(out, "out", x, true);
+  TORCH_CHECK(out.size(2) == x.size(2), "bimamba_cpu: out must have x's shape");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_forward", [&] {
     ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
     a.out = out.data_ptr<scalar_t>();
-    run_items(vector_count(a.dim, a.lanes), a.batch * a.length * a.lanes * a.width,
-              [&](int64_t item) { conv_fwd(a, item); });
+    run_items(conv_items(x), kConvRows * a.dim * a.width, [&](int64_t item) { conv_fwd(a, item); });
   });
   return out;
 }
@@ -113,8 +119,9 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
   check_rows(dx, "dx", x, false);
   TORCH_CHECK(dout.size(2) == x.size(2) && dx.size(2) == x.size(2), "bimamba_cpu: dout, dx must match x");
   const at::Tensor w_t = transposed_weight(x, weight, bias);
-  at::Tensor dw_t = at::empty(w_t.sizes(), x.options());
-  at::Tensor dbias = bias.has_value() ? at::empty({x.size(2)}, x.options()) : at::Tensor();
+  const int64_t items = conv_items(x);
+  at::Tensor dw_parts = at::empty({items, w_t.size(0), x.size(2)}, x.options());
+  at::Tensor dbias_parts = at::empty({items, x.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_backward", [&] {
     ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
     a.dout = dout.data_ptr<scalar_t>();
@@ -122,76 +129,91 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
     a.dx_batch = dx.stride(0);
     a.dx_row = dx.stride(1);
     a.accumulate = accumulate;
-    a.dw_t = dw_t.data_ptr<scalar_t>();
-    a.dbias = bias.has_value() ? dbias.data_ptr<scalar_t>() : nullptr;
-    run_items(vector_count(a.dim, a.lanes), 3 * a.batch * a.length * a.lanes * a.width,
-              [&](int64_t item) { conv_bwd(a, item); });
+    a.dw_parts = dw_parts.data_ptr<scalar_t>();
+    a.dbias_parts = dbias_parts.data_ptr<scalar_t>();
+    run_items(items, 3 * kConvRows * a.dim * a.width, [&](int64_t item) { conv_bwd(a, item); });
   });
-  return {dw_t.t().contiguous(), dbias};
+  return {dw_parts.sum(0).t().contiguous(), bias.has_value() ? dbias_parts.sum(0) : at::Tensor()};
+}
+
+struct ScanInputs {
+  at::Tensor A_t, A2_t, W_dt_t;
+};
+
+// Checks u, y (batch, L, dim) contiguous; proj (batch, L, rank + 2N) rows [dt_low | B | C] with unit stride;
+// W_dt (dim, rank); dt_bias, D (dim,); A (dim, N) <= 0. Returns the transposed A, A log2(e) and W_dt.
+ScanInputs check_scan(const at::Tensor& u, const at::Tensor& proj, const at::Tensor& W_dt,
+                      const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D, const at::Tensor& y) {
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  check_rows(u, "u", u, true);
+  check_rows(y, "y", u, true);
+  check_rows(proj, "x_proj output", u, false);
+  const int64_t dim = u.size(2);
+  TORCH_CHECK(y.size(2) == dim, "bimamba_cpu: u and y must have the same shape");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1 && A.size(1) <= kMaxState &&
+                  A.scalar_type() == u.scalar_type(),
+              "bimamba_cpu: A must be (channels=", dim, ", N <= ", kMaxState, ") of u's dtype, got ", A.sizes());
+  TORCH_CHECK(W_dt.dim() == 2 && W_dt.size(0) == dim && W_dt.scalar_type() == u.scalar_type(),
+              "bimamba_cpu: dt_proj weight must be (channels=", dim, ", rank) of u's dtype, got ", W_dt.sizes());
+  TORCH_CHECK(proj.size(2) == W_dt.size(1) + 2 * A.size(1), "bimamba_cpu: x_proj output must have rank + 2N = ",
+              W_dt.size(1) + 2 * A.size(1), " columns, got ", proj.size(2));
+  check_vector(D, "D", u, dim);
+  check_vector(dt_bias, "dt_bias", u, dim);
+  TORCH_CHECK(A.max().item<double>() <= 0.0, "bimamba_cpu: A must be <= 0 (A = -exp(A_log))");
+  const at::Tensor A_t = A.t().contiguous();
+  return {A_t, A_t * M_LOG2E, W_dt.t().contiguous()};
 }
 
 template <typename T>
-ScanArgs<T> scan_args(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias, const at::Tensor& A_t,
-                      const at::Tensor& A2_t, const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, at::Tensor& y, bool accumulate,
-                      bool reverse) {
+ScanArgs<T> scan_args(const at::Tensor& u, const at::Tensor& proj, const ScanInputs& in, const at::Tensor& dt_bias,
+                      const at::Tensor& D, at::Tensor& y, bool accumulate, bool reverse) {
   ScanArgs<T> a{};
   a.batch = u.size(0);
   a.length = u.size(1);
   a.dim = u.size(2);
-  a.n_state = A_t.size(0);
+  a.n_state = in.A_t.size(0);
+  a.rank = in.W_dt_t.size(0);
   a.n_chunks = (a.length + kChunk - 1) / kChunk;
   a.lanes = isa_lanes<T>();
   a.u = u.data_ptr<T>();
-  a.dt = dt.data_ptr<T>();
-  a.B = B.data_ptr<T>();
-  a.C = C.data_ptr<T>();
-  a.bc_batch = B.stride(0);
-  a.bc_row = B.stride(1);
-  a.A_t = A_t.data_ptr<T>();
-  a.A2_t = A2_t.data_ptr<T>();
-  a.D = D.data_ptr<T>();
+  a.proj = proj.data_ptr<T>();
+  a.proj_batch = proj.stride(0);
+  a.proj_row = proj.stride(1);
+  a.W_dt_t = in.W_dt_t.data_ptr<T>();
   a.dt_bias = dt_bias.data_ptr<T>();
+  a.A_t = in.A_t.data_ptr<T>();
+  a.A2_t = in.A2_t.data_ptr<T>();
+  a.D = D.data_ptr<T>();
   a.reverse = reverse;
   a.y = y.data_ptr<T>();
   a.accumulate = accumulate;
   return a;
 }
 
-at::Tensor check_scan(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias, const at::Tensor& A,
-                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& y) {
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
-  check_rows(u, "u", u, true);
-  check_rows(dt, "dt", u, true);
-  check_rows(y, "y", u, true);
-  const int64_t dim = u.size(2);
-  TORCH_CHECK(dt.size(2) == dim && y.size(2) == dim, "bimamba_cpu: u, dt, y must have the same shape");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1 && A.size(1) <= kMaxState &&
-                  A.scalar_type() == u.scalar_type(),
-              "bimamba_cpu: A must be (channels=", dim, ", N <= ", kMaxState, ") of u's dtype, got ", A.sizes());
-  check_rows(B, "B", u, false);
-  check_rows(C, "C", u, false);
-  TORCH_CHECK(B.size(2) == A.size(1) && C.size(2) == A.size(1) && B.strides() == C.strides(),
-              "bimamba_cpu: B and C must be (batch, L, N) views with the same strides");
-  check_vector(D, "D", u, dim);
-  check_vector(dt_bias, "dt_bias", u, dim);
-  TORCH_CHECK(A.max().item<double>() <= 0.0, "bimamba_cpu: A must be <= 0 (A = -exp(A_log))");
-  return A.t().contiguous();
-}
-
-// Scan of one direction: y (+)= scan(u, dt, ...); returns the (batch, n_chunks, N, dim) states entering each
-// chunk when `save_states`, else None. u, dt, y (batch, L, dim) contiguous; B, C (batch, L, N) row views.
-c10::optional<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias,
-                                       const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-                                       const at::Tensor& D, at::Tensor y, bool accumulate, bool reverse,
-                                       bool save_states) {
-  const at::Tensor A_t = check_scan(u, dt, dt_bias, A, B, C, D, y), A2_t = A_t * M_LOG2E;
+// Scan of one direction: y (+)= scan(u, ...), then y *= silu(gate) when a gate (batch, L, dim) row view is
+// given; Δ = softplus(W_dt dt_low + dt_bias) is formed inside. Returns the (batch, n_chunks, N, dim) states
+// entering each chunk when `save_states`, else None.
+c10::optional<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& proj, const at::Tensor& W_dt,
+                                       const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D,
+                                       at::Tensor y, bool accumulate, bool reverse, bool save_states,
+                                       const c10::optional<at::Tensor>& gate) {
+  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y);
+  if (gate.has_value()) {
+    check_rows(*gate, "gate", u, false);
+    TORCH_CHECK(gate->size(2) == u.size(2), "bimamba_cpu: the gate must have u's shape");
+  }
   const int64_t n_chunks = (u.size(1) + kChunk - 1) / kChunk;
   at::Tensor states = save_states ? at::empty({u.size(0), n_chunks, A.size(1), u.size(2)}, u.options())
                                   : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_forward", [&] {
-    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, dt, dt_bias, A_t, A2_t, B, C, D, y, accumulate, reverse);
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse);
     a.states = save_states ? states.data_ptr<scalar_t>() : nullptr;
-    run_items(a.batch * vector_count(a.dim, a.lanes), a.length * a.lanes * a.n_state,
+    if (gate.has_value()) {
+      a.gate = gate->data_ptr<scalar_t>();
+      a.gate_batch = gate->stride(0);
+      a.gate_row = gate->stride(1);
+    }
+    run_items(a.batch * vector_count(a.dim, a.lanes), a.length * a.lanes * (a.n_state + a.rank),
               [&](int64_t item) { scan_fwd(a, item); });
   });
   if (!save_states) return c10::nullopt;
@@ -199,12 +221,13 @@ c10::optional<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& dt
 }
 
 // Backward of one direction given dy, from the saved states; also recomputes y (+)= this direction's output.
-// Returns [du, ddt (gradient of dt before bias and softplus), dA (dim, N), dD, ddt_bias, dB, dC (batch, L, N)].
-std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& dt_bias,
-                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-                                      const at::Tensor& D, const at::Tensor& states, const at::Tensor& dy,
-                                      at::Tensor y, bool accumulate, bool reverse) {
-  const at::Tensor A_t = check_scan(u, dt, dt_bias, A, B, C, D, y), A2_t = A_t * M_LOG2E;
+// Returns [du, ddt (gradient of W_dt dt_low, before bias and softplus), dA (dim, N), dD, ddt_bias,
+// dB, dC (batch, L, N)].
+std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& proj, const at::Tensor& W_dt,
+                                      const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D,
+                                      const at::Tensor& states, const at::Tensor& dy, at::Tensor y, bool accumulate,
+                                      bool reverse) {
+  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y);
   check_rows(dy, "dy", u, true);
   const int64_t batch = u.size(0), length = u.size(1), dim = u.size(2), N = A.size(1);
   const int64_t n_chunks = (length + kChunk - 1) / kChunk;
@@ -217,16 +240,16 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& dt,
   at::Tensor dD_parts = at::empty({batch, dim}, u.options()), dbias_parts = at::empty({batch, dim}, u.options());
   at::Tensor dB_parts, dC_parts;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_backward", [&] {
-    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, dt, dt_bias, A_t, A2_t, B, C, D, y, accumulate, reverse);
-    // About four items per thread in all: enough to balance, few enough that the per-item sums of dB and dC
-    // over the item's channel vectors stay cheap.
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse);
+    // About four items per thread in all: enough to balance, few enough that the per-item copies of dB and dC
+    // stay small.
     const int64_t vectors = vector_count(dim, a.lanes);
-    const int64_t wanted = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
-    a.vectors_per_item = (vectors + std::min(wanted, vectors) - 1) / std::min(wanted, vectors);
+    const int64_t wanted = std::min(vectors, std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch));
+    a.vectors_per_item = (vectors + wanted - 1) / wanted;
     const int64_t items_per_batch = (vectors + a.vectors_per_item - 1) / a.vectors_per_item;
     dB_parts = at::empty({batch, items_per_batch, length, N}, u.options());
     dC_parts = at::empty({batch, items_per_batch, length, N}, u.options());
-    a.states = const_cast<scalar_t*>(states.data_ptr<scalar_t>());
+    a.states = states.data_ptr<scalar_t>();
     a.dy = dy.data_ptr<scalar_t>();
     a.du = du.data_ptr<scalar_t>();
     a.ddt = ddt.data_ptr<scalar_t>();
@@ -235,7 +258,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& dt,
     a.ddt_bias = dbias_parts.data_ptr<scalar_t>();
     a.dB_parts = dB_parts.data_ptr<scalar_t>();
     a.dC_parts = dC_parts.data_ptr<scalar_t>();
-    run_items(batch * items_per_batch, 3 * length * a.lanes * N * a.vectors_per_item,
+    run_items(batch * items_per_batch, 3 * length * a.lanes * (N + a.rank) * a.vectors_per_item,
               [&](int64_t item) { scan_bwd(a, item); });
   });
   return {du, ddt, dA_parts.sum(0).t().contiguous(), dD_parts.sum(0), dbias_parts.sum(0), dB_parts.sum(1),
@@ -246,9 +269,14 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& dt,
 }  // namespace bimamba
 
 void register_bimamba(pybind11::module& m) {
-  m.def("conv_forward", &bimamba::conv_forward, "channels-last causal conv + SiLU");
+  namespace py = pybind11;
+  m.def("conv_forward", &bimamba::conv_forward, "channels-last causal conv + SiLU", py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("reverse"), py::arg("out") = py::none());
   m.def("conv_backward", &bimamba::conv_backward, "its backward: writes dx, returns [dweight, dbias or None]");
-  m.def("scan_forward", &bimamba::scan_forward, "channels-last selective scan of one direction into y");
+  m.def("scan_forward", &bimamba::scan_forward, "channels-last selective scan of one direction into y",
+        py::arg("u"), py::arg("proj"), py::arg("dt_proj_weight"), py::arg("dt_bias"), py::arg("A"), py::arg("D"),
+        py::arg("y"), py::arg("accumulate"), py::arg("reverse"), py::arg("save_states"),
+        py::arg("gate") = py::none());
   m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
   m.attr("scan_chunk") = bimamba::kChunk;
   m.def("isa", []() { return std::string(isa::name(isa::active())); }, "instruction set the kernels use");

@@ -28,7 +28,7 @@ constexpr int64_t kMaxWidth = 8;    // conv taps
 
 template <typename T>
 struct ConvArgs {
-  int64_t batch, length, dim, width, lanes;
+  int64_t batch, length, dim, width, lanes, rows_per_item;
   const T* x;  // x[b, t, c] at b * x_batch + t * x_row + c
   int64_t x_batch, x_row;
   const T* w_t;   // (width, dim): the weight transposed
@@ -39,33 +39,34 @@ struct ConvArgs {
   T* dx;           // backward: dx[b, t, c] at b * dx_batch + t * dx_row + c
   int64_t dx_batch, dx_row;
   bool accumulate;  // backward: dx += instead of dx =
-  T* dw_t;          // backward: (width, dim)
-  T* dbias;         // backward: (dim) or null
+  T* dw_parts;      // backward: (items, width, dim), each item's share of dweight (transposed)
+  T* dbias_parts;   // backward: (items, dim)
 };
 
 template <typename T>
 struct ScanArgs {
-  int64_t batch, length, dim, n_state, n_chunks, lanes, vectors_per_item;
-  const T* u;   // (batch, L, dim)
-  const T* dt;  // (batch, L, dim), before dt_bias and softplus
-  const T* B;   // B[b, t, n] at b * bc_batch + t * bc_row + n; C likewise
-  const T* C;
-  int64_t bc_batch, bc_row;
+  int64_t batch, length, dim, n_state, rank, n_chunks, lanes, vectors_per_item;
+  const T* u;     // (batch, L, dim)
+  const T* proj;  // x_proj output rows [dt_low (rank) | B (N) | C (N)] at b * proj_batch + t * proj_row
+  int64_t proj_batch, proj_row;
+  const T* W_dt_t;   // (rank, dim): dt_proj weight transposed; dt = W_dt dt_low, before dt_bias and softplus
+  const T* dt_bias;  // (dim)
   const T* A_t;      // (N, dim): A transposed (A <= 0)
   const T* A2_t;     // (N, dim): A log2(e), the exponent of the decays in base 2
   const T* D;        // (dim)
-  const T* dt_bias;  // (dim)
   bool reverse;
   T* y;             // (batch, L, dim): y (+)= scan output
   bool accumulate;  // y += instead of y =
+  const T* gate;    // forward: z rows (z[b, t, c] at b * gate_batch + t * gate_row + c): y *= silu(z), or null
+  int64_t gate_batch, gate_row;
   T* states;        // (batch, n_chunks, N, dim): state entering each chunk (written by the forward)
   const T* dy;      // backward: gradient of y
   T* du;            // backward outputs, (batch, L, dim) ...
-  T* ddt;
-  T* dA_t;      // (batch, N, dim): per batch element, A transposed
-  T* dD;        // (batch, dim)
-  T* ddt_bias;  // (batch, dim)
-  T* dB_parts;  // (batch, items per batch, L, N): each item's share of dB, summed by the caller
+  T* ddt;           // ... gradient of dt (before dt_bias and softplus)
+  T* dA_t;          // (batch, N, dim): per batch element, A transposed
+  T* dD;            // (batch, dim)
+  T* ddt_bias;      // (batch, dim)
+  T* dB_parts;      // (batch, items per batch, L, N): each item's share of dB, summed by the caller
   T* dC_parts;
 };
 
@@ -75,106 +76,110 @@ inline int64_t time_of(int64_t i, int64_t length, bool reverse) {
 }
 
 // ---- causal conv ---------------------------------------------------------------------------------------------
+// One item = a block of rows_per_item consecutive steps of one batch element, all channels: every row is read
+// and written contiguously, the K input rows a step needs are still in cache from the previous steps.
 
-template <class W, bool kFull>
-VM_INLINE void conv_fwd_vector(const ConvArgs<typename W::Scalar>& a, int64_t c, int count) {
-  using T = typename W::Scalar;
-  using V = typename W::V;
-  const int64_t K = a.width, L = a.length;
-  V w[kMaxWidth];
-  for (int64_t k = 0; k < K; ++k) w[k] = vm::load_n<W, kFull>(a.w_t + k * a.dim + c, count);
-  const V bias = a.bias ? vm::load_n<W, kFull>(a.bias + c, count) : V{};
-  for (int64_t b = 0; b < a.batch; ++b) {
-    V window[kMaxWidth] = {};  // window[k] = x_{i-(K-1)+k}
-    for (int64_t i = 0; i < L; ++i) {
-      const int64_t t = time_of<T>(i, L, a.reverse);
-      for (int64_t k = 0; k + 1 < K; ++k) window[k] = window[k + 1];
-      window[K - 1] = vm::load_n<W, kFull>(a.x + b * a.x_batch + t * a.x_row + c, count);
-      V acc = bias;
-      for (int64_t k = 0; k < K; ++k) acc += w[k] * window[k];
-      const int64_t row = (b * L + t) * a.dim + c;
-      vm::store_n<W, kFull>(a.out + row, acc * vm::sigmoid<W>(acc), count);
-    }
-  }
+template <typename T>
+inline const T* conv_row(const ConvArgs<T>& a, int64_t b, int64_t i) {
+  return a.x + b * a.x_batch + time_of<T>(i, a.length, a.reverse) * a.x_row;
 }
 
-// Gradients of out = silu(conv(x)): the pre-activation is recomputed from x. dx_s = sum_k w[k] g_{s+(K-1)-k}
-// needs gradients up to K-1 steps ahead, so dx trails the loop by K-1 steps through a window of g.
+// pre_i for channels [c, c + count): bias + sum_k w[k] x_{i-(K-1)+k}.
 template <class W, bool kFull>
-VM_INLINE void conv_bwd_vector(const ConvArgs<typename W::Scalar>& a, int64_t c, int count) {
-  using T = typename W::Scalar;
-  using V = typename W::V;
-  const int64_t K = a.width, L = a.length;
-  V w[kMaxWidth], dw[kMaxWidth];
-  for (int64_t k = 0; k < K; ++k) {
-    w[k] = vm::load_n<W, kFull>(a.w_t + k * a.dim + c, count);
-    dw[k] = V{};
+VM_INLINE typename W::V conv_pre(const ConvArgs<typename W::Scalar>& a, int64_t b, int64_t i, int64_t c, int count) {
+  typename W::V acc = a.bias ? vm::load_n<W, kFull>(a.bias + c, count) : typename W::V{};
+  for (int64_t k = std::max<int64_t>(0, a.width - 1 - i); k < a.width; ++k) {
+    acc += vm::load_n<W, kFull>(a.w_t + k * a.dim + c, count) *
+           vm::load_n<W, kFull>(conv_row(a, b, i - (a.width - 1) + k) + c, count);
   }
-  const V bias = a.bias ? vm::load_n<W, kFull>(a.bias + c, count) : V{};
-  V dbias{};
-  for (int64_t b = 0; b < a.batch; ++b) {
-    V window[kMaxWidth] = {}, grads[kMaxWidth] = {};  // grads[m] = g_{i-(K-1)+m}
-    for (int64_t i = 0; i < L + K - 1; ++i) {
-      V g{};
-      if (i < L) {
-        const int64_t t = time_of<T>(i, L, a.reverse);
-        for (int64_t k = 0; k + 1 < K; ++k) window[k] = window[k + 1];
-        window[K - 1] = vm::load_n<W, kFull>(a.x + b * a.x_batch + t * a.x_row + c, count);
-        V pre = bias;
-        for (int64_t k = 0; k < K; ++k) pre += w[k] * window[k];
-        const V s = vm::sigmoid<W>(pre);
-        g = vm::load_n<W, kFull>(a.dout + (b * L + t) * a.dim + c, count) * s * (T(1) + pre * (T(1) - s));
-        for (int64_t k = 0; k < K; ++k) dw[k] += g * window[k];
-        dbias += g;
-      }
-      for (int64_t k = 0; k + 1 < K; ++k) grads[k] = grads[k + 1];
-      grads[K - 1] = g;
-      const int64_t s_step = i - (K - 1);
-      if (s_step >= 0) {
-        V dx{};
-        for (int64_t k = 0; k < K; ++k) dx += w[k] * grads[K - 1 - k];
-        T* p = a.dx + b * a.dx_batch + time_of<T>(s_step, L, a.reverse) * a.dx_row + c;
-        vm::store_n<W, kFull>(p, a.accumulate ? vm::load_n<W, kFull>(p, count) + dx : dx, count);
-      }
-    }
-  }
-  for (int64_t k = 0; k < K; ++k) vm::store_n<W, kFull>(a.dw_t + k * a.dim + c, dw[k], count);
-  if (a.dbias) vm::store_n<W, kFull>(a.dbias + c, dbias, count);
+  return acc;
 }
 
-// One item = one vector of channels, all batches (dw and dbias then need no reduction across items).
+template <class W, bool kFull>
+VM_INLINE void conv_fwd_vector(const ConvArgs<typename W::Scalar>& a, int64_t b, int64_t i, int64_t c, int count) {
+  using T = typename W::Scalar;
+  const typename W::V pre = conv_pre<W, kFull>(a, b, i, c, count);
+  T* out = a.out + (b * a.length + time_of<T>(i, a.length, a.reverse)) * a.dim + c;
+  vm::store_n<W, kFull>(out, pre * vm::sigmoid<W>(pre), count);
+}
+
 template <class W>
 VM_INLINE void conv_fwd_body(const ConvArgs<typename W::Scalar>& a, int64_t item) {
-  const int64_t c = item * W::lanes;
-  const int count = static_cast<int>(std::min<int64_t>(W::lanes, a.dim - c));
-  if (count == W::lanes) {
-    conv_fwd_vector<W, true>(a, c, count);
-  } else {
-    conv_fwd_vector<W, false>(a, c, count);
+  const int64_t blocks = (a.length + a.rows_per_item - 1) / a.rows_per_item;
+  const int64_t b = item / blocks, i0 = (item % blocks) * a.rows_per_item;
+  const int64_t i1 = std::min(a.length, i0 + a.rows_per_item), full = a.dim / W::lanes * W::lanes;
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t c = 0; c < full; c += W::lanes) conv_fwd_vector<W, true>(a, b, i, c, W::lanes);
+    if (full < a.dim) conv_fwd_vector<W, false>(a, b, i, full, static_cast<int>(a.dim - full));
   }
+}
+
+// Backward of out = silu(pre) for the block's rows: g_i = dout_i silu'(pre_i) (pre recomputed) for the block and
+// the K-1 steps after it, which dx_s = sum_k w[k] g_{s+(K-1)-k} needs; dweight and dbias from the block's own rows.
+template <class W, bool kFull>
+VM_INLINE void conv_bwd_vector(const ConvArgs<typename W::Scalar>& a, typename W::Scalar* g, int64_t b, int64_t item,
+                               int64_t i0, int64_t i1, int64_t c, int count) {
+  using T = typename W::Scalar;
+  using V = typename W::V;
+  const int64_t K = a.width, L = a.length, end = std::min(L, i1 + K - 1);
+  V dw[kMaxWidth] = {}, dbias{};
+  for (int64_t i = i0; i < end; ++i) {
+    const V pre = conv_pre<W, kFull>(a, b, i, c, count);
+    const V s = vm::sigmoid<W>(pre);
+    const V dout = vm::load_n<W, kFull>(a.dout + (b * L + time_of<T>(i, L, a.reverse)) * a.dim + c, count);
+    const V gi = dout * s * (T(1) + pre * (T(1) - s));
+    vm::store<W>(g + (i - i0) * W::lanes, gi);
+    if (i < i1) {
+      for (int64_t k = std::max<int64_t>(0, K - 1 - i); k < K; ++k) {
+        dw[k] += gi * vm::load_n<W, kFull>(conv_row(a, b, i - (K - 1) + k) + c, count);
+      }
+      dbias += gi;
+    }
+  }
+  for (int64_t s = i0; s < i1; ++s) {
+    V dx{};
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = s + (K - 1) - k;
+      if (i < end) dx += vm::load_n<W, kFull>(a.w_t + k * a.dim + c, count) * vm::load<W>(g + (i - i0) * W::lanes);
+    }
+    T* p = a.dx + b * a.dx_batch + time_of<T>(s, L, a.reverse) * a.dx_row + c;
+    vm::store_n<W, kFull>(p, a.accumulate ? vm::load_n<W, kFull>(p, count) + dx : dx, count);
+  }
+  for (int64_t k = 0; k < K; ++k) vm::store_n<W, kFull>(a.dw_parts + (item * K + k) * a.dim + c, dw[k], count);
+  vm::store_n<W, kFull>(a.dbias_parts + item * a.dim + c, dbias, count);
 }
 
 template <class W>
 VM_INLINE void conv_bwd_body(const ConvArgs<typename W::Scalar>& a, int64_t item) {
-  const int64_t c = item * W::lanes;
-  const int count = static_cast<int>(std::min<int64_t>(W::lanes, a.dim - c));
-  if (count == W::lanes) {
-    conv_bwd_vector<W, true>(a, c, count);
-  } else {
-    conv_bwd_vector<W, false>(a, c, count);
+  const int64_t blocks = (a.length + a.rows_per_item - 1) / a.rows_per_item;
+  const int64_t b = item / blocks, i0 = (item % blocks) * a.rows_per_item;
+  const int64_t i1 = std::min(a.length, i0 + a.rows_per_item), full = a.dim / W::lanes * W::lanes;
+  std::vector<typename W::Scalar> g((a.rows_per_item + a.width - 1) * W::lanes);  // one channel vector's g
+  for (int64_t c = 0; c < full; c += W::lanes) conv_bwd_vector<W, true>(a, g.data(), b, item, i0, i1, c, W::lanes);
+  if (full < a.dim) {
+    conv_bwd_vector<W, false>(a, g.data(), b, item, i0, i1, full, static_cast<int>(a.dim - full));
   }
 }
 
-// ---- selective scan: forward ----------------------------------------------------------------------------------
+// ---- selective scan ------------------------------------------------------------------------------------------
+
+// dt_bias + W_dt dt_low at step t: the Δ projection (rank FMAs per vector), before softplus.
+template <class W, bool kFull>
+VM_INLINE typename W::V delta_input(const ScanArgs<typename W::Scalar>& a, const typename W::Scalar* row_proj,
+                                    typename W::V bias, int64_t c, int count) {
+  typename W::V x = bias;
+  for (int64_t r = 0; r < a.rank; ++r) x += vm::load_n<W, kFull>(a.W_dt_t + r * a.dim + c, count) * row_proj[r];
+  return x;
+}
 
 template <class W, int kN, bool kFull>
 VM_INLINE void scan_fwd_vector(const ScanArgs<typename W::Scalar>& a, int64_t b, int64_t c, int count) {
   using T = typename W::Scalar;
   using V = typename W::V;
   const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
-  V A[kN > 0 ? kN : kMaxState], h[kN > 0 ? kN : kMaxState];  // A: in base 2
+  V A2[kN > 0 ? kN : kMaxState], h[kN > 0 ? kN : kMaxState];
   for (int64_t n = 0; n < N; ++n) {
-    A[n] = vm::load_n<W, kFull>(a.A2_t + n * dim + c, count);
+    A2[n] = vm::load_n<W, kFull>(a.A2_t + n * dim + c, count);
     h[n] = V{};
   }
   const V bias = vm::load_n<W, kFull>(a.dt_bias + c, count);
@@ -185,18 +190,24 @@ VM_INLINE void scan_fwd_vector(const ScanArgs<typename W::Scalar>& a, int64_t b,
       for (int64_t n = 0; n < N; ++n) vm::store_n<W, kFull>(s + n * dim, h[n], count);
     }
     const int64_t t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
-    const V delta = vm::softplus<W>(vm::load_n<W, kFull>(a.dt + row, count) + bias);
+    const T* proj = a.proj + b * a.proj_batch + t * a.proj_row;
+    const T* Bt = proj + a.rank;
+    const T* Ct = Bt + N;
+    const V delta = vm::softplus<W>(delta_input<W, kFull>(a, proj, bias, c, count));
     const V u = vm::load_n<W, kFull>(a.u + row, count);
     const V du = delta * u;
-    const T* Bt = a.B + b * a.bc_batch + t * a.bc_row;
-    const T* Ct = a.C + b * a.bc_batch + t * a.bc_row;
     V y = D * u;
     for (int64_t n = 0; n < N; ++n) {
-      h[n] = vm::exp2_nonpositive<W>(delta * A[n]) * h[n] + du * Bt[n];
+      h[n] = vm::exp2_nonpositive<W>(delta * A2[n]) * h[n] + du * Bt[n];
       y += h[n] * Ct[n];
     }
     T* yp = a.y + row;
-    vm::store_n<W, kFull>(yp, a.accumulate ? vm::load_n<W, kFull>(yp, count) + y : y, count);
+    if (a.accumulate) y += vm::load_n<W, kFull>(yp, count);
+    if (a.gate) {
+      const V z = vm::load_n<W, kFull>(a.gate + b * a.gate_batch + t * a.gate_row + c, count);
+      y *= z * vm::sigmoid<W>(z);
+    }
+    vm::store_n<W, kFull>(yp, y, count);
   }
 }
 
@@ -222,36 +233,50 @@ VM_INLINE void scan_fwd_body(const ScanArgs<typename W::Scalar>& a, int64_t item
   }
 }
 
-// ---- selective scan: backward ---------------------------------------------------------------------------------
-
-// Per-item scratch; indices in units of scalars. "acc" buffers sum over the item's channel vectors.
+// Per-item scratch, in units of scalars.
 template <typename T>
 struct ScanScratch {
-  std::vector<T> h;     // (kChunk + 1, N, lanes): state entering the chunk, then after each step
-  std::vector<T> a;     // (kChunk, N, lanes): decays exp(delta A)
-  std::vector<T> dlt;   // (kChunk, lanes): delta
-  std::vector<T> dB;    // (kChunk, N, lanes)
-  std::vector<T> dC;    // (kChunk, N, lanes)
-  std::vector<T> lam;   // (vectors, N, lanes): a_{i+1} lam_{i+1} carried into the next (earlier) chunk
-  std::vector<T> dA;    // (vectors, N, lanes)
-  std::vector<T> dD;    // (vectors, lanes)
-  std::vector<T> dbias; // (vectors, lanes)
+  std::vector<T> h;      // (kChunk + 1, N, lanes): state entering the chunk, then after each step
+  std::vector<T> a;      // (kChunk, N, lanes): decays exp(delta A)
+  std::vector<T> dlt;    // (kChunk, lanes): delta
+  std::vector<T> sg;     // (kChunk, lanes): softplus'(dt + dt_bias)
+  std::vector<T> lam;    // (vectors, N, lanes): a_{i+1} lam_{i+1} carried into the next (earlier) chunk
+  std::vector<T> dA;     // (vectors, N, lanes)
+  std::vector<T> dD;     // (vectors, lanes)
+  std::vector<T> dbias;  // (vectors, lanes)
 
   ScanScratch(int64_t N, int64_t lanes, int64_t vectors)
-      : h((kChunk + 1) * N * lanes), a(kChunk * N * lanes), dlt(kChunk * lanes), dB(kChunk * N * lanes),
-        dC(kChunk * N * lanes), lam(vectors * N * lanes), dA(vectors * N * lanes), dD(vectors * lanes),
-        dbias(vectors * lanes) {}
+      : h((kChunk + 1) * N * lanes), a(kChunk * N * lanes), dlt(kChunk * lanes), sg(kChunk * lanes),
+        lam(vectors * N * lanes), dA(vectors * N * lanes), dD(vectors * lanes), dbias(vectors * lanes) {}
 };
 
-// Chunk [i0, i1) of one channel vector (index v within the item): recompute, then the reverse sweep.
+// dst[n] (=, or += unless `first`) the sum over lanes of terms[n], for n < N: the channel sum of one vector's
+// contributions to dB or dC at one step. terms holds N rounded up to whole vectors; it is overwritten.
+template <class W>
+VM_INLINE void add_channel_sums(typename W::V* terms, int64_t N, typename W::Scalar* dst, bool first) {
+  using V = typename W::V;
+  for (int64_t n0 = 0; n0 < N; n0 += W::lanes) {
+    const int count = static_cast<int>(std::min<int64_t>(W::lanes, N - n0));
+    for (int k = count; k < W::lanes; ++k) terms[n0 + k] = V{};
+    V sums = vm::transpose_sum<W>(terms + n0);
+    if (!first) sums += vm::load_part<W>(dst + n0, count);
+    vm::store_part<W>(dst + n0, sums, count);
+  }
+}
+
+// Chunk [i0, i1) of one channel vector (index v within the item): recompute the chunk (and dC), then the
+// reverse sweep (dB and the per-channel gradients).
 template <class W, int kN, bool kFull>
 VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch<typename W::Scalar>& s,
-                              int64_t b, int64_t c, int count, int64_t v, int64_t chunk, int64_t i0, int64_t i1) {
+                              int64_t b, int64_t c, int count, int64_t v, bool first, int64_t chunk, int64_t i0,
+                              int64_t i1, typename W::Scalar* dB_part, typename W::Scalar* dC_part) {
   using T = typename W::Scalar;
   using V = typename W::V;
   constexpr int64_t lanes = W::lanes;
+  constexpr int64_t kPadded = kN > 0 ? (kN + lanes - 1) / lanes * lanes : kMaxState;
   const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
   V A[kN > 0 ? kN : kMaxState], A2[kN > 0 ? kN : kMaxState], h[kN > 0 ? kN : kMaxState];
+  V terms[kPadded];
   const T* state = a.states + (b * a.n_chunks + chunk) * N * dim + c;
   for (int64_t n = 0; n < N; ++n) {
     A[n] = vm::load_n<W, kFull>(a.A_t + n * dim + c, count);
@@ -261,15 +286,20 @@ VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch
   }
   const V bias = vm::load_n<W, kFull>(a.dt_bias + c, count);
   const V D = vm::load_n<W, kFull>(a.D + c, count);
-  // 1. Recompute the chunk's decays and states; add this direction's y into a.y (the gate's gradient needs it).
+  // 1. Recompute the chunk's decays and states; add this direction's y into a.y (the gate's gradient needs it)
+  //    and its dC_t = sum over channels of dy_t h_t.
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
-    const V delta = vm::softplus<W>(vm::load_n<W, kFull>(a.dt + row, count) + bias);
+    const T* proj = a.proj + b * a.proj_batch + t * a.proj_row;
+    const T* Bt = proj + a.rank;
+    const T* Ct = Bt + N;
+    const V x = delta_input<W, kFull>(a, proj, bias, c, count);
+    const V delta = vm::softplus<W>(x);
     vm::store<W>(s.dlt.data() + li * lanes, delta);
+    vm::store<W>(s.sg.data() + li * lanes, vm::softplus_grad<W>(x));
     const V u = vm::load_n<W, kFull>(a.u + row, count);
+    const V dy = vm::load_n<W, kFull>(a.dy + row, count);
     const V du = delta * u;
-    const T* Bt = a.B + b * a.bc_batch + t * a.bc_row;
-    const T* Ct = a.C + b * a.bc_batch + t * a.bc_row;
     V y = D * u;
     for (int64_t n = 0; n < N; ++n) {
       const V decay = vm::exp2_nonpositive<W>(delta * A2[n]);
@@ -277,7 +307,9 @@ VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch
       vm::store<W>(s.a.data() + (li * N + n) * lanes, decay);
       vm::store<W>(s.h.data() + ((li + 1) * N + n) * lanes, h[n]);
       y += h[n] * Ct[n];
+      terms[n] = dy * h[n];
     }
+    add_channel_sums<W>(terms, N, dC_part + t * N, first);
     T* yp = a.y + row;
     vm::store_n<W, kFull>(yp, a.accumulate ? vm::load_n<W, kFull>(yp, count) + y : y, count);
   }
@@ -292,27 +324,26 @@ VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch
   V dD = vm::load<W>(s.dD.data() + v * lanes), dbias = vm::load<W>(s.dbias.data() + v * lanes);
   for (int64_t i = i1 - 1; i >= i0; --i) {
     const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+    const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
+    const T* Ct = Bt + N;
     const V delta = vm::load<W>(s.dlt.data() + li * lanes);
     const V u = vm::load_n<W, kFull>(a.u + row, count);
     const V dy = vm::load_n<W, kFull>(a.dy + row, count);
     const V du = delta * u;
-    const T* Bt = a.B + b * a.bc_batch + t * a.bc_row;
-    const T* Ct = a.C + b * a.bc_batch + t * a.bc_row;
     V g_delta{}, lam_B{};
     for (int64_t n = 0; n < N; ++n) {
       const int64_t k = (li * N + n) * lanes;
       const V lam = carry[n] + dy * Ct[n];
       const V decay = vm::load<W>(s.a.data() + k);
       const V g = lam * vm::load<W>(s.h.data() + k) * decay;  // dLoss/d(delta A): h_{i-1} is row li
-      vm::store<W>(s.dC.data() + k, vm::load<W>(s.dC.data() + k) + dy * vm::load<W>(s.h.data() + k + N * lanes));
-      vm::store<W>(s.dB.data() + k, vm::load<W>(s.dB.data() + k) + lam * du);
       g_delta += g * A[n];
       dA[n] += g * delta;
       lam_B += lam * Bt[n];
       carry[n] = lam * decay;
+      terms[n] = lam * du;
     }
-    const V x = vm::load_n<W, kFull>(a.dt + row, count) + bias;
-    const V ddt = (g_delta + lam_B * u) * vm::softplus_grad<W>(x);
+    add_channel_sums<W>(terms, N, dB_part + t * N, first);
+    const V ddt = (g_delta + lam_B * u) * vm::load<W>(s.sg.data() + li * lanes);
     vm::store_n<W, kFull>(a.ddt + row, ddt, count);
     vm::store_n<W, kFull>(a.du + row, lam_B * delta + D * dy, count);
     dD += dy * u;
@@ -341,23 +372,13 @@ VM_INLINE void scan_bwd_item(const ScanArgs<typename W::Scalar>& a, int64_t item
   T* dC_part = a.dC_parts + item * L * N;
   for (int64_t chunk = a.n_chunks - 1; chunk >= 0; --chunk) {
     const int64_t i0 = chunk * kChunk, i1 = std::min(L, i0 + kChunk);
-    std::fill(s.dB.begin(), s.dB.end(), T(0));
-    std::fill(s.dC.begin(), s.dC.end(), T(0));
     for (int64_t v = v0; v < v1; ++v) {
       const int64_t c = v * lanes;
       const int count = static_cast<int>(std::min<int64_t>(lanes, dim - c));
       if (count == lanes) {
-        scan_bwd_chunk<W, kN, true>(a, s, b, c, count, v - v0, chunk, i0, i1);
+        scan_bwd_chunk<W, kN, true>(a, s, b, c, count, v - v0, v == v0, chunk, i0, i1, dB_part, dC_part);
       } else {
-        scan_bwd_chunk<W, kN, false>(a, s, b, c, count, v - v0, chunk, i0, i1);
-      }
-    }
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = time_of<T>(i, L, a.reverse);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t k = ((i - i0) * N + n) * lanes;
-        dB_part[t * N + n] = vm::hsum<W>(vm::load<W>(s.dB.data() + k));
-        dC_part[t * N + n] = vm::hsum<W>(vm::load<W>(s.dC.data() + k));
+        scan_bwd_chunk<W, kN, false>(a, s, b, c, count, v - v0, v == v0, chunk, i0, i1, dB_part, dC_part);
       }
     }
   }

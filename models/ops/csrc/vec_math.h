@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -95,6 +96,39 @@ VM_INLINE typename W::V vmax(typename W::V a, typename W::V b) {
 template <class W>
 VM_INLINE typename W::V vmin(typename W::V a, typename W::V b) {
   return a < b ? a : b;
+}
+
+// Transposing sum: from `lanes` vectors v[0..lanes), the vector whose lane j is the sum of v[j]'s lanes. Each
+// level merges pairs: the first and second half of every group of P partial sums are added, the groups of a
+// pair side by side, so P halves per level and the result comes out in natural order after log2(lanes) levels
+// (lanes - 1 merges of two shuffles and an add, against lanes horizontal sums).
+template <int P, bool kHigh>
+constexpr int merge_source(int j) {
+  return (j / (P / 2)) * P + (j % (P / 2)) + (kHigh ? P / 2 : 0);
+}
+
+template <class W, int P, bool kHigh, std::size_t... J>
+VM_INLINE typename W::V merge_half(typename W::V a, typename W::V b, std::index_sequence<J...>) {
+#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+  return __builtin_shufflevector(a, b, merge_source<P, kHigh>(J)...);
+#else
+  return __builtin_shuffle(a, b, typename W::I{merge_source<P, kHigh>(J)...});
+#endif
+}
+
+template <class W, int P>
+VM_INLINE void merge_level(typename W::V* v) {
+  constexpr auto lanes = std::make_index_sequence<W::lanes>{};
+  for (int i = 0; i < P / 2; ++i) {
+    v[i] = merge_half<W, P, false>(v[2 * i], v[2 * i + 1], lanes) + merge_half<W, P, true>(v[2 * i], v[2 * i + 1], lanes);
+  }
+  if constexpr (P > 2) merge_level<W, P / 2>(v);
+}
+
+template <class W>
+VM_INLINE typename W::V transpose_sum(typename W::V* v) {
+  merge_level<W, W::lanes>(v);
+  return v[0];
 }
 
 // 1 / i! for the exp polynomial.
