@@ -157,14 +157,20 @@ torch.library.register_autograd("videomamba::bimamba_inner", _backward, setup_co
 @torch.compiler.assume_constant_result
 def resolve_inner_backend(device_type: str, backend: Optional[str], conv_width: int, n_state: int) -> str:
     """The implementation for this call: "cpp" or "cuda" (the fused op) or, for the composed reference,
-    "composed:<scan backend>". Run once per distinct arguments under torch.compile (its result is a constant).
+    "composed:<scan backend>"; logged once per device. Run once per distinct arguments under torch.compile (its
+    result is a constant there).
 
     "auto": the fused op when its kernels load (C++ on CPU; the stock kernels on CUDA, conv width 2-4), else
     the composed path after one loud warning. "cpp" / "cuda" forced: as auto, but "cuda" raises when its
     kernels are missing and either raises on the other device. "torch" / "ref": the composed path.
     """
     requested = requested_backend(backend)
-    on_cuda = device_type == "cuda"
+    chosen = _choose_inner_backend(device_type == "cuda", requested, conv_width, n_state)
+    announce("bimamba_inner", chosen, device_type, requested)
+    return chosen
+
+
+def _choose_inner_backend(on_cuda: bool, requested: str, conv_width: int, n_state: int) -> str:
     if requested in ("torch", "ref"):
         return f"composed:{requested}"
     if requested == "cpp" and on_cuda:
@@ -180,7 +186,7 @@ def resolve_inner_backend(device_type: str, backend: Optional[str], conv_width: 
             warn_once("bimamba_inner:cuda", f"bimamba_inner: the fused CUDA path is unusable ({exc}); the mixer "
                                             f"runs the composed ops, which keep far more activations")
             return "composed:auto"
-        if not conv_kernel_supports(torch.empty(1, conv_width)):
+        if not conv_kernel_supports(conv_width):
             return "composed:auto"
         return "cuda"
     if conv_width > MAX_CPU_CONV_WIDTH or n_state > MAX_STATE:
@@ -198,10 +204,8 @@ def bimamba_inner_fn(hidden: Tensor, params: InnerParams, backend: Optional[str]
 
     `backend`: one of `BACKENDS`, None for the process default; the choice is logged once per device.
     """
-    device = hidden.device.type
-    name = resolve_inner_backend(device, backend, params.forward.conv_weight.shape[1], params.forward.A.shape[1])
-    if not torch.compiler.is_compiling():
-        announce("bimamba_inner", name, device, requested_backend(backend))
+    name = resolve_inner_backend(hidden.device.type, backend, params.forward.conv_weight.shape[1],
+                                 params.forward.A.shape[1])
     if name.startswith("composed:"):
         return bimamba_inner_ref(hidden, params, name.split(":", 1)[1])
     flat = params.flat()

@@ -96,7 +96,7 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         load_causal_conv1d()
         if not x.is_cuda:
             raise ValueError("the 'cuda' conv backend needs CUDA tensors")
-    use_kernel = requested in ("cuda", "auto") and x.is_cuda and conv_kernel_supports(weight) \
+    use_kernel = requested in ("cuda", "auto") and x.is_cuda and conv_kernel_supports(weight.shape[-1]) \
         and (requested == "cuda" or _conv_kernel_importable())
     device = "cuda" if x.is_cuda else "cpu"
     if use_kernel or requested == "ref":

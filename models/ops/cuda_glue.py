@@ -85,9 +85,9 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     )
 
 
-def conv_kernel_supports(weight: Tensor) -> bool:
+def conv_kernel_supports(width: int) -> bool:
     """causal_conv1d handles widths 2 to 4 only."""
-    return 2 <= weight.shape[-1] <= 4
+    return 2 <= width <= 4
 
 
 def channels_last_ok(x: Tensor) -> bool:

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -19,6 +20,32 @@
 namespace bimamba {
 namespace {
 
+// A register-only loop of independent multiply-adds on the widest vectors of the active instruction set: what one
+// core can do at most (FMA width x FMA units x clock), for the benchmark's peak figure.
+template <typename T>
+struct PeakArgs {
+  int64_t iterations;
+  T* sink;
+};
+
+constexpr int kPeakChains = 12;  // independent accumulators: enough to cover the FMA latency on two units
+
+template <class W>
+VM_INLINE void fma_peak_body(const PeakArgs<typename W::Scalar>& a, int64_t) {
+  using T = typename W::Scalar;
+  using V = typename W::V;
+  V acc[kPeakChains];
+  for (int k = 0; k < kPeakChains; ++k) acc[k] = vm::splat<W>(T(k) * T(1e-3));
+  const V scale = vm::splat<W>(T(0.999999)), shift = vm::splat<W>(T(1e-6));
+  for (int64_t i = 0; i < a.iterations; ++i) {
+    for (int k = 0; k < kPeakChains; ++k) acc[k] = acc[k] * scale + shift;
+  }
+  V sum{};
+  for (int k = 0; k < kPeakChains; ++k) sum += acc[k];
+  *a.sink = vm::hsum<W>(sum);
+}
+
+ISA_DISPATCH(fma_peak, PeakArgs)
 ISA_DISPATCH(conv_fwd, ConvArgs)
 ISA_DISPATCH(conv_bwd, ConvArgs)
 ISA_DISPATCH(scan_fwd, ScanArgs)
@@ -265,6 +292,21 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& pro
           dC_parts.sum(1)};
 }
 
+// fp32 multiply-adds per second of fma_peak on the calling thread (best of `repeats` runs).
+double fma_rate(int64_t iterations, int64_t repeats) {
+  float sink = 0.0f;
+  const PeakArgs<float> args{iterations, &sink};
+  double best = 0.0;
+  for (int64_t r = 0; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    fma_peak(args, 0);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, static_cast<double>(iterations) * kPeakChains * isa_lanes<float>() / seconds);
+  }
+  TORCH_CHECK(sink == sink, "bimamba_cpu: fma_rate produced NaN");
+  return best;
+}
+
 }  // namespace
 }  // namespace bimamba
 
@@ -279,6 +321,8 @@ void register_bimamba(pybind11::module& m) {
         py::arg("gate") = py::none());
   m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
   m.attr("scan_chunk") = bimamba::kChunk;
+  m.def("fma_rate", &bimamba::fma_rate, "fp32 multiply-adds per second of one thread (register-only FMA loop)",
+        py::arg("iterations") = 20000000, py::arg("repeats") = 3);
   m.def("isa", []() { return std::string(isa::name(isa::active())); }, "instruction set the kernels use");
   m.def("best_isa", []() { return std::string(isa::name(isa::best_supported())); }, "best this CPU supports");
   m.def("set_isa", &isa::set_active, "force 'avx512', 'avx2' or 'generic' (or 'auto')");
