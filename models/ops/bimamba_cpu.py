@@ -64,8 +64,7 @@ def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], 
     dout = dout.to(dtype).contiguous()
     x, z = _in_proj(hidden_c, p)
     d_gated = torch.matmul(dout, p.out_proj_weight)  # (batch, L, d_inner)
-    sig_z = torch.sigmoid(z)
-    dy = d_gated * z * sig_z
+    dy = ext.gate_grad_y(z, d_gated)  # d_gated silu(z)
     y = torch.empty_like(dy)  # the scans' output before the gate, recomputed by their backward passes
     dx = torch.empty_like(x)
     u: Optional[Tensor] = None
@@ -87,9 +86,9 @@ def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], 
         direction_grads.append(Direction(d_conv_weight, d_conv_bias, d_x_proj_weight, d_dt_proj_weight, ddt_bias,
                                          dA, dD))
     del u, dy, x
-    dz = d_gated.mul_(y).mul_(sig_z * (1 + z * (1 - sig_z)))  # silu'(z) = sig + silu(z)·(1 - sig)
-    gated = y.mul_(z * sig_z)
-    del z, sig_z
+    ext.gate_grad_z(z, d_gated, y)
+    dz, gated = d_gated, y  # d_gated y silu'(z), y silu(z)
+    del z
     d_out_proj_weight = dout.flatten(0, 1).t() @ gated.flatten(0, 1)
     d_out_proj_bias = None if p.out_proj_bias is None else dout.sum((0, 1))
     del gated

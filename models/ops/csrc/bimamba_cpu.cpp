@@ -46,6 +46,8 @@ VM_INLINE void fma_peak_body(const PeakArgs<typename W::Scalar>& a, int64_t) {
 }
 
 ISA_DISPATCH(fma_peak, PeakArgs)
+ISA_DISPATCH(gate_pre, GateArgs)
+ISA_DISPATCH(gate_post, GateArgs)
 ISA_DISPATCH(conv_fwd, ConvArgs)
 ISA_DISPATCH(conv_bwd, ConvArgs)
 ISA_DISPATCH(scan_fwd, ScanArgs)
@@ -161,6 +163,45 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
     run_items(items, 3 * kConvRows * a.dim * a.width, [&](int64_t item) { conv_bwd(a, item); });
   });
   return {dw_parts.sum(0).t().contiguous(), bias.has_value() ? dbias_parts.sum(0) : at::Tensor()};
+}
+
+constexpr int64_t kGateRows = 64;  // rows per gate work item
+
+template <typename T>
+GateArgs<T> gate_args(const at::Tensor& z, at::Tensor& d_gated) {
+  check_rows(z, "z", z, true);
+  check_rows(d_gated, "d_gated", z, true);
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  TORCH_CHECK(d_gated.sizes() == z.sizes(), "bimamba_cpu: d_gated must have z's shape");
+  GateArgs<T> a{};
+  a.rows = z.size(0) * z.size(1);
+  a.dim = z.size(2);
+  a.rows_per_item = kGateRows;
+  a.z = z.data_ptr<T>();
+  a.d_gated = d_gated.data_ptr<T>();
+  return a;
+}
+
+// dy = d_gated silu(z), all (batch, L, dim) contiguous.
+at::Tensor gate_grad_y(const at::Tensor& z, at::Tensor d_gated) {
+  at::Tensor dy = at::empty(z.sizes(), z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_pre", [&] {
+    GateArgs<scalar_t> a = gate_args<scalar_t>(z, d_gated);
+    a.dy = dy.data_ptr<scalar_t>();
+    run_items((a.rows + kGateRows - 1) / kGateRows, kGateRows * a.dim, [&](int64_t item) { gate_pre(a, item); });
+  });
+  return dy;
+}
+
+// In place: d_gated <- dz = d_gated y silu'(z), y <- y silu(z).
+void gate_grad_z(const at::Tensor& z, at::Tensor d_gated, at::Tensor y) {
+  check_rows(y, "y", z, true);
+  TORCH_CHECK(y.sizes() == z.sizes(), "bimamba_cpu: y must have z's shape");
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_post", [&] {
+    GateArgs<scalar_t> a = gate_args<scalar_t>(z, d_gated);
+    a.y = y.data_ptr<scalar_t>();
+    run_items((a.rows + kGateRows - 1) / kGateRows, kGateRows * a.dim, [&](int64_t item) { gate_post(a, item); });
+  });
 }
 
 struct ScanInputs {
@@ -320,6 +361,8 @@ void register_bimamba(pybind11::module& m) {
         py::arg("y"), py::arg("accumulate"), py::arg("reverse"), py::arg("save_states"),
         py::arg("gate") = py::none());
   m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
+  m.def("gate_grad_y", &bimamba::gate_grad_y, "dy = d_gated silu(z)");
+  m.def("gate_grad_z", &bimamba::gate_grad_z, "in place: d_gated <- d_gated y silu'(z), y <- y silu(z)");
   m.attr("scan_chunk") = bimamba::kChunk;
   m.def("fma_rate", &bimamba::fma_rate, "fp32 multiply-adds per second of one thread (register-only FMA loop)",
         py::arg("iterations") = 20000000, py::arg("repeats") = 3);
