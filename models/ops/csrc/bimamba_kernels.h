@@ -283,6 +283,9 @@ struct ScanScratch {
   std::vector<T> a;      // (kChunk, N, lanes): decays exp(delta A)
   std::vector<T> dlt;    // (kChunk, lanes): delta
   std::vector<T> sg;     // (kChunk, lanes): softplus'(dt + dt_bias)
+  std::vector<T> acc1;   // (kChunk, lanes): y, then g_delta, summed over the state blocks so far
+  std::vector<T> acc2;   // (kChunk, lanes): lam_B summed over the state blocks so far
+  std::vector<T> pair;   // (kChunk, lanes): a state block's partial channel sums, awaiting the next block
   std::vector<T> lam;    // (vectors, N, lanes): a_{i+1} lam_{i+1} carried into the next (earlier) chunk
   std::vector<T> dA;     // (vectors, N, lanes)
   std::vector<T> dD;     // (vectors, lanes)
@@ -290,25 +293,49 @@ struct ScanScratch {
 
   ScanScratch(int64_t N, int64_t lanes, int64_t vectors)
       : h((kChunk + 1) * N * lanes), a(kChunk * N * lanes), dlt(kChunk * lanes), sg(kChunk * lanes),
-        lam(vectors * N * lanes), dA(vectors * N * lanes), dD(vectors * lanes), dbias(vectors * lanes) {}
+        acc1(kChunk * lanes), acc2(kChunk * lanes), pair(kChunk * lanes), lam(vectors * N * lanes),
+        dA(vectors * N * lanes), dD(vectors * lanes), dbias(vectors * lanes) {}
 };
 
-// dst[n] (=, or += unless `first`) the sum over lanes of terms[n], for n < N: the channel sum of one vector's
-// contributions to dB or dC at one step. terms holds N rounded up to whole vectors; it is overwritten.
+// The backward works on the states in blocks of kBlock, so that a block's recurrences, adjoints and dA sums stay in
+// vector registers; what couples the blocks (y, g_delta and lam_B, sums over all states) goes through small
+// per-step buffers.
+constexpr int kBlock = 8;
+
+// Adds (or writes, when `first`) the sums over channels (lanes) of terms[0..nb) to dst[n0 + k], for the state block
+// starting at n0 (< N). With 16 lanes a block of 8 leaves 8 groups of 2 partial sums: even blocks park them in
+// `pair` and odd blocks finish both (natural order); a last even block finishes against zeros.
 template <class W>
-VM_INLINE void add_channel_sums(typename W::V* terms, int64_t N, typename W::Scalar* dst, bool first) {
+VM_INLINE void add_block_sums(typename W::V* terms, int nb, int64_t n0, int64_t N, typename W::Scalar* dst,
+                              bool first, typename W::Scalar* pair) {
   using V = typename W::V;
-  for (int64_t n0 = 0; n0 < N; n0 += W::lanes) {
-    const int count = static_cast<int>(std::min<int64_t>(W::lanes, N - n0));
-    for (int k = count; k < W::lanes; ++k) terms[n0 + k] = V{};
-    V sums = vm::transpose_sum<W>(terms + n0);
-    if (!first) sums += vm::load_part<W>(dst + n0, count);
-    vm::store_part<W>(dst + n0, sums, count);
+  constexpr int lanes = W::lanes;
+  for (int k = nb; k < kBlock; ++k) terms[k] = V{};
+  auto put = [&](int64_t n, V sums) {
+    const int count = static_cast<int>(std::min<int64_t>(lanes, N - n));
+    if (!first) sums += vm::load_part<W>(dst + n, count);
+    vm::store_part<W>(dst + n, sums, count);
+  };
+  vm::merge_levels<W, lanes, kBlock>(terms);
+  if constexpr (lanes <= kBlock) {
+    for (int j = 0; j < kBlock / lanes && n0 + j * lanes < N; ++j) put(n0 + j * lanes, terms[j]);
+  } else {
+    static_assert(lanes == 2 * kBlock, "one pair of blocks per vector of sums");
+    constexpr auto seq = std::make_index_sequence<lanes>{};
+    if ((n0 / kBlock) % 2 == 0 && n0 + kBlock < N) {
+      vm::store<W>(pair, terms[0]);
+    } else if ((n0 / kBlock) % 2 == 0) {
+      put(n0, vm::merge_half<W, 2, false>(terms[0], V{}, seq) + vm::merge_half<W, 2, true>(terms[0], V{}, seq));
+    } else {
+      const V first_half = vm::load<W>(pair);
+      put(n0 - kBlock, vm::merge_half<W, 2, false>(first_half, terms[0], seq) +
+                           vm::merge_half<W, 2, true>(first_half, terms[0], seq));
+    }
   }
 }
 
-// Chunk [i0, i1) of one channel vector (index v within the item): recompute the chunk (and dC), then the
-// reverse sweep (dB and the per-channel gradients).
+// Chunk [i0, i1) of one channel vector (index v within the item): recompute the chunk's decays and states (and dC,
+// and y), then the reverse sweep (dB and the per-channel gradients), each block of states in turn.
 template <class W, int kN, bool kFull>
 VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch<typename W::Scalar>& s,
                               int64_t b, int64_t c, int count, int64_t v, bool first, int64_t chunk, int64_t i0,
@@ -316,85 +343,106 @@ VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch
   using T = typename W::Scalar;
   using V = typename W::V;
   constexpr int64_t lanes = W::lanes;
-  constexpr int64_t kPadded = kN > 0 ? (kN + lanes - 1) / lanes * lanes : kMaxState;
   const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
-  V A[kN > 0 ? kN : kMaxState], A2[kN > 0 ? kN : kMaxState], h[kN > 0 ? kN : kMaxState];
-  V terms[kPadded];
   const T* state = a.states + (b * a.n_chunks + chunk) * N * dim + c;
-  for (int64_t n = 0; n < N; ++n) {
-    A[n] = vm::load_n<W, kFull>(a.A_t + n * dim + c, count);
-    A2[n] = vm::load_n<W, kFull>(a.A2_t + n * dim + c, count);
-    h[n] = vm::load_n<W, kFull>(state + n * dim, count);
-    vm::store<W>(s.h.data() + n * lanes, h[n]);
-  }
   const V bias = vm::load_n<W, kFull>(a.dt_bias + c, count);
   const V D = vm::load_n<W, kFull>(a.D + c, count);
-  // 1. Recompute the chunk's decays and states; add this direction's y into a.y (the gate's gradient needs it)
-  //    and its dC_t = sum over channels of dy_t h_t.
+  V terms[kBlock];
+  // 0. Per step: delta and softplus' (the Δ projection once for all blocks).
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
-    const T* proj = a.proj + b * a.proj_batch + t * a.proj_row;
-    const T* Bt = proj + a.rank;
-    const T* Ct = Bt + N;
+    const int64_t li = i - i0;
+    const T* proj = a.proj + b * a.proj_batch + time_of<T>(i, L, a.reverse) * a.proj_row;
     const V x = delta_input<W, kFull>(a, proj, bias, c, count);
-    const V delta = vm::softplus<W>(x);
-    vm::store<W>(s.dlt.data() + li * lanes, delta);
+    vm::store<W>(s.dlt.data() + li * lanes, vm::softplus<W>(x));
     vm::store<W>(s.sg.data() + li * lanes, vm::softplus_grad<W>(x));
-    const V u = vm::load_n<W, kFull>(a.u + row, count);
-    const V dy = vm::load_n<W, kFull>(a.dy + row, count);
-    const V du = delta * u;
-    V y = D * u;
-    for (int64_t n = 0; n < N; ++n) {
-      const V decay = vm::exp2_nonpositive<W>(delta * A2[n]);
-      h[n] = decay * h[n] + du * Bt[n];
-      vm::store<W>(s.a.data() + (li * N + n) * lanes, decay);
-      vm::store<W>(s.h.data() + ((li + 1) * N + n) * lanes, h[n]);
-      y += h[n] * Ct[n];
-      terms[n] = dy * h[n];
+  }
+  // 1. Recompute the decays and states; y = C.h + D u into a.y (the gate's gradient needs it); dC = sum dy h.
+  for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
+    const bool last = n0 + kBlock >= N;
+    V A2[kBlock], h[kBlock];
+    for (int k = 0; k < nb; ++k) {
+      A2[k] = vm::load_n<W, kFull>(a.A2_t + (n0 + k) * dim + c, count);
+      h[k] = vm::load_n<W, kFull>(state + (n0 + k) * dim, count);
+      vm::store<W>(s.h.data() + (n0 + k) * lanes, h[k]);
     }
-    add_channel_sums<W>(terms, N, dC_part + t * N, first);
-    T* yp = a.y + row;
-    vm::store_n<W, kFull>(yp, a.accumulate ? vm::load_n<W, kFull>(yp, count) + y : y, count);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+      const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
+      const T* Ct = Bt + N;
+      const V delta = vm::load<W>(s.dlt.data() + li * lanes);
+      const V u = vm::load_n<W, kFull>(a.u + row, count);
+      const V dy = vm::load_n<W, kFull>(a.dy + row, count);
+      const V du = delta * u;
+      V y = n0 == 0 ? D * u : vm::load<W>(s.acc1.data() + li * lanes);
+      for (int k = 0; k < nb; ++k) {
+        const int64_t n = n0 + k;
+        const V decay = vm::exp2_nonpositive<W>(delta * A2[k]);
+        h[k] = decay * h[k] + du * Bt[n];
+        vm::store<W>(s.a.data() + (li * N + n) * lanes, decay);
+        vm::store<W>(s.h.data() + ((li + 1) * N + n) * lanes, h[k]);
+        y += h[k] * Ct[n];
+        terms[k] = dy * h[k];
+      }
+      add_block_sums<W>(terms, nb, n0, N, dC_part + t * N, first, s.pair.data() + li * lanes);
+      if (!last) {
+        vm::store<W>(s.acc1.data() + li * lanes, y);
+      } else {
+        T* yp = a.y + row;
+        vm::store_n<W, kFull>(yp, a.accumulate ? vm::load_n<W, kFull>(yp, count) + y : y, count);
+      }
+    }
   }
   // 2. Reverse sweep. lam = dLoss/dh_i; carry = a_i lam_i enters step i-1.
-  V carry[kN > 0 ? kN : kMaxState], dA[kN > 0 ? kN : kMaxState];
-  T* carry_mem = s.lam.data() + v * N * lanes;
-  T* dA_mem = s.dA.data() + v * N * lanes;
-  for (int64_t n = 0; n < N; ++n) {
-    carry[n] = vm::load<W>(carry_mem + n * lanes);
-    dA[n] = vm::load<W>(dA_mem + n * lanes);
-  }
   V dD = vm::load<W>(s.dD.data() + v * lanes), dbias = vm::load<W>(s.dbias.data() + v * lanes);
-  for (int64_t i = i1 - 1; i >= i0; --i) {
-    const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
-    const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
-    const T* Ct = Bt + N;
-    const V delta = vm::load<W>(s.dlt.data() + li * lanes);
-    const V u = vm::load_n<W, kFull>(a.u + row, count);
-    const V dy = vm::load_n<W, kFull>(a.dy + row, count);
-    const V du = delta * u;
-    V g_delta{}, lam_B{};
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t k = (li * N + n) * lanes;
-      const V lam = carry[n] + dy * Ct[n];
-      const V decay = vm::load<W>(s.a.data() + k);
-      const V g = lam * vm::load<W>(s.h.data() + k) * decay;  // dLoss/d(delta A): h_{i-1} is row li
-      g_delta += g * A[n];
-      dA[n] += g * delta;
-      lam_B += lam * Bt[n];
-      carry[n] = lam * decay;
-      terms[n] = lam * du;
+  for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
+    const bool last = n0 + kBlock >= N;
+    T* carry_mem = s.lam.data() + (v * N + n0) * lanes;
+    T* dA_mem = s.dA.data() + (v * N + n0) * lanes;
+    V A[kBlock], carry[kBlock], dA[kBlock];
+    for (int k = 0; k < nb; ++k) {
+      A[k] = vm::load_n<W, kFull>(a.A_t + (n0 + k) * dim + c, count);
+      carry[k] = vm::load<W>(carry_mem + k * lanes);
+      dA[k] = vm::load<W>(dA_mem + k * lanes);
     }
-    add_channel_sums<W>(terms, N, dB_part + t * N, first);
-    const V ddt = (g_delta + lam_B * u) * vm::load<W>(s.sg.data() + li * lanes);
-    vm::store_n<W, kFull>(a.ddt + row, ddt, count);
-    vm::store_n<W, kFull>(a.du + row, lam_B * delta + D * dy, count);
-    dD += dy * u;
-    dbias += ddt;
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    vm::store<W>(carry_mem + n * lanes, carry[n]);
-    vm::store<W>(dA_mem + n * lanes, dA[n]);
+    for (int64_t i = i1 - 1; i >= i0; --i) {
+      const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+      const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
+      const T* Ct = Bt + N;
+      const V delta = vm::load<W>(s.dlt.data() + li * lanes);
+      const V u = vm::load_n<W, kFull>(a.u + row, count);
+      const V dy = vm::load_n<W, kFull>(a.dy + row, count);
+      const V du = delta * u;
+      V g_delta = n0 == 0 ? V{} : vm::load<W>(s.acc1.data() + li * lanes);
+      V lam_B = n0 == 0 ? V{} : vm::load<W>(s.acc2.data() + li * lanes);
+      for (int k = 0; k < nb; ++k) {
+        const int64_t n = n0 + k, at = (li * N + n) * lanes;
+        const V lam = carry[k] + dy * Ct[n];
+        const V decay = vm::load<W>(s.a.data() + at);
+        const V g = lam * vm::load<W>(s.h.data() + at) * decay;  // dLoss/d(delta A): h_{i-1} is row li
+        g_delta += g * A[k];
+        dA[k] += g * delta;
+        lam_B += lam * Bt[n];
+        carry[k] = lam * decay;
+        terms[k] = lam * du;
+      }
+      add_block_sums<W>(terms, nb, n0, N, dB_part + t * N, first, s.pair.data() + li * lanes);
+      if (!last) {
+        vm::store<W>(s.acc1.data() + li * lanes, g_delta);
+        vm::store<W>(s.acc2.data() + li * lanes, lam_B);
+        continue;
+      }
+      const V ddt = (g_delta + lam_B * u) * vm::load<W>(s.sg.data() + li * lanes);
+      vm::store_n<W, kFull>(a.ddt + row, ddt, count);
+      vm::store_n<W, kFull>(a.du + row, lam_B * delta + D * dy, count);
+      dD += dy * u;
+      dbias += ddt;
+    }
+    for (int k = 0; k < nb; ++k) {
+      vm::store<W>(carry_mem + k * lanes, carry[k]);
+      vm::store<W>(dA_mem + k * lanes, dA[k]);
+    }
   }
   vm::store<W>(s.dD.data() + v * lanes, dD);
   vm::store<W>(s.dbias.data() + v * lanes, dbias);

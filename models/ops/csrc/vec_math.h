@@ -48,9 +48,10 @@ VM_INLINE void store(typename W::Scalar* p, typename W::V v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// The first `count` lanes from p, the others zero (the channel tail of a row).
+// The first `count` lanes from p, the others zero (the channel tail of a row); a full vector takes the plain load.
 template <class W>
 VM_INLINE typename W::V load_part(const typename W::Scalar* p, int count) {
+  if (count == W::lanes) return load<W>(p);
   typename W::V v{};
   std::memcpy(&v, p, sizeof(typename W::Scalar) * count);
   return v;
@@ -58,7 +59,11 @@ VM_INLINE typename W::V load_part(const typename W::Scalar* p, int count) {
 
 template <class W>
 VM_INLINE void store_part(typename W::Scalar* p, typename W::V v, int count) {
-  std::memcpy(p, &v, sizeof(typename W::Scalar) * count);
+  if (count == W::lanes) {
+    store<W>(p, v);
+  } else {
+    std::memcpy(p, &v, sizeof(typename W::Scalar) * count);
+  }
 }
 
 // Full-width (kFull) or partial load/store of a row segment; kFull is a compile-time choice so the hot
@@ -68,7 +73,9 @@ VM_INLINE typename W::V load_n(const typename W::Scalar* p, int count) {
   if constexpr (kFull) {
     return load<W>(p);
   } else {
-    return load_part<W>(p, count);
+    typename W::V v{};
+    std::memcpy(&v, p, sizeof(typename W::Scalar) * count);
+    return v;
   }
 }
 
@@ -77,7 +84,7 @@ VM_INLINE void store_n(typename W::Scalar* p, typename W::V v, int count) {
   if constexpr (kFull) {
     store<W>(p, v);
   } else {
-    store_part<W>(p, v, count);
+    std::memcpy(p, &v, sizeof(typename W::Scalar) * count);
   }
 }
 
@@ -116,19 +123,17 @@ VM_INLINE typename W::V merge_half(typename W::V a, typename W::V b, std::index_
 #endif
 }
 
-template <class W, int P>
-VM_INLINE void merge_level(typename W::V* v) {
-  constexpr auto lanes = std::make_index_sequence<W::lanes>{};
-  for (int i = 0; i < P / 2; ++i) {
-    v[i] = merge_half<W, P, false>(v[2 * i], v[2 * i + 1], lanes) + merge_half<W, P, true>(v[2 * i], v[2 * i + 1], lanes);
+// Merge levels on `count` vectors, from groups of P partial sums down: pairs are merged until one vector is left
+// or the groups are single sums. With count = lanes this is the whole transposing sum.
+template <class W, int P, int count>
+VM_INLINE void merge_levels(typename W::V* v) {
+  if constexpr (count > 1 && P >= 2) {
+    constexpr auto lanes = std::make_index_sequence<W::lanes>{};
+    for (int i = 0; i < count / 2; ++i) {
+      v[i] = merge_half<W, P, false>(v[2 * i], v[2 * i + 1], lanes) + merge_half<W, P, true>(v[2 * i], v[2 * i + 1], lanes);
+    }
+    merge_levels<W, P / 2, count / 2>(v);
   }
-  if constexpr (P > 2) merge_level<W, P / 2>(v);
-}
-
-template <class W>
-VM_INLINE typename W::V transpose_sum(typename W::V* v) {
-  merge_level<W, W::lanes>(v);
-  return v[0];
 }
 
 // 1 / i! for the exp polynomial.
