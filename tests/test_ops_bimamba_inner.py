@@ -38,8 +38,9 @@ def random_inner(batch, length, d_inner, n_state=16, rank=3, width=4, d_model=6,
 
     def direction():
         A = (-torch.exp(torch.randn(d_inner, n_state, generator=gen) * 0.5)).to(dtype).requires_grad_()
-        return Direction(randn(d_inner, width), randn(d_inner) if conv_bias else None, randn(rank + 2 * n_state, d_inner),
-                         randn(d_inner, rank, scale=0.5), randn(d_inner), A, randn(d_inner))
+        return Direction(randn(d_inner, width), randn(d_inner) if conv_bias else None,
+                         randn(rank + 2 * n_state, d_inner), randn(d_inner, rank, scale=0.5), randn(d_inner), A,
+                         randn(d_inner))
 
     params = InnerParams(randn(2 * d_inner, d_model), randn(2 * d_inner) if proj_bias else None, direction(),
                          direction(), randn(d_model, d_inner), randn(d_model) if proj_bias else None)

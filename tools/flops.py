@@ -96,7 +96,8 @@ class _ExplicitOps:
 
     def selective_scan_fn(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                          return_last_state: bool = False, backend: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                          return_last_state: bool = False,
+                          backend: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Record one scan u (B, D, L), A (D, N); return zeros (B, D, L) (and a (B, D, N) last state)."""
         batch, d_inner, seqlen = u.shape
         self.scan += selective_scan_flops(batch, d_inner, seqlen, A.shape[-1], D is not None, z is not None)

@@ -7,7 +7,8 @@ flipped. Computes in fp64 for fp64 inputs, else fp32. The forward keeps only eac
 (batch, L, dt_rank + 2N) and the scan state entering every chunk of ``SCAN_CHUNK`` steps (batch, L / chunk, N,
 d_inner); the op's input is kept by autograd anyway, and the backward recomputes in_proj, the conv, Δ and the
 scan (chunk by chunk). The scan kernel forms Δ = softplus(dt_proj(dt_low)) itself, and the second direction's
-scan applies the silu(z) gate as it writes, so a forward allocates only x, z, the conv output and y.
+scan applies the silu(z) gate as it writes, so a forward allocates only in_proj's output, the conv output and
+y.
 """
 from typing import List, Optional, Tuple
 
@@ -23,15 +24,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dtype)
-
-
 def _in_proj(hidden: Tensor, p: InnerParams) -> Tuple[Tensor, Tensor]:
-    """x, z (batch, L, d_inner) each, contiguous: in_proj in two halves."""
-    w_x, w_z = p.in_proj_weight.chunk(2)
-    b_x, b_z = (None, None) if p.in_proj_bias is None else p.in_proj_bias.chunk(2)
-    return F.linear(hidden, w_x, b_x), F.linear(hidden, w_z, b_z)
+    """x, z (batch, L, d_inner): the two halves (row views) of in_proj's output."""
+    xz = F.linear(hidden, p.in_proj_weight, p.in_proj_bias)
+    return xz.chunk(2, dim=-1)
 
 
 def forward(ext, hidden: Tensor, params: InnerParams, save: bool) -> Tuple[Tensor, List[Tensor]]:
@@ -40,7 +36,7 @@ def forward(ext, hidden: Tensor, params: InnerParams, save: bool) -> Tuple[Tenso
     dtype = compute_dtype(hidden.dtype)
     p = map_params(lambda t: t.to(dtype), params)
     x, z = _in_proj(hidden.to(dtype), p)
-    y = torch.empty_like(x)
+    y = torch.empty(x.shape, dtype=dtype)
     u: Optional[Tensor] = None
     residuals: List[Tensor] = []
     for reverse, d in ((False, p.forward), (True, p.backward)):
@@ -66,7 +62,8 @@ def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], 
     d_gated = torch.matmul(dout, p.out_proj_weight)  # (batch, L, d_inner)
     dy = ext.gate_grad_y(z, d_gated)  # d_gated silu(z)
     y = torch.empty_like(dy)  # the scans' output before the gate, recomputed by their backward passes
-    dx = torch.empty_like(x)
+    dxz = torch.empty(hidden_c.shape[:-1] + (2 * dy.shape[-1],), dtype=dtype)
+    dx, dz = dxz.chunk(2, dim=-1)
     u: Optional[Tensor] = None
     direction_grads = []
     for index, d in enumerate((p.forward, p.backward)):
@@ -86,17 +83,14 @@ def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], 
         direction_grads.append(Direction(d_conv_weight, d_conv_bias, d_x_proj_weight, d_dt_proj_weight, ddt_bias,
                                          dA, dD))
     del u, dy, x
-    ext.gate_grad_z(z, d_gated, y)
-    dz, gated = d_gated, y  # d_gated y silu'(z), y silu(z)
-    del z
-    d_out_proj_weight = dout.flatten(0, 1).t() @ gated.flatten(0, 1)
+    ext.gate_grad_z(z, d_gated, y, dz)  # dz = d_gated y silu'(z); y <- y silu(z)
+    del z, d_gated
+    d_out_proj_weight = dout.flatten(0, 1).t() @ y.flatten(0, 1)
     d_out_proj_bias = None if p.out_proj_bias is None else dout.sum((0, 1))
-    del gated
-    w_x, w_z = p.in_proj_weight.chunk(2)
-    d_hidden = torch.matmul(dx, w_x).flatten(0, 1).addmm_(dz.flatten(0, 1), w_z).view_as(hidden_c)
-    flat_hidden = hidden_c.flatten(0, 1)
-    d_in_proj_weight = torch.cat([dx.flatten(0, 1).t() @ flat_hidden, dz.flatten(0, 1).t() @ flat_hidden])
-    d_in_proj_bias = None if p.in_proj_bias is None else torch.cat([dx.sum((0, 1)), dz.sum((0, 1))])
+    del y
+    d_hidden = torch.matmul(dxz, p.in_proj_weight)
+    d_in_proj_weight = dxz.flatten(0, 1).t() @ hidden_c.flatten(0, 1)
+    d_in_proj_bias = None if p.in_proj_bias is None else dxz.sum((0, 1))
     grads = InnerParams(d_in_proj_weight, d_in_proj_bias, *direction_grads, d_out_proj_weight, d_out_proj_bias)
     return d_hidden.to(hidden.dtype), map_params(lambda g, t: g.to(t.dtype), grads, params)
 

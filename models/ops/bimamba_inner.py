@@ -12,7 +12,6 @@ per-direction tensors and recomputes the rest (in_proj included) in its backward
 ``videomamba::bimamba_inner`` (with fake-tensor and autograd registrations), so torch.compile sees one opaque node
 per block instead of a graph break.
 """
-import logging
 from typing import List, Optional, Tuple
 
 import torch
@@ -26,8 +25,6 @@ from .causal_conv1d import causal_conv1d_fn
 from .cuda_glue import conv_kernel_supports, load_fused_kernels
 from .selective_scan import selective_scan_fn
 from .selective_scan_cpu import SCAN_CHUNK, load_cpu_kernel
-
-logger = logging.getLogger(__name__)
 
 MAX_CPU_CONV_WIDTH = 8
 MAX_STATE = 256

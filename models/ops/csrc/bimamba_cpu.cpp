@@ -167,25 +167,35 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
 
 constexpr int64_t kGateRows = 64;  // rows per gate work item
 
+// Rows of a (batch, L, dim) view with unit channel stride that are evenly spaced (a half of a (batch, L, 2 dim)
+// tensor, or a contiguous one): row b * L + t at b * L * row + t * row.
+int64_t row_stride(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  check_rows(t, name, like, false);
+  TORCH_CHECK(t.size(2) == like.size(2) && t.stride(0) == t.size(1) * t.stride(1), "bimamba_cpu: ", name,
+              " must be (batch, L, ", like.size(2), ") rows spaced evenly, got sizes ", t.sizes(), " strides ",
+              t.strides());
+  return t.stride(1);
+}
+
 template <typename T>
-GateArgs<T> gate_args(const at::Tensor& z, at::Tensor& d_gated) {
-  check_rows(z, "z", z, true);
-  check_rows(d_gated, "d_gated", z, true);
+GateArgs<T> gate_args(const at::Tensor& z, const at::Tensor& d_gated) {
   TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  check_rows(d_gated, "d_gated", z, true);
   TORCH_CHECK(d_gated.sizes() == z.sizes(), "bimamba_cpu: d_gated must have z's shape");
   GateArgs<T> a{};
   a.rows = z.size(0) * z.size(1);
   a.dim = z.size(2);
   a.rows_per_item = kGateRows;
   a.z = z.data_ptr<T>();
+  a.z_row = row_stride(z, z, "z");
   a.d_gated = d_gated.data_ptr<T>();
   return a;
 }
 
-// dy = d_gated silu(z), all (batch, L, dim) contiguous.
-at::Tensor gate_grad_y(const at::Tensor& z, at::Tensor d_gated) {
+// dy = d_gated silu(z): z (batch, L, dim) evenly spaced rows, d_gated and dy contiguous.
+at::Tensor gate_grad_y(const at::Tensor& z, const at::Tensor& d_gated) {
   at::Tensor dy = at::empty(z.sizes(), z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_pre", [&] {
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_grad_y", [&] {
     GateArgs<scalar_t> a = gate_args<scalar_t>(z, d_gated);
     a.dy = dy.data_ptr<scalar_t>();
     run_items((a.rows + kGateRows - 1) / kGateRows, kGateRows * a.dim, [&](int64_t item) { gate_pre(a, item); });
@@ -193,13 +203,15 @@ at::Tensor gate_grad_y(const at::Tensor& z, at::Tensor d_gated) {
   return dy;
 }
 
-// In place: d_gated <- dz = d_gated y silu'(z), y <- y silu(z).
-void gate_grad_z(const at::Tensor& z, at::Tensor d_gated, at::Tensor y) {
+// dz = d_gated y silu'(z) into the view dz (evenly spaced rows), and y <- y silu(z) in place (contiguous).
+void gate_grad_z(const at::Tensor& z, const at::Tensor& d_gated, at::Tensor y, at::Tensor dz) {
   check_rows(y, "y", z, true);
   TORCH_CHECK(y.sizes() == z.sizes(), "bimamba_cpu: y must have z's shape");
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_post", [&] {
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bimamba_gate_grad_z", [&] {
     GateArgs<scalar_t> a = gate_args<scalar_t>(z, d_gated);
     a.y = y.data_ptr<scalar_t>();
+    a.dz = dz.data_ptr<scalar_t>();
+    a.dz_row = row_stride(dz, z, "dz");
     run_items((a.rows + kGateRows - 1) / kGateRows, kGateRows * a.dim, [&](int64_t item) { gate_post(a, item); });
   });
 }
@@ -362,10 +374,10 @@ void register_bimamba(pybind11::module& m) {
         py::arg("gate") = py::none());
   m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
   m.def("gate_grad_y", &bimamba::gate_grad_y, "dy = d_gated silu(z)");
-  m.def("gate_grad_z", &bimamba::gate_grad_z, "in place: d_gated <- d_gated y silu'(z), y <- y silu(z)");
+  m.def("gate_grad_z", &bimamba::gate_grad_z, "dz = d_gated y silu'(z); in place y <- y silu(z)");
   m.attr("scan_chunk") = bimamba::kChunk;
   m.def("fma_rate", &bimamba::fma_rate, "fp32 multiply-adds per second of one thread (register-only FMA loop)",
-        py::arg("iterations") = 20000000, py::arg("repeats") = 3);
+        py::arg("iterations") = 4000000, py::arg("repeats") = 20);
   m.def("isa", []() { return std::string(isa::name(isa::active())); }, "instruction set the kernels use");
   m.def("best_isa", []() { return std::string(isa::name(isa::best_supported())); }, "best this CPU supports");
   m.def("set_isa", &isa::set_active, "force 'avx512', 'avx2' or 'generic' (or 'auto')");

@@ -73,10 +73,13 @@ struct ScanArgs {
 template <typename T>
 struct GateArgs {
   int64_t rows, dim, rows_per_item;
-  const T* z;   // (rows, dim) contiguous, as every tensor here
-  T* d_gated;   // in: gradient of y silu(z); out (gate_post): gradient of z
-  T* dy;        // gate_pre out: gradient of y
-  T* y;         // gate_post: in y, out y silu(z)
+  const T* z;  // row r at z + r * z_row, channels contiguous (a half of the in_proj output)
+  int64_t z_row;
+  const T* d_gated;  // (rows, dim): gradient of y silu(z)
+  T* dy;             // gate_pre out (rows, dim): gradient of y
+  T* y;              // gate_post: in y, out y silu(z), (rows, dim)
+  T* dz;             // gate_post out: gradient of z, row r at dz + r * dz_row
+  int64_t dz_row;
 };
 
 template <typename T>
@@ -174,23 +177,30 @@ VM_INLINE void conv_bwd_body(const ConvArgs<typename W::Scalar>& a, int64_t item
 // Two passes over (rows, dim) instead of a dozen elementwise ops: gate_pre before the scans (dy), gate_post after
 // them (dz, and the gated output out_proj's weight gradient needs).
 
-template <class W, bool kPost>
-VM_INLINE void gate_body(const GateArgs<typename W::Scalar>& a, int64_t item) {
+template <class W, bool kPost, bool kFull>
+VM_INLINE void gate_vector(const GateArgs<typename W::Scalar>& a, int64_t r, int64_t c, int count) {
   using T = typename W::Scalar;
   using V = typename W::V;
-  const int64_t begin = item * a.rows_per_item * a.dim;
-  const int64_t end = std::min(a.rows, (item + 1) * a.rows_per_item) * a.dim;
-  for (int64_t i = begin; i < end; i += W::lanes) {
-    const int count = static_cast<int>(std::min<int64_t>(W::lanes, end - i));
-    const V z = vm::load_part<W>(a.z + i, count), d = vm::load_part<W>(a.d_gated + i, count);
-    const V s = vm::sigmoid<W>(z), silu = z * s;
-    if constexpr (kPost) {
-      const V y = vm::load_part<W>(a.y + i, count);
-      vm::store_part<W>(a.d_gated + i, d * y * (s + silu * (T(1) - s)), count);  // silu' = s + silu (1 - s)
-      vm::store_part<W>(a.y + i, y * silu, count);
-    } else {
-      vm::store_part<W>(a.dy + i, d * silu, count);
-    }
+  const V z = vm::load_n<W, kFull>(a.z + r * a.z_row + c, count);
+  const V d = vm::load_n<W, kFull>(a.d_gated + r * a.dim + c, count);
+  const V s = vm::sigmoid<W>(z), silu = z * s;
+  if constexpr (kPost) {
+    T* y = a.y + r * a.dim + c;
+    const V yv = vm::load_n<W, kFull>(y, count);
+    // silu' = s + silu (1 - s)
+    vm::store_n<W, kFull>(a.dz + r * a.dz_row + c, d * yv * (s + silu * (T(1) - s)), count);
+    vm::store_n<W, kFull>(y, yv * silu, count);
+  } else {
+    vm::store_n<W, kFull>(a.dy + r * a.dim + c, d * silu, count);
+  }
+}
+
+template <class W, bool kPost>
+VM_INLINE void gate_body(const GateArgs<typename W::Scalar>& a, int64_t item) {
+  const int64_t end = std::min(a.rows, (item + 1) * a.rows_per_item), full = a.dim / W::lanes * W::lanes;
+  for (int64_t r = item * a.rows_per_item; r < end; ++r) {
+    for (int64_t c = 0; c < full; c += W::lanes) gate_vector<W, kPost, true>(a, r, c, W::lanes);
+    if (full < a.dim) gate_vector<W, kPost, false>(a, r, full, static_cast<int>(a.dim - full));
   }
 }
 

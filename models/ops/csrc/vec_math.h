@@ -130,7 +130,8 @@ VM_INLINE void merge_levels(typename W::V* v) {
   if constexpr (count > 1 && P >= 2) {
     constexpr auto lanes = std::make_index_sequence<W::lanes>{};
     for (int i = 0; i < count / 2; ++i) {
-      v[i] = merge_half<W, P, false>(v[2 * i], v[2 * i + 1], lanes) + merge_half<W, P, true>(v[2 * i], v[2 * i + 1], lanes);
+      v[i] = merge_half<W, P, false>(v[2 * i], v[2 * i + 1], lanes) +
+             merge_half<W, P, true>(v[2 * i], v[2 * i + 1], lanes);
     }
     merge_levels<W, P / 2, count / 2>(v);
   }
