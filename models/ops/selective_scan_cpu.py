@@ -36,7 +36,7 @@ BUILD_FLAGS = ["-O3", "-Wno-psabi", *_OPENMP_FLAGS]
 LINK_FLAGS = list(_OPENMP_FLAGS)
 
 LANES = 8  # the C++ loops work on 8-lane vectors: N is zero-padded to a multiple of this
-SCAN_CHUNK = 64  # steps between the states the fused mixer's scan saves (kChunk in csrc/bimamba_kernels.h)
+SCAN_CHUNK = 64  # steps between the states the fused mixer's scan saves (kChunk in csrc/bimamba_scan.h)
 
 _lock = threading.Lock()
 _module: Optional["FusedCpuKernel"] = None

@@ -1,4 +1,4 @@
-// Python-facing drivers of the fused bidirectional Mamba kernels (bimamba_kernels.h): argument checks,
+// Python-facing drivers of the fused bidirectional Mamba kernels (bimamba_conv.h, bimamba_scan.h): argument checks,
 // output allocation, and the work split over torch's OpenMP threads.
 //
 // Work is handed out item by item from an atomic counter inside one parallel region per call, so a thread
@@ -14,7 +14,8 @@
 #include <cmath>
 #include <vector>
 
-#include "bimamba_kernels.h"
+#include "bimamba_conv.h"
+#include "bimamba_scan.h"
 #include "bindings.h"
 
 namespace bimamba {

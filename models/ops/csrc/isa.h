@@ -1,13 +1,12 @@
 // Instruction-set choice of the channel-vectorised kernels, made at run time from the CPU's features.
 //
-// Each kernel's per-item body is an always-inline template over the vector type (vec_math.h), so it is
-// compiled inside the caller with the caller's target (a template instantiated on its own would get the
-// default target whatever its vector width); ISA_DISPATCH defines one
-// entry point per instruction set with the matching target attribute, so the template is compiled three
-// times: x86-64-v4 (AVX-512, 16 fp32 lanes), x86-64-v3 (AVX2 + FMA, 8 lanes) and the default target
-// (8 lanes in SSE2 / NEON registers). The extension is never built with -march=native: one cached binary
-// runs on any x86-64 or aarch64 host. Parallel loops stay outside these functions (a lambda does not
-// inherit its enclosing function's target), so the bodies take one work item per call.
+// ISA_DISPATCH defines one entry point per instruction set with the matching target attribute around each
+// kernel's per-item body, an always-inline template over the vector type (vec_math.h), so the body is compiled
+// three times: x86-64-v4 (AVX-512, 16 fp32 lanes), x86-64-v3 (AVX2 + FMA, 8 lanes) and the default target (8 lanes
+// in SSE2 / NEON registers). It must be inlined: a template instantiated on its own gets the default target
+// whatever its vector width. The extension is never built with -march=native: one cached binary runs on any
+// x86-64 or aarch64 host. Parallel loops stay outside these functions (a lambda does not inherit its enclosing
+// function's target), so the bodies take one work item per call.
 #pragma once
 
 #include <string>
