@@ -13,11 +13,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,20 @@ def run_isolated(cmd: Sequence[str], timeout_s: float | None = None, env: dict[s
     proc.stdout.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return ChildResult("".join(chunks), proc.returncode, _maxrss_to_bytes(usage.ru_maxrss))
+
+
+@contextlib.contextmanager
+def busy_neighbour(active: bool = True) -> Iterator[None]:
+    """While active, one competing process busy-loops on the machine (a DataLoader worker, another job)."""
+    if not active:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_model_name() -> str:

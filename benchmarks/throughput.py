@@ -1,10 +1,16 @@
-"""VideoMamba vs a joint space-time ViT: inference and training-step time and peak memory against frame count.
+"""VideoMamba vs a joint space-time ViT: training-step and inference time, achieved GFLOP/s and step memory.
 
-Every (model, frames, mode) runs in its own fresh process so each peak RSS belongs to one configuration;
-the parent collects the results, prints one table with the VideoMamba/ViT ratios and writes a PNG plot.
+Every (model, frames, mode, condition) runs in its own fresh process so each peak RSS belongs to one configuration;
+the parent collects the results, prints one table with the ViT/VideoMamba speed-ups, the goals of issue 14 with
+pass/fail, and writes a PNG plot. Conditions: "idle" (nothing else running), "busy" (beside one competing
+busy-looping process) and "compiled" (VideoMamba under torch.compile; the compilation is not timed).
 
-    python benchmarks/throughput.py                                  # Ti and S, 8/16/32/64 frames
-    python benchmarks/throughput.py --models tiny --frames 8 16      # a quick check
+    python benchmarks/throughput.py                                   # the default grid, ~15 min on 2 cores
+    python benchmarks/throughput.py --train-frames 16 --infer-frames 64 --no-busy --no-compile   # the core goals
+
+Children run with OMP_WAIT_POLICY=passive (``--omp-wait-policy``), as entry scripts should set it before torch
+starts: with libgomp's default spinning, each of the many parallel regions of a step waits a scheduler slice for
+a worker whose core another process holds (see the README's Performance section).
 """
 import sys
 from pathlib import Path
@@ -17,20 +23,15 @@ import gc
 import json
 import logging
 import os
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from benchmarks.common import (
-    MIB,
-    current_rss_bytes,
-    format_table,
-    machine_description,
-    run_isolated,
-    time_call,
-)
+from benchmarks.common import MIB, busy_neighbour, current_rss_bytes, machine_description, run_isolated, time_call
+from benchmarks.throughput_report import Row, goal_lines, plot, results_table
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ class JointSpaceTimeViT(nn.Module):
 
     The T frames are tiled side by side into one (H, T*W) image, so timm's per-patch Conv2d embeds
     every frame separately (patches never straddle frames) and the model attends over 1 + T*(H/16)*(W/16)
-    tokens with a learned (1, 1 + T*HW, C) position table: the same token count as VideoMamba.
-    Input (B, 3, T, H, W) -> logits (B, num_classes).
+    tokens with a learned (1, 1 + T*HW, C) position table: the same token count as VideoMamba. Attention is
+    timm's fused ``scaled_dot_product_attention``. Input (B, 3, T, H, W) -> logits (B, num_classes).
     """
 
     def __init__(self, num_frames: int, img_size: int, embed_dim: int, depth: int, num_heads: int,
@@ -96,7 +97,7 @@ class BackendRecorder(logging.Handler):
         return ", ".join(f"{op}={name}" for op, name in sorted(self.chosen.items())) or "unknown"
 
 
-def run_worker(arch: str, frames: int, mode: str, args: argparse.Namespace) -> dict:
+def run_worker(arch: str, frames: int, mode: str, compiled: bool, args: argparse.Namespace) -> dict:
     """Time one configuration in this process; return the medians, RSS before the first step, backend."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,171 +106,125 @@ def run_worker(arch: str, frames: int, mode: str, args: argparse.Namespace) -> d
     ops_logger.setLevel(logging.INFO)
     ops_logger.addHandler(recorder)
     model = build_model(arch, frames, args.img_size)
+    run = torch.compile(model) if compiled else model
     x = torch.randn(1, 3, frames, args.img_size, args.img_size)
     if mode == "infer":
         model.eval()
 
         def step() -> None:
-            with torch.inference_mode():
-                model(x)
+            with torch.inference_mode() if not compiled else torch.no_grad():
+                run(x)
     else:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         target = torch.zeros(1, dtype=torch.long)
 
         def step() -> None:
-            loss = F.cross_entropy(model(x), target)
+            loss = F.cross_entropy(run(x), target)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    compile_s = None
+    if compiled:  # the first call compiles; it is reported, not timed with the steps
+        start = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - start
     gc.collect()
     setup_rss = current_rss_bytes()
     timing = time_call(step, args.repeats, args.warmup)
     return {
-        "arch": arch, "frames": frames, "mode": mode, "median_s": timing.median, "best_s": timing.best,
-        "times_s": timing.times, "cpu_median_s": timing.cpu_median, "setup_rss": setup_rss,
-        "params": sum(p.numel() for p in model.parameters()),
+        "median_s": timing.median, "cpu_median_s": timing.cpu_median, "times_s": timing.times,
+        "setup_rss": setup_rss, "compile_s": compile_s,
         "backend": recorder.summary() if arch.startswith("videomamba") else "-",
     }
 
 
-def run_child(arch: str, frames: int, mode: str, args: argparse.Namespace) -> dict | None:
-    """Run one configuration in a fresh process; add its peak RSS. None when the child failed."""
+def run_child(arch: str, frames: int, mode: str, condition: str, args: argparse.Namespace) -> dict | None:
+    """Run one configuration in a fresh process (beside a busy process for "busy"); add its peak RSS."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", arch, str(frames), mode,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--img_size", str(args.img_size),
            "--threads", str(args.threads)]
+    if condition == "compiled":
+        cmd.append("--compiled")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    child = run_isolated(cmd, timeout_s=args.timeout, env=env)
+    if args.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    with busy_neighbour(condition == "busy"):
+        child = run_isolated(cmd, timeout_s=args.timeout, env=env)
     lines = child.stdout.strip().splitlines()
     if child.returncode != 0 or not lines:
-        logger.error("%s %d frames %s failed (exit %d)", arch, frames, mode, child.returncode)
+        logger.error("%s %d frames %s (%s) failed (exit %d)", arch, frames, mode, condition, child.returncode)
         return None
     result = json.loads(lines[-1])
     result["peak_rss"] = child.peak_rss_bytes
-    logger.info("%-16s %2d frames %-5s median %.3f s (cpu %.3f s)  peak RSS %.0f MiB (setup %.0f MiB)  "
-                "backend %s", arch, frames, mode, result["median_s"], result["cpu_median_s"],
+    logger.info("%-16s %2d frames %-5s %-8s median %.3f s (cpu %.3f s)  peak RSS %.0f MiB (setup %.0f MiB)  "
+                "backend %s", arch, frames, mode, condition, result["median_s"], result["cpu_median_s"],
                 result["peak_rss"] / MIB, result["setup_rss"] / MIB, result["backend"])
     return result
 
 
-def _mib(result: dict | None, key: str) -> float | None:
-    """Peak RSS ("peak") or peak above the set-up RSS ("step") in MiB; None for a failed run."""
-    if result is None:
-        return None
-    return (result["peak_rss"] if key == "peak" else result["peak_rss"] - result["setup_rss"]) / MIB
+def forward_gflop(arch: str, frames: int, img_size: int) -> float:
+    """Forward GFLOPs (1 multiply-add = 1 FLOP) from tools/flops.py, counted on the meta device."""
+    from tools.flops import count_flops
+
+    model = build_model(arch, frames, img_size).to("meta")
+    return count_flops(model, torch.empty(1, 3, frames, img_size, img_size, device="meta")).total / 1e9
 
 
-def _seconds(result: dict | None, key: str = "median_s") -> float | None:
-    return result[key] if result else None
+def peak_gflops(threads: int) -> tuple[float, str]:
+    """The machine's peak in G multiply-adds/s for `threads` threads, and how it was obtained."""
+    from models.ops.selective_scan_cpu import load_cpu_kernel
+
+    ext = load_cpu_kernel().module
+    per_core = ext.fma_rate() / 1e9
+    return threads * per_core, (f"peak = {threads} threads x {per_core:.1f} G fp32 multiply-adds/s per core, "
+                                f"measured by a register-only loop of independent {ext.isa()} FMAs "
+                                f"(FMA width x FMA units x clock)")
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a is not None and b else "-"
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return format(value, spec) if value is not None else "failed"
-
-
-def results_table(results: dict, families: list[str], frames: list[int], modes: list[str]) -> str:
-    """One row per (family, mode, frames): times, peak RSS, the step's own memory and the ratios."""
-    headers = ["model", "mode", "frames", "VideoMamba s", "ViT s", "time VM/ViT", "VM cpu s", "ViT cpu s",
-               "cpu VM/ViT", "VM peak MiB", "ViT peak MiB", "peak VM/ViT", "VM step MiB", "ViT step MiB",
-               "step VM/ViT"]
+def plan(args: argparse.Namespace) -> list[Row]:
+    """The configurations to run, VideoMamba and ViT for each (compiled: VideoMamba only)."""
     rows = []
-    for family in families:
-        vm_arch, vit_arch = FAMILIES[family]
-        for mode in modes:
-            for t in frames:
-                if (vm_arch, t, mode) not in results:
-                    continue
-                vm, vit = results[(vm_arch, t, mode)], results[(vit_arch, t, mode)]
-                row = [family, mode, t]
-                for key in ("median_s", "cpu_median_s"):
-                    row += [_fmt(_seconds(vm, key), ".3f"), _fmt(_seconds(vit, key), ".3f"),
-                            _ratio(_seconds(vm, key), _seconds(vit, key))]
-                for key in ("peak", "step"):
-                    row += [_fmt(_mib(vm, key), ".0f"), _fmt(_mib(vit, key), ".0f"),
-                            _ratio(_mib(vm, key), _mib(vit, key))]
-                rows.append(row)
-    return format_table(headers, rows)
-
-
-def goal_lines(results: dict) -> list[str]:
-    """The issue-3 goals for VideoMamba-Ti inference (64 vs 8 frames), checked on the measured numbers."""
-    vm8, vm64 = results.get(("videomamba_tiny", 8, "infer")), results.get(("videomamba_tiny", 64, "infer"))
-    vit64 = results.get(("vit_tiny_joint", 64, "infer"))
-    if not (vm8 and vm64 and vit64):
-        return ["goals: need tiny inference at 8 and 64 frames (--models tiny --frames 8 64)"]
-    speedup = vit64["median_s"] / vm64["median_s"]
-    growth = vm64["median_s"] / vm8["median_s"]
-    lower = vm64["peak_rss"] < vit64["peak_rss"]
-    return [
-        f"goal Ti 64-frame inference >= 2x faster than ViT-Ti: ViT/VideoMamba time = {speedup:.2f} "
-        f"({'met' if speedup >= 2 else 'NOT met'})",
-        f"goal Ti 64-frame lower peak memory: {vm64['peak_rss'] / MIB:.0f} vs {vit64['peak_rss'] / MIB:.0f} MiB "
-        f"peak RSS ({'met' if lower else 'NOT met'}); above set-up {_mib(vm64, 'step'):.0f} vs "
-        f"{_mib(vit64, 'step'):.0f} MiB",
-        f"goal Ti inference time 8 -> 64 frames grows <= 8.5x: {growth:.2f}x ({'met' if growth <= 8.5 else 'NOT met'})",
-    ]
-
-
-def plot(results: dict, families: list[str], frames: list[int], modes: list[str], out: Path, title: str) -> None:
-    """Time, peak RSS and per-step memory against frames; solid = inference, dashed = training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = [("median time per step (s)", lambda r: r["median_s"]),
-              ("peak RSS (MiB)", lambda r: r["peak_rss"] / MIB),
-              ("peak RSS above set-up (MiB)", lambda r: max(r["peak_rss"] - r["setup_rss"], MIB) / MIB)]
-    for ax, (label, value) in zip(axes, panels):
-        for family in families:
-            for arch, colour in zip(FAMILIES[family], ("tab:green", "tab:red")):
-                for mode, style in (("infer", "-"), ("train", "--")):
-                    if mode not in modes:
-                        continue
-                    pts = [(t, value(results[(arch, t, mode)])) for t in frames if results.get((arch, t, mode))]
-                    if pts:
-                        marker = "o" if family == "tiny" else "s"
-                        ax.plot(*zip(*pts), style, marker=marker, color=colour, label=f"{arch} {mode}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(frames, [str(t) for t in frames])
-        ax.set_xlabel("frames (batch 1)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    for family in args.models:
+        for mode, frames in (("train", args.train_frames), ("infer", args.infer_frames)):
+            rows += [Row(family, mode, t, "idle") for t in sorted(set(frames))]
+        if not args.no_busy:
+            rows += [Row(family, "infer", t, "busy") for t in args.busy_frames]
+        if not args.no_compile:
+            rows += [Row(family, mode, t, "compiled") for mode, t in (("train", min(args.train_frames)),
+                                                                      ("infer", max(args.infer_frames)))]
+    return rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=sorted(FAMILIES))
-    parser.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
-    parser.add_argument("--train-frames", "--train_frames", dest="train_frames", type=int, default=32,
-                        help="time the training step only up to this many frames")
-    parser.add_argument("--no-train", "--no_train", dest="no_train", action="store_true",
-                        help="inference only")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median reported)")
+    parser.add_argument("--models", nargs="+", default=["tiny"], choices=sorted(FAMILIES))
+    parser.add_argument("--train-frames", "--train_frames", dest="train_frames", nargs="+", type=int,
+                        default=[16, 32, 64], help="frame counts of the training-step rows")
+    parser.add_argument("--infer-frames", "--infer_frames", dest="infer_frames", nargs="+", type=int,
+                        default=[16, 32, 64], help="frame counts of the inference rows")
+    parser.add_argument("--busy-frames", "--busy_frames", dest="busy_frames", nargs="+", type=int, default=[64],
+                        help="inference rows repeated beside one busy process")
+    parser.add_argument("--no-busy", "--no_busy", dest="no_busy", action="store_true",
+                        help="skip the rows beside a busy process")
+    parser.add_argument("--no-compile", "--no_compile", dest="no_compile", action="store_true",
+                        help="skip the torch.compile rows")
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps per configuration (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--img_size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--omp-wait-policy", "--omp_wait_policy", dest="omp_wait_policy", default="passive",
+                        choices=["passive", "active", ""], help="OMP_WAIT_POLICY of the children ('' = inherit)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before a configuration is killed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/throughput.png"), help="PNG plot path")
     parser.add_argument("--worker", nargs=3, metavar=("ARCH", "FRAMES", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.img_size % 16:
         parser.error(f"--img_size must be a multiple of the patch size 16, got {args.img_size}")
-    if any(t < 1 for t in args.frames):
-        parser.error(f"--frames must be positive, got {args.frames}")
+    if any(t < 1 for t in (*args.train_frames, *args.infer_frames, *args.busy_frames)):
+        parser.error("frame counts must be positive")
     return args
 
 
@@ -277,33 +232,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
         arch, frames, mode = args.worker
-        print(json.dumps(run_worker(arch, int(frames), mode, args)))
+        print(json.dumps(run_worker(arch, int(frames), mode, args.compiled, args)))
         return
     setup_logging()
-    frames = sorted(set(args.frames))
-    modes = ["infer"] if args.no_train else ["infer", "train"]
-    logger.info("machine: %s", machine_description(args.threads))
-    results = {}
-    for family in args.models:
-        for mode in modes:
-            for t in frames:
-                if mode == "train" and t > args.train_frames:
-                    continue
-                for arch in FAMILIES[family]:
-                    results[(arch, t, mode)] = run_child(arch, t, mode, args)
-    backends = sorted({r["backend"] for r in results.values() if r and r["backend"] != "-"})
-    logger.info("VideoMamba scan backend: %s", ", ".join(backends) or "unknown")
     machine = machine_description(args.threads)
-    plot(results, args.models, frames, modes, args.out,
+    peak, peak_how = peak_gflops(args.threads)
+    logger.info("machine: %s; %s", machine, peak_how)
+    rows = plan(args)
+    flops = {}
+    results = {}
+    for row in rows:
+        for arch in FAMILIES[row.family][:1 if row.condition == "compiled" else 2]:
+            key = (arch, row.frames)
+            if key not in flops:
+                flops[key] = forward_gflop(arch, row.frames, args.img_size)
+            results[(arch, row.frames, row.mode, row.condition)] = run_child(arch, row.frames, row.mode,
+                                                                             row.condition, args)
+    backends = sorted({r["backend"] for r in results.values() if r and r["backend"] != "-"})
+    plot(results, FAMILIES, args.models, args.out,
          f"VideoMamba (green) vs joint space-time ViT (red), {args.img_size}², solid = inference, "
          f"dashed = training step; {machine}")
-    print(f"Machine: {machine}; scan backend: {', '.join(backends) or 'unknown'}")
+    print(f"Machine: {machine}; OMP_WAIT_POLICY={args.omp_wait_policy or 'inherited'}; "
+          f"VideoMamba backend: {', '.join(backends) or 'unknown'}")
+    print(f"{peak_how}: {peak:.0f} GFLOP/s (1 FLOP = 1 multiply-add here and below)")
     print(f"Batch 1, {args.img_size}², median of {args.repeats} steps after {args.warmup} warm-up; "
-          "time = inference forward (torch.inference_mode) or training step (forward + backward + AdamW), "
-          "wall clock and process CPU time (all threads); "
-          "peak = ru_maxrss of a fresh process per configuration (os.wait4); "
-          "step = peak minus RSS after model/input set-up.")
-    print(results_table(results, args.models, frames, modes))
+          "time = inference forward or training step (forward + cross-entropy + backward + AdamW), wall clock; "
+          "speed-up = ViT time / VideoMamba time; GFLOP/s = tools/flops.py forward count (x3 for a training "
+          "step) / time, recomputation not counted; peak = ru_maxrss of a fresh process per configuration; "
+          "step = peak minus the RSS after model/input set-up.")
+    print(results_table(results, rows, FAMILIES, flops, peak))
     for line in goal_lines(results):
         print(line)
     print(f"Plot: {args.out}")

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+import cuda_standins
 import models.ops as ops
 from models.ops import cuda_glue, selective_scan, selective_scan_fn, selective_scan_ref, selective_scan_torch
 from models.ops.scan_autograd import scan_with_kernel
@@ -181,7 +182,9 @@ def test_auto_on_cpu_never_picks_cuda(restore_backend, monkeypatch):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     name, _ = selective_scan.resolve_scan_backend(on_cuda=False)
     assert name in ("cpp", "torch")
-    assert selective_scan.resolve_scan_backend(on_cuda=True)[0] == "torch"
+    ops.backend._warned.discard("selective_scan:cuda")
+    with pytest.warns(RuntimeWarning, match="stock CUDA kernel is unusable"):
+        assert selective_scan.resolve_scan_backend(on_cuda=True)[0] == "torch"
 
 
 def test_backend_choice_is_logged_once(restore_backend, caplog):
@@ -193,25 +196,11 @@ def test_backend_choice_is_logged_once(restore_backend, caplog):
     assert len([r for r in caplog.records if "'ref' backend" in r.getMessage()]) == 1
 
 
-# ---- CUDA glue, with a CPU stand-in that enforces mamba_ssm's kernel preconditions -------------
-
-def fake_mamba_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                    return_last_state=False):
-    """Same signature as mamba_ssm's selective_scan_fn; checks what its CUDA kernel checks."""
-    assert u.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    for t in (delta, B, C, z):
-        assert t is None or t.dtype == u.dtype
-    for t in (A, D, delta_bias):
-        assert t is None or t.dtype == torch.float32
-    for t in (u, delta, B, C, z):
-        assert t is None or t.stride(-1) == 1
-    assert isinstance(delta_softplus, bool)
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
+# ---- CUDA glue, with the CPU stand-in that enforces mamba_ssm's kernel rules (tests/cuda_standins.py) -----
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_glue_matches_pure_path(dtype, monkeypatch):
-    monkeypatch.setattr(cuda_glue, "load_mamba_scan", lambda: fake_mamba_scan)
+    monkeypatch.setattr(cuda_glue, "load_mamba_scan", lambda: cuda_standins.selective_scan_fn)
     inputs = random_scan_inputs(2, 8, 21, 4, groups=1, seed=5, dtype=dtype)
     # Awkward layouts and dtypes the glue must fix: transposed (non unit-stride) u, fp64 A, bf16 D.
     inputs["u"] = inputs["u"].transpose(1, 2).contiguous().transpose(1, 2)

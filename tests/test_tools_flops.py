@@ -5,6 +5,7 @@ import torch
 import models  # noqa: F401  (registers the architectures)
 import models.mamba_mixer as mamba_mixer
 from models import ops
+from models.ops import bimamba_inner
 from tools.flops import build_on_meta, causal_conv1d_flops, count_flops, selective_scan_flops
 
 # Tiny VideoMamba: 2 layers of width 192 (d_inner 384, N 16, dt_rank 12, conv width 4), 2 frames of 32x32
@@ -46,8 +47,9 @@ def test_count_matches_hand_computation_and_restores_ops():
     assert report.params == sum(p.numel() for p in tiny_model().parameters())
 
     # The real ops are back in place after counting.
-    assert mamba_mixer.selective_scan_fn is ops.selective_scan_fn
-    assert mamba_mixer.causal_conv1d_fn is ops.causal_conv1d_fn
+    assert mamba_mixer.bimamba_inner_fn is ops.bimamba_inner_fn
+    assert bimamba_inner.selective_scan_fn is ops.selective_scan_fn
+    assert bimamba_inner.causal_conv1d_fn is ops.causal_conv1d_fn
 
 
 def test_meta_device_count_equals_cpu_count():

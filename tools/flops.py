@@ -2,9 +2,10 @@
 
 Convention (fvcore, which the official code used): one multiply-add counts as one FLOP. The dense part
 (Linear, matmul, Conv3d patch embedding) is counted by ``torch.utils.flop_counter.FlopCounterMode``
-(which counts 2 per multiply-add, so it is halved). The selective scan and the depthwise causal conv1d
-are custom ops invisible to such counters, so they are replaced during counting by shape recorders and
-counted explicitly, per call (one call = one direction of one layer):
+(which counts 2 per multiply-add, so it is halved). The mixer's fused inner op (in_proj to out_proj) is opaque to
+such counters, so during counting it is replaced by its composed
+reference, `models.ops.bimamba_inner_ref`, and the selective scan and the depthwise causal conv1d inside that are
+replaced by shape recorders and counted explicitly, per call (one call = one direction of one layer):
 
 * scan: 9·B·D·L·N (discretisation exp(δA), δ·B·u, the state update and the C readout), plus B·D·L for
   the D skip and B·D·L for a z gate when the scan is given one: the formula of the fvcore handles used by
@@ -13,7 +14,7 @@ counted explicitly, per call (one call = one direction of one layer):
 * causal conv1d: B·D·L·W multiply-adds (kernel width W).
 
 The official fvcore numbers saw only ``in_proj``, ``out_proj``, the patch embedding and the head (the
-fused Mamba inner function hid the rest); the "paper" column reproduces that subset, e.g. VideoMamba-Ti
+official fused Mamba inner function hid the rest); the "paper" column reproduces that subset, e.g. VideoMamba-Ti
 1.1G at 1x224 (ImageNet table) and 17G at 16x224.
 
     python tools/flops.py                            # Ti/S/M at 8x224
@@ -39,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import ops
 
 SCAN_FLOPS_PER_STATE = 9
-# Modules whose cost the official fvcore count included (last name component, or the full name).
-PAPER_MODULE_LEAVES = ("in_proj", "out_proj")
+# Modules whose cost the official fvcore count included, besides the mixers' in_proj and out_proj (counted inside
+# the inner op).
 PAPER_MODULE_NAMES = ("patch_embed", "head")
 
 
@@ -83,10 +84,20 @@ class _ExplicitOps:
         self.scan = 0
         self.conv1d = 0
         self.scan_calls = 0
+        self.projections = 0  # multiply-adds of in_proj and out_proj inside the mixer's inner op
+
+    def bimamba_inner_fn(self, hidden: Tensor, params: ops.InnerParams, backend: str | None = None) -> Tensor:
+        """The composed reference of the inner op (its scan and conv calls reach the recorders); records the
+        in_proj and out_proj multiply-adds, which the per-module count cannot attribute to those modules inside
+        the op."""
+        batch, length, _ = hidden.shape
+        self.projections += batch * length * (params.in_proj_weight.numel() + params.out_proj_weight.numel())
+        return ops.bimamba_inner_ref(hidden, params, backend=backend)
 
     def selective_scan_fn(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                          return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                          return_last_state: bool = False,
+                          backend: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Record one scan u (B, D, L), A (D, N); return zeros (B, D, L) (and a (B, D, N) last state)."""
         batch, d_inner, seqlen = u.shape
         self.scan += selective_scan_flops(batch, d_inner, seqlen, A.shape[-1], D is not None, z is not None)
@@ -95,7 +106,7 @@ class _ExplicitOps:
         return (out, u.new_zeros(batch, d_inner, A.shape[-1])) if return_last_state else out
 
     def causal_conv1d_fn(self, x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                         activation: str | None = None, reverse: bool = False) -> Tensor:
+                         activation: str | None = None, reverse: bool = False, backend: str | None = None) -> Tensor:
         """Record one conv x (B, D, L), weight (D, W); return zeros (B, D, L)."""
         batch, dim, seqlen = x.shape
         self.conv1d += causal_conv1d_flops(batch, dim, seqlen, weight.shape[-1])
@@ -104,7 +115,8 @@ class _ExplicitOps:
     @contextlib.contextmanager
     def installed(self) -> Iterator["_ExplicitOps"]:
         """Replace every ``models.*`` module attribute bound to the real ops; restore them on exit."""
-        originals = {"selective_scan_fn": ops.selective_scan_fn, "causal_conv1d_fn": ops.causal_conv1d_fn}
+        originals = {"selective_scan_fn": ops.selective_scan_fn, "causal_conv1d_fn": ops.causal_conv1d_fn,
+                     "bimamba_inner_fn": ops.bimamba_inner_fn}
         swapped = []
         for mod_name, module in list(sys.modules.items()):
             if module is None or not (mod_name == "models" or mod_name.startswith("models.")):
@@ -114,8 +126,8 @@ class _ExplicitOps:
                     swapped.append((module, attr, real))
                     setattr(module, attr, getattr(self, attr))
         if not swapped:
-            raise RuntimeError("no module under models.* imports models.ops.selective_scan_fn / causal_conv1d_fn; "
-                               "the scan cannot be counted explicitly")
+            raise RuntimeError("no module under models.* imports models.ops.selective_scan_fn / causal_conv1d_fn / "
+                               "bimamba_inner_fn; the scan cannot be counted explicitly")
         try:
             yield self
         finally:
@@ -128,7 +140,7 @@ def _paper_part(counts: dict[str, dict]) -> int:
     total = 0
     for key, per_op in counts.items():
         name = key.split(".", 1)[1] if "." in key else ""
-        if name.rsplit(".", 1)[-1] in PAPER_MODULE_LEAVES or name in PAPER_MODULE_NAMES:
+        if name in PAPER_MODULE_NAMES:
             total += sum(per_op.values())
     return total
 
@@ -145,7 +157,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> FlopReport:
         dense=counter.get_total_flops() // 2,
         scan=explicit.scan,
         conv1d=explicit.conv1d,
-        paper=_paper_part(counter.get_flop_counts()) // 2,
+        paper=_paper_part(counter.get_flop_counts()) // 2 + explicit.projections,
         scan_calls=explicit.scan_calls,
     )
 

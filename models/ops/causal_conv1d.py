@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import announce, get_backend
+from .backend import announce, requested_backend, warn_once
 from .cuda_glue import causal_conv1d_cuda, conv_kernel_supports, load_causal_conv1d
 
 _ACTIVATIONS = (None, "silu", "swish")
@@ -70,35 +70,40 @@ def _causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor], acti
 
 
 def _conv_kernel_importable() -> bool:
+    """Whether causal_conv1d imports; when not, one loud warning with the reason (auto then runs PyTorch)."""
     try:
         load_causal_conv1d()
-    except ImportError:
+    except ImportError as exc:
+        warn_once("causal_conv1d:cuda", f"causal_conv1d: the stock CUDA kernel is unusable, so CUDA tensors take "
+                                        f"the PyTorch conv: {exc}")
         return False
     return True
 
 
 def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                     activation: Optional[str] = None, reverse: bool = False) -> Tensor:
+                     activation: Optional[str] = None, reverse: bool = False,
+                     backend: Optional[str] = None) -> Tensor:
     """Causal depthwise conv1d: the causal_conv1d CUDA kernel when usable, else F.conv1d.
 
-    Backend "cuda" forced: ImportError with the install command when causal_conv1d is missing.
-    "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d, or shifted multiply-adds for channels-last
-    input, and run ``reverse`` natively; the other backends run it on flipped copies.
+    `backend`: one of `BACKENDS`, None for the process default. "cuda" forced: ImportError with the install
+    command when causal_conv1d is missing. "ref" uses `causal_conv1d_ref`; "cpp"/"torch" use F.conv1d, or
+    shifted multiply-adds for channels-last input, and run ``reverse`` natively; the other backends run it on
+    flipped copies. ("cpp" has no separate conv here: the C++ conv runs inside the fused mixer path.)
     """
     _check(x, weight, activation)
-    requested = get_backend()
+    requested = requested_backend(backend)
     if requested == "cuda":
         load_causal_conv1d()
         if not x.is_cuda:
             raise ValueError("the 'cuda' conv backend needs CUDA tensors")
-    use_kernel = requested in ("cuda", "auto") and x.is_cuda and conv_kernel_supports(weight) \
+    use_kernel = requested in ("cuda", "auto") and x.is_cuda and conv_kernel_supports(weight.shape[-1]) \
         and (requested == "cuda" or _conv_kernel_importable())
     device = "cuda" if x.is_cuda else "cpu"
     if use_kernel or requested == "ref":
         name, fn = ("cuda", causal_conv1d_cuda) if use_kernel else ("ref", causal_conv1d_ref)
-        announce("causal_conv1d", name, device)
+        announce("causal_conv1d", name, device, requested)
         if reverse:
             return fn(x.flip(-1), weight, bias, activation).flip(-1)
         return fn(x, weight, bias, activation)
-    announce("causal_conv1d", "torch", device)
+    announce("causal_conv1d", "torch", device, requested)
     return _causal_conv1d_torch(x, weight, bias, activation, reverse)

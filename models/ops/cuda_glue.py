@@ -1,34 +1,61 @@
-"""Calls into the stock PyPI CUDA kernels (mamba_ssm, causal_conv1d) with the layouts and dtypes they demand.
+"""Calls into the stock PyPI CUDA kernels (mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) with the layouts and dtypes
+they demand.
 
-The kernels are reached only through `load_mamba_scan` / `load_causal_conv1d`, so tests can
-substitute a pure reference with the same signature and check the glue on CPU.
-mamba_ssm's kernel requires: delta, B, C, z in u's dtype (fp32/fp16/bf16); A, D, delta_bias fp32;
-unit stride along L. causal_conv1d's requires: x with unit stride along L (or channels), weight
-(dim, width) with 2 <= width <= 4, bias in weight's dtype.
+The kernels are reached only through the loaders below, so tests can substitute CPU stand-ins with the same
+signatures and rules and check the glue without a GPU. Rules of the kernels (from their C++ sources):
+- selective scan: u, delta, B, C, z in one dtype (fp32/fp16/bf16) with unit stride along L; A, D, delta_bias
+  fp32, D and delta_bias with unit stride; N <= 256; it does not check that the group count divides d_inner;
+  the backward's dout in u's dtype with unit stride along L; states (batch, d_inner, ceil(L / 2048), 2N) fp32.
+- causal conv1d: x and weight fp32/fp16/bf16, 2 <= width <= 4, bias in weight's dtype with unit stride and
+  shape (dim,); x with unit stride along L, or channels-last (unit channel stride), which further needs
+  dim % 8 == 0 and x.stride(0), x.stride(2) multiples of 8; the output keeps x's layout (empty_like), and in
+  the backward dx must have x's layout (unit channel stride when channels-last), dweight and dbias are fp32
+  accumulators that must start at zero.
 """
+from types import SimpleNamespace
 from typing import Callable, Optional, Tuple, Union
 
 from torch import Tensor
 
 from .backend import CUDA_INSTALL_HINT
+from .scan_args import check_scan_args
+
+
+def _import_error(what: str, exc: BaseException) -> ImportError:
+    return ImportError(f"the 'cuda' backend needs {what}: {CUDA_INSTALL_HINT} ({type(exc).__name__}: {exc})")
 
 
 def load_mamba_scan() -> Callable:
-    """mamba_ssm's `selective_scan_fn`; ImportError with the install command when missing."""
+    """mamba_ssm's `selective_scan_fn`; ImportError with the install command when it cannot be imported for any
+    reason (importing mamba_ssm also imports triton, transformers and huggingface_hub)."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError as exc:
-        raise ImportError(f"the 'cuda' scan backend needs mamba_ssm: {CUDA_INSTALL_HINT} ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure means the kernel is unusable; the caller reports it
+        raise _import_error("mamba_ssm", exc) from exc
     return selective_scan_fn
 
 
 def load_causal_conv1d() -> Callable:
-    """causal_conv1d's `causal_conv1d_fn`; ImportError with the install command when missing."""
+    """causal_conv1d's `causal_conv1d_fn`; ImportError with the install command when it cannot be imported."""
     try:
         from causal_conv1d import causal_conv1d_fn
-    except ImportError as exc:
-        raise ImportError(f"the 'cuda' conv backend needs causal_conv1d: {CUDA_INSTALL_HINT} ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _import_error("causal_conv1d", exc) from exc
     return causal_conv1d_fn
+
+
+def load_fused_kernels() -> SimpleNamespace:
+    """The compiled kernels the stock packages' public functions call, for the fused mixer path:
+    scan_fwd/scan_bwd = selective_scan_cuda.fwd/bwd, conv_fwd/conv_bwd = causal_conv1d_cuda's. Importing them
+    directly skips mamba_ssm's Python package (and its triton / transformers imports)."""
+    try:
+        import causal_conv1d_cuda
+        import selective_scan_cuda
+    except Exception as exc:  # noqa: BLE001
+        raise _import_error("the selective_scan_cuda and causal_conv1d_cuda kernels", exc) from exc
+    return SimpleNamespace(scan_fwd=selective_scan_cuda.fwd, scan_bwd=selective_scan_cuda.bwd,
+                           conv_fwd=causal_conv1d_cuda.causal_conv1d_fwd,
+                           conv_bwd=causal_conv1d_cuda.causal_conv1d_bwd)
 
 
 def _unit_stride(t: Optional[Tensor], dtype=None) -> Optional[Tensor]:
@@ -44,6 +71,7 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                         delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                         return_last_state: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """mamba_ssm's fused scan with its dtype/stride preconditions met (signature as selective_scan_fn)."""
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)  # the kernel does not check the group count
     kernel = load_mamba_scan()
     dtype = u.dtype
     return kernel(
@@ -57,18 +85,30 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     )
 
 
-def conv_kernel_supports(weight: Tensor) -> bool:
+def conv_kernel_supports(width: int) -> bool:
     """causal_conv1d handles widths 2 to 4 only."""
-    return 2 <= weight.shape[-1] <= 4
+    return 2 <= width <= 4
+
+
+def channels_last_ok(x: Tensor) -> bool:
+    """Whether the channels-last conv kernel accepts x (batch, dim, L) as it is: unit channel stride, dim and
+    the batch and L strides multiples of 8."""
+    return x.stride(1) == 1 and x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
+
+
+def conv_input(x: Tensor, dense: bool) -> Tensor:
+    """x in a layout the conv kernel accepts: channels-last when `channels_last_ok` (and, with `dense`, when x
+    has no gaps, so that empty_like(x) in the stock backward is channels-last too), else L-contiguous."""
+    if channels_last_ok(x) and (not dense or x.transpose(1, 2).is_contiguous()):
+        return x
+    return x if x.stride(2) == 1 else x.contiguous()
 
 
 def causal_conv1d_cuda(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                        activation: Optional[str] = None) -> Tensor:
     """causal_conv1d's kernel with its layout preconditions met (x (batch, dim, L), weight (dim, width))."""
     kernel = load_causal_conv1d()
-    if x.stride(-1) != 1 and x.stride(1) != 1:
-        x = x.contiguous()
     weight = weight.contiguous()
     if bias is not None:
         bias = bias.to(weight.dtype).contiguous()
-    return kernel(x, weight, bias=bias, activation=activation)
+    return kernel(conv_input(x, dense=True), weight, bias=bias, activation=activation)

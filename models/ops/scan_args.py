@@ -52,11 +52,12 @@ def check_scan_args(
     return groups[0], groups[1]
 
 
-def discretise_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
-    """Δ in fp32: delta (+ delta_bias per channel), then softplus when asked (torch threshold 20)."""
-    delta = delta.float()
+def discretise_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+    """Δ in `dtype`: delta (+ delta_bias per channel), then softplus when asked (torch threshold 20)."""
+    delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = torch.nn.functional.softplus(delta)
     return delta

@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from . import selective_scan_torch
-from .backend import announce, get_backend
+from .backend import announce, requested_backend, warn_once
 from .cuda_glue import load_mamba_scan, selective_scan_cuda
 from .scan_autograd import scan_with_kernel
 from .selective_scan_cpu import load_cpu_kernel
@@ -18,9 +18,12 @@ _warned_cpp_failure = False
 
 
 def _mamba_importable() -> bool:
+    """Whether mamba_ssm's scan imports; when not, one loud warning with the reason (auto then runs PyTorch)."""
     try:
         load_mamba_scan()
-    except ImportError:
+    except ImportError as exc:
+        warn_once("selective_scan:cuda", f"selective_scan: the stock CUDA kernel is unusable, so CUDA tensors take "
+                                         f"the much slower PyTorch scan: {exc}")
         return False
     return True
 
@@ -37,14 +40,15 @@ def _cpp_kernel_or_none() -> Optional[Any]:
         return None
 
 
-def resolve_scan_backend(on_cuda: bool) -> Tuple[str, Optional[Any]]:
+def resolve_scan_backend(on_cuda: bool, backend: Optional[str] = None) -> Tuple[str, Optional[Any]]:
     """Pick the backend for tensors on CUDA or CPU: returns (name, CPU kernel module or None).
 
-    "cuda" forced: ImportError with the install command when mamba_ssm is missing, ValueError
-    on CPU tensors. "cpp" forced on CPU: the C++ kernel, or the PyTorch path after one warning
-    if it cannot be built.
+    `backend` None = the process default (see `backend`). "cuda" forced: ImportError with the install command
+    when mamba_ssm is missing, ValueError on CPU tensors. "cpp" forced on CPU: the C++ kernel, or the PyTorch
+    path after one warning if it cannot be built. "auto" on CUDA without a usable mamba_ssm: the PyTorch path
+    after one loud warning that names the import error.
     """
-    requested = get_backend()
+    requested = requested_backend(backend)
     if requested == "cuda":
         load_mamba_scan()
         if not on_cuda:
@@ -63,16 +67,18 @@ def resolve_scan_backend(on_cuda: bool) -> Tuple[str, Optional[Any]]:
 def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                       delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                      return_last_state: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+                      return_last_state: bool = False,
+                      backend: Optional[str] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Selective scan with mamba_ssm's signature and semantics (see `selective_scan_ref`).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L) or (batch, G, N, L);
-    D, delta_bias: (d_inner,). Accumulates in fp32, returns u's dtype (and the fp32 last state
-    (batch, d_inner, N) with return_last_state, which carries no gradient).
+    D, delta_bias: (d_inner,). Accumulates in fp32 (fp64 for fp64 inputs on the "ref" backend), returns u's
+    dtype (and the fp32 last state (batch, d_inner, N) with return_last_state, which carries no gradient).
+    `backend`: one of `BACKENDS`, None for the process default.
     """
     on_cuda = u.is_cuda
-    name, kernel = resolve_scan_backend(on_cuda)
-    announce("selective_scan", name, "cuda" if on_cuda else "cpu")
+    name, kernel = resolve_scan_backend(on_cuda, backend)
+    announce("selective_scan", name, "cuda" if on_cuda else "cpu", requested_backend(backend))
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cuda":
         return selective_scan_cuda(*args)

@@ -1,10 +1,12 @@
-"""Lazy build and load of the fused C++ CPU selective scan (`csrc/selective_scan_cpu.cpp`).
+"""Lazy build and load of the C++ CPU extension: the fused selective scan (`csrc/selective_scan_cpu.cpp`) and
+the kernels of the fused bidirectional mixer (`csrc/bimamba_cpu.cpp`), one module.
 
 Built once with torch.utils.cpp_extension on first use into `$TORCH_EXTENSIONS_DIR` when set,
-else `~/.cache/videomamba/torch_extensions`; torch rebuilds only when the source changes and
+else `~/.cache/videomamba/torch_extensions`; torch rebuilds only when a source changes and
 serialises concurrent builds of the same directory with a lock file. Flags: -O3 and, on Linux, -fopenmp;
-never -march=native; on x86-64 the hot loops carry an AVX2+FMA clone chosen at load time from the CPU's
-features, so a cached binary runs on any x86-64 (or aarch64) host.
+never -march=native; on x86-64 the hot loops carry AVX-512 (x86-64-v4) and AVX2+FMA (x86-64-v3) versions
+chosen at load time from the CPU's features, so a cached binary runs on any x86-64 (or aarch64) host.
+$VIDEOMAMBA_CPU_ISA (avx512, avx2, generic) forces a lower level for the mixer's kernels (for comparisons).
 """
 import logging
 import os
@@ -22,16 +24,19 @@ from .scan_args import discretise_delta
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_NAME = "videomamba_selective_scan_cpu"
-SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+EXTENSION_NAME = "videomamba_cpu_ops"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = [CSRC / name for name in ("module.cpp", "isa.cpp", "selective_scan_cpu.cpp", "bimamba_cpu.cpp")]
+ISA_ENV_VAR = "VIDEOMAMBA_CPU_ISA"
 # OpenMP makes at::parallel_for (inlined from ATen's headers) run the rows on torch's threads. The extension
 # links libgomp.so.1 by name; torch, imported first, has already loaded its own libgomp.so.1, and the loader
 # reuses that one, so there is a single OpenMP runtime. Apple's clang has no -fopenmp: serial there.
 _OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
-BUILD_FLAGS = ["-O3", *_OPENMP_FLAGS]
+BUILD_FLAGS = ["-O3", "-Wno-psabi", *_OPENMP_FLAGS]
 LINK_FLAGS = list(_OPENMP_FLAGS)
 
 LANES = 8  # the C++ loops work on 8-lane vectors: N is zero-padded to a multiple of this
+SCAN_CHUNK = 64  # steps between the states the fused mixer's scan saves (kChunk in csrc/bimamba_scan.h)
 
 _lock = threading.Lock()
 _module: Optional["FusedCpuKernel"] = None
@@ -54,13 +59,20 @@ def _build() -> ModuleType:
     start = time.perf_counter()
     module = load(
         name=EXTENSION_NAME,
-        sources=[str(SOURCE)],
+        sources=[str(s) for s in SOURCES],
+        extra_include_paths=[str(CSRC)],
         extra_cflags=BUILD_FLAGS,
         extra_ldflags=LINK_FLAGS,
         build_directory=str(directory),
         verbose=False,
     )
-    logger.info("loaded %s from %s in %.1f s", EXTENSION_NAME, directory, time.perf_counter() - start)
+    if module.scan_chunk != SCAN_CHUNK:
+        raise RuntimeError(f"{EXTENSION_NAME}: scan_chunk {module.scan_chunk} != SCAN_CHUNK {SCAN_CHUNK}")
+    isa = os.environ.get(ISA_ENV_VAR, "").strip().lower()
+    if isa:
+        module.set_isa(isa)
+    logger.info("loaded %s from %s in %.1f s; mixer kernels use %s (best on this CPU: %s)", EXTENSION_NAME,
+                directory, time.perf_counter() - start, module.isa(), module.best_isa())
     return module
 
 

@@ -12,9 +12,10 @@
 // so the extension is compiled with -fopenmp (see selective_scan_cpu.py); without it the loop is serial.
 // State loops use 8-lane vector types, so N must be a multiple of 8 (the caller pads with zeros);
 // N = 8 and 16 (every VideoMamba layer) are compiled with constant trip counts so the state and
-// its adjoint stay in registers. On x86-64 the row functions are cloned for x86-64-v3 (AVX2+FMA)
-// and picked at load time from the CPU's features (never -march=native: one cached binary runs
-// anywhere).
+// its adjoint stay in registers. On x86-64 the row functions are cloned for x86-64-v4 (AVX-512, which
+// gives these 8-lane loops 32 vector registers) and x86-64-v3 (AVX2+FMA), picked at load time from the
+// CPU's features (never -march=native: one cached binary runs anywhere). The exp and softplus are
+// those of vec_math.h.
 //
 // Backward: per row, recompute the forward into thread-local (L+1, N) buffers of states and
 // decays, then run the reverse recursion lam_t = dy_t C_t + a_{t+1} lam_{t+1}. dB and dC sum
@@ -28,75 +29,32 @@
 #include <cstring>
 #include <vector>
 
+#include "bindings.h"
+#include "vec_math.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
-#define SCAN_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define SCAN_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SCAN_TARGET_CLONES
 #endif
 
 namespace {
 
-// Eight fp32 lanes (GCC/Clang vector extension): AVX on the x86-64-v3 clone, two SSE/NEON
+// Eight fp32 lanes (GCC/Clang vector extension): AVX-512VL / AVX on the x86-64-v4 / v3 clones, two SSE/NEON
 // registers elsewhere. The state size N is padded to a multiple of 8 by the Python side.
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
+using F8 = vm::Vec<float, 8>;
+typedef F8::V vf8;
 constexpr int64_t kLanes = 8;
 constexpr int64_t kMaxVectors = 32;  // N <= 256, as mamba_ssm
 
-inline vf8 splat(float c) { return vf8{c, c, c, c, c, c, c, c}; }
-inline vf8 load8(const float* p) {
-  vf8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf8 splat(float c) { return vm::splat<F8>(c); }
+inline vf8 load8(const float* p) { return vm::load<F8>(p); }
+inline void store8(float* p, vf8 v) { vm::store<F8>(p, v); }
 inline float hsum(vf8 v) {
   return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
-
-// exp(x) per lane, relative error < 3e-7. x is clamped to [-87, 88]: decays below 1.6e-38 come
-// out as 1.6e-38 instead of a denormal or zero.
-inline __attribute__((always_inline)) vf8 exp8(vf8 x) {
-  x = x > splat(-87.0f) ? x : splat(-87.0f);
-  x = x < splat(88.0f) ? x : splat(88.0f);
-  // k = round(x / ln2) with the 1.5 * 2^23 trick (exact under round-to-nearest).
-  const vf8 shifter = splat(12582912.0f);
-  const vf8 kf = (x * 1.44269504088896341f + shifter) - shifter;
-  // r = x - k ln2, ln2 split in two parts for accuracy; |r| <= ln2 / 2.
-  const vf8 r = (x - kf * 0.693145751953125f) - kf * 1.42860682030941723e-6f;
-  // Degree-6 Taylor polynomial of exp(r).
-  vf8 p = splat(1.0f / 720.0f);
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // 2^k written straight into the exponent field; k + 127 stays within [1, 254].
-  const vi8 bits = (__builtin_convertvector(kf, vi8) + 127) << 23;
-  return p * (vf8)bits;  // vector cast = bit reinterpretation
-}
-
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)) per lane, relative error < 4e-7 (that of exp8). With
-// e = exp(-|x|) in (0, 1] and s = e / (2 + e) <= 1/3, log1p(e) = 2 atanh(s), summed to s^19 (the rest
-// is below 1e-10). For x > 20 the log1p term is under half an ulp of x, so the result is x, as torch's
-// softplus (threshold 20) returns.
-inline __attribute__((always_inline)) vf8 softplus8(vf8 x) {
-  const vf8 zero = splat(0.0f);
-  const vf8 e = exp8(x > zero ? -x : x);
-  const vf8 s = e / (e + 2.0f), s2 = s * s;
-  vf8 p = splat(1.0f / 19.0f);
-  p = p * s2 + 1.0f / 17.0f;
-  p = p * s2 + 1.0f / 15.0f;
-  p = p * s2 + 1.0f / 13.0f;
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
-  return (x > zero ? x : zero) + 2.0f * s * p;
-}
+inline __attribute__((always_inline)) vf8 exp8(vf8 x) { return vm::exp<F8>(x); }
+inline __attribute__((always_inline)) vf8 softplus8(vf8 x) { return vm::softplus<F8>(x); }
 
 SCAN_TARGET_CLONES
 void softplus_row(const float* x, float bias, int64_t L, float* out) {
@@ -314,7 +272,7 @@ at::Tensor delta_softplus(const at::Tensor& delta, const at::Tensor& bias) {
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+void register_selective_scan(pybind11::module& m) {
   m.def("fwd", &scan_fwd, "selective-scan recurrence forward: (y, last_state)");
   m.def("bwd", &scan_bwd, "selective-scan recurrence backward: [du, ddt, dA, dBt, dCt]");
   m.def("delta_softplus", &delta_softplus, "softplus(delta + bias) in one vectorised pass");

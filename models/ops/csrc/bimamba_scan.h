@@ -1,0 +1,345 @@
+// Selective-scan kernels of the fused bidirectional Mamba inner path on CPU (driven by models/ops/bimamba_cpu.py
+// through bimamba_cpu.cpp), on channels-last (batch, L, dim) rows, either time direction (the mixer's second
+// direction runs backwards without flipped copies). Index i counts steps in scan order (see bimamba_conv.h).
+//
+// delta_i = softplus(W_dt dt_low_i + dt_bias); h_i = exp(delta_i A) h_{i-1} + delta_i u_i B_i;
+// y_i = C_i . h_i + D u_i, added into y (one buffer for both directions).
+// Channels sit in vector lanes, the state index n in a loop of vector registers, so B_t and C_t are broadcast
+// scalars shared by every channel (the mixer has one group), no horizontal sum is needed in the forward pass and
+// the (batch, dim, L, N) states are never stored: the forward keeps the state that enters every chunk of kChunk
+// steps, and the backward recomputes one chunk at a time into a buffer that stays in cache, then runs the adjoint
+// recursion lam_i = dy_i C_i + a_{i+1} lam_{i+1} through it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "bimamba_conv.h"
+#include "isa.h"
+#include "vec_math.h"
+
+namespace bimamba {
+
+constexpr int64_t kChunk = 64;      // scan steps between saved states
+constexpr int64_t kMaxState = 256;  // N, as mamba_ssm
+
+template <typename T>
+struct ScanArgs {
+  int64_t batch, length, dim, n_state, rank, n_chunks, lanes, vectors_per_item;
+  const T* u;     // (batch, L, dim)
+  const T* proj;  // x_proj output rows [dt_low (rank) | B (N) | C (N)] at b * proj_batch + t * proj_row
+  int64_t proj_batch, proj_row;
+  const T* W_dt_t;   // (rank, dim): dt_proj weight transposed; dt = W_dt dt_low, before dt_bias and softplus
+  const T* dt_bias;  // (dim)
+  const T* A_t;      // (N, dim): A transposed (A <= 0)
+  const T* A2_t;     // (N, dim): A log2(e), the exponent of the decays in base 2
+  const T* D;        // (dim)
+  bool reverse;
+  T* y;             // (batch, L, dim): y (+)= scan output
+  bool accumulate;  // y += instead of y =
+  const T* gate;    // forward: z rows (z[b, t, c] at b * gate_batch + t * gate_row + c): y *= silu(z), or null
+  int64_t gate_batch, gate_row;
+  T* states;        // (batch, n_chunks, N, dim): state entering each chunk (written by the forward)
+  const T* dy;      // backward: gradient of y
+  T* du;            // backward outputs, (batch, L, dim) ...
+  T* ddt;           // ... gradient of dt (before dt_bias and softplus)
+  T* dA_t;          // (batch, N, dim): per batch element, A transposed
+  T* dD;            // (batch, dim)
+  T* ddt_bias;      // (batch, dim)
+  T* dB_parts;      // (batch, items per batch, L, N): each item's share of dB, summed by the caller
+  T* dC_parts;
+};
+
+// ---- selective scan ------------------------------------------------------------------------------------------
+
+// dt_bias + W_dt dt_low at step t: the Δ projection (rank FMAs per vector), before softplus.
+template <class W, bool kFull>
+VM_INLINE typename W::V delta_input(const ScanArgs<typename W::Scalar>& a, const typename W::Scalar* row_proj,
+                                    typename W::V bias, int64_t c, int count) {
+  typename W::V x = bias;
+  for (int64_t r = 0; r < a.rank; ++r) x += vm::load_n<W, kFull>(a.W_dt_t + r * a.dim + c, count) * row_proj[r];
+  return x;
+}
+
+template <class W, int kN, bool kFull>
+VM_INLINE void scan_fwd_vector(const ScanArgs<typename W::Scalar>& a, int64_t b, int64_t c, int count) {
+  using T = typename W::Scalar;
+  using V = typename W::V;
+  const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
+  V A2[kN > 0 ? kN : kMaxState], h[kN > 0 ? kN : kMaxState];
+  for (int64_t n = 0; n < N; ++n) {
+    A2[n] = vm::load_n<W, kFull>(a.A2_t + n * dim + c, count);
+    h[n] = V{};
+  }
+  const V bias = vm::load_n<W, kFull>(a.dt_bias + c, count);
+  const V D = vm::load_n<W, kFull>(a.D + c, count);
+  for (int64_t i = 0; i < L; ++i) {
+    if (a.states && i % kChunk == 0) {
+      T* s = a.states + (b * a.n_chunks + i / kChunk) * N * dim + c;
+      for (int64_t n = 0; n < N; ++n) vm::store_n<W, kFull>(s + n * dim, h[n], count);
+    }
+    const int64_t t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+    const T* proj = a.proj + b * a.proj_batch + t * a.proj_row;
+    const T* Bt = proj + a.rank;
+    const T* Ct = Bt + N;
+    const V delta = vm::softplus<W>(delta_input<W, kFull>(a, proj, bias, c, count));
+    const V u = vm::load_n<W, kFull>(a.u + row, count);
+    const V du = delta * u;
+    V y = D * u;
+    for (int64_t n = 0; n < N; ++n) {
+      h[n] = vm::exp2_nonpositive<W>(delta * A2[n]) * h[n] + du * Bt[n];
+      y += h[n] * Ct[n];
+    }
+    T* yp = a.y + row;
+    if (a.accumulate) y += vm::load_n<W, kFull>(yp, count);
+    if (a.gate) {
+      const V z = vm::load_n<W, kFull>(a.gate + b * a.gate_batch + t * a.gate_row + c, count);
+      y *= z * vm::sigmoid<W>(z);
+    }
+    vm::store_n<W, kFull>(yp, y, count);
+  }
+}
+
+template <class W, int kN>
+VM_INLINE void scan_fwd_item(const ScanArgs<typename W::Scalar>& a, int64_t item) {
+  const int64_t vectors = (a.dim + W::lanes - 1) / W::lanes;
+  const int64_t b = item / vectors, c = (item % vectors) * W::lanes;
+  const int count = static_cast<int>(std::min<int64_t>(W::lanes, a.dim - c));
+  if (count == W::lanes) {
+    scan_fwd_vector<W, kN, true>(a, b, c, count);
+  } else {
+    scan_fwd_vector<W, kN, false>(a, b, c, count);
+  }
+}
+
+// One item = one vector of channels of one batch element.
+template <class W>
+VM_INLINE void scan_fwd_body(const ScanArgs<typename W::Scalar>& a, int64_t item) {
+  if (a.n_state == 16) {
+    scan_fwd_item<W, 16>(a, item);
+  } else {
+    scan_fwd_item<W, 0>(a, item);
+  }
+}
+
+// Per-item scratch, in units of scalars.
+template <typename T>
+struct ScanScratch {
+  std::vector<T> h;      // (kChunk + 1, N, lanes): state entering the chunk, then after each step
+  std::vector<T> a;      // (kChunk, N, lanes): decays exp(delta A)
+  std::vector<T> dlt;    // (kChunk, lanes): delta
+  std::vector<T> sg;     // (kChunk, lanes): softplus'(dt + dt_bias)
+  std::vector<T> acc1;   // (kChunk, lanes): y, then g_delta, summed over the state blocks so far
+  std::vector<T> acc2;   // (kChunk, lanes): lam_B summed over the state blocks so far
+  std::vector<T> pair;   // (kChunk, lanes): a state block's partial channel sums, awaiting the next block
+  std::vector<T> lam;    // (vectors, N, lanes): a_{i+1} lam_{i+1} carried into the next (earlier) chunk
+  std::vector<T> dA;     // (vectors, N, lanes)
+  std::vector<T> dD;     // (vectors, lanes)
+  std::vector<T> dbias;  // (vectors, lanes)
+
+  ScanScratch(int64_t N, int64_t lanes, int64_t vectors)
+      : h((kChunk + 1) * N * lanes), a(kChunk * N * lanes), dlt(kChunk * lanes), sg(kChunk * lanes),
+        acc1(kChunk * lanes), acc2(kChunk * lanes), pair(kChunk * lanes), lam(vectors * N * lanes),
+        dA(vectors * N * lanes), dD(vectors * lanes), dbias(vectors * lanes) {}
+};
+
+// The backward works on the states in blocks of kBlock, so that a block's recurrences, adjoints and dA sums stay in
+// vector registers; what couples the blocks (y, g_delta and lam_B, sums over all states) goes through small
+// per-step buffers.
+constexpr int kBlock = 8;
+
+// Adds (or writes, when `first`) the sums over channels (lanes) of terms[0..nb) to dst[n0 + k], for the state block
+// starting at n0 (< N). With 16 lanes a block of 8 leaves 8 groups of 2 partial sums: even blocks park them in
+// `pair` and odd blocks finish both (natural order); a last even block finishes against zeros.
+template <class W>
+VM_INLINE void add_block_sums(typename W::V* terms, int nb, int64_t n0, int64_t N, typename W::Scalar* dst,
+                              bool first, typename W::Scalar* pair) {
+  using V = typename W::V;
+  constexpr int lanes = W::lanes;
+  for (int k = nb; k < kBlock; ++k) terms[k] = V{};
+  auto put = [&](int64_t n, V sums) {
+    const int count = static_cast<int>(std::min<int64_t>(lanes, N - n));
+    if (!first) sums += vm::load_part<W>(dst + n, count);
+    vm::store_part<W>(dst + n, sums, count);
+  };
+  vm::merge_levels<W, lanes, kBlock>(terms);
+  if constexpr (lanes <= kBlock) {
+    for (int j = 0; j < kBlock / lanes && n0 + j * lanes < N; ++j) put(n0 + j * lanes, terms[j]);
+  } else {
+    static_assert(lanes == 2 * kBlock, "one pair of blocks per vector of sums");
+    constexpr auto seq = std::make_index_sequence<lanes>{};
+    if ((n0 / kBlock) % 2 == 0 && n0 + kBlock < N) {
+      vm::store<W>(pair, terms[0]);
+    } else if ((n0 / kBlock) % 2 == 0) {
+      put(n0, vm::merge_half<W, 2, false>(terms[0], V{}, seq) + vm::merge_half<W, 2, true>(terms[0], V{}, seq));
+    } else {
+      const V first_half = vm::load<W>(pair);
+      put(n0 - kBlock, vm::merge_half<W, 2, false>(first_half, terms[0], seq) +
+                           vm::merge_half<W, 2, true>(first_half, terms[0], seq));
+    }
+  }
+}
+
+// Chunk [i0, i1) of one channel vector (index v within the item): recompute the chunk's decays and states (and dC,
+// and y), then the reverse sweep (dB and the per-channel gradients), each block of states in turn.
+template <class W, int kN, bool kFull>
+VM_INLINE void scan_bwd_chunk(const ScanArgs<typename W::Scalar>& a, ScanScratch<typename W::Scalar>& s,
+                              int64_t b, int64_t c, int count, int64_t v, bool first, int64_t chunk, int64_t i0,
+                              int64_t i1, typename W::Scalar* dB_part, typename W::Scalar* dC_part) {
+  using T = typename W::Scalar;
+  using V = typename W::V;
+  constexpr int64_t lanes = W::lanes;
+  const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
+  const T* state = a.states + (b * a.n_chunks + chunk) * N * dim + c;
+  const V bias = vm::load_n<W, kFull>(a.dt_bias + c, count);
+  const V D = vm::load_n<W, kFull>(a.D + c, count);
+  V terms[kBlock];
+  // 0. Per step: delta and softplus' (the Δ projection once for all blocks).
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t li = i - i0;
+    const T* proj = a.proj + b * a.proj_batch + time_of<T>(i, L, a.reverse) * a.proj_row;
+    const V x = delta_input<W, kFull>(a, proj, bias, c, count);
+    vm::store<W>(s.dlt.data() + li * lanes, vm::softplus<W>(x));
+    vm::store<W>(s.sg.data() + li * lanes, vm::softplus_grad<W>(x));
+  }
+  // 1. Recompute the decays and states; y = C.h + D u into a.y (the gate's gradient needs it); dC = sum dy h.
+  for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
+    const bool last = n0 + kBlock >= N;
+    V A2[kBlock], h[kBlock];
+    for (int k = 0; k < nb; ++k) {
+      A2[k] = vm::load_n<W, kFull>(a.A2_t + (n0 + k) * dim + c, count);
+      h[k] = vm::load_n<W, kFull>(state + (n0 + k) * dim, count);
+      vm::store<W>(s.h.data() + (n0 + k) * lanes, h[k]);
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+      const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
+      const T* Ct = Bt + N;
+      const V delta = vm::load<W>(s.dlt.data() + li * lanes);
+      const V u = vm::load_n<W, kFull>(a.u + row, count);
+      const V dy = vm::load_n<W, kFull>(a.dy + row, count);
+      const V du = delta * u;
+      V y = n0 == 0 ? D * u : vm::load<W>(s.acc1.data() + li * lanes);
+      for (int k = 0; k < nb; ++k) {
+        const int64_t n = n0 + k;
+        const V decay = vm::exp2_nonpositive<W>(delta * A2[k]);
+        h[k] = decay * h[k] + du * Bt[n];
+        vm::store<W>(s.a.data() + (li * N + n) * lanes, decay);
+        vm::store<W>(s.h.data() + ((li + 1) * N + n) * lanes, h[k]);
+        y += h[k] * Ct[n];
+        terms[k] = dy * h[k];
+      }
+      add_block_sums<W>(terms, nb, n0, N, dC_part + t * N, first, s.pair.data() + li * lanes);
+      if (!last) {
+        vm::store<W>(s.acc1.data() + li * lanes, y);
+      } else {
+        T* yp = a.y + row;
+        vm::store_n<W, kFull>(yp, a.accumulate ? vm::load_n<W, kFull>(yp, count) + y : y, count);
+      }
+    }
+  }
+  // 2. Reverse sweep. lam = dLoss/dh_i; carry = a_i lam_i enters step i-1.
+  V dD = vm::load<W>(s.dD.data() + v * lanes), dbias = vm::load<W>(s.dbias.data() + v * lanes);
+  for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
+    const bool last = n0 + kBlock >= N;
+    T* carry_mem = s.lam.data() + (v * N + n0) * lanes;
+    T* dA_mem = s.dA.data() + (v * N + n0) * lanes;
+    V A[kBlock], carry[kBlock], dA[kBlock];
+    for (int k = 0; k < nb; ++k) {
+      A[k] = vm::load_n<W, kFull>(a.A_t + (n0 + k) * dim + c, count);
+      carry[k] = vm::load<W>(carry_mem + k * lanes);
+      dA[k] = vm::load<W>(dA_mem + k * lanes);
+    }
+    for (int64_t i = i1 - 1; i >= i0; --i) {
+      const int64_t li = i - i0, t = time_of<T>(i, L, a.reverse), row = (b * L + t) * dim + c;
+      const T* Bt = a.proj + b * a.proj_batch + t * a.proj_row + a.rank;
+      const T* Ct = Bt + N;
+      const V delta = vm::load<W>(s.dlt.data() + li * lanes);
+      const V u = vm::load_n<W, kFull>(a.u + row, count);
+      const V dy = vm::load_n<W, kFull>(a.dy + row, count);
+      const V du = delta * u;
+      V g_delta = n0 == 0 ? V{} : vm::load<W>(s.acc1.data() + li * lanes);
+      V lam_B = n0 == 0 ? V{} : vm::load<W>(s.acc2.data() + li * lanes);
+      for (int k = 0; k < nb; ++k) {
+        const int64_t n = n0 + k, at = (li * N + n) * lanes;
+        const V lam = carry[k] + dy * Ct[n];
+        const V decay = vm::load<W>(s.a.data() + at);
+        const V g = lam * vm::load<W>(s.h.data() + at) * decay;  // dLoss/d(delta A): h_{i-1} is row li
+        g_delta += g * A[k];
+        dA[k] += g * delta;
+        lam_B += lam * Bt[n];
+        carry[k] = lam * decay;
+        terms[k] = lam * du;
+      }
+      add_block_sums<W>(terms, nb, n0, N, dB_part + t * N, first, s.pair.data() + li * lanes);
+      if (!last) {
+        vm::store<W>(s.acc1.data() + li * lanes, g_delta);
+        vm::store<W>(s.acc2.data() + li * lanes, lam_B);
+        continue;
+      }
+      const V ddt = (g_delta + lam_B * u) * vm::load<W>(s.sg.data() + li * lanes);
+      vm::store_n<W, kFull>(a.ddt + row, ddt, count);
+      vm::store_n<W, kFull>(a.du + row, lam_B * delta + D * dy, count);
+      dD += dy * u;
+      dbias += ddt;
+    }
+    for (int k = 0; k < nb; ++k) {
+      vm::store<W>(carry_mem + k * lanes, carry[k]);
+      vm::store<W>(dA_mem + k * lanes, dA[k]);
+    }
+  }
+  vm::store<W>(s.dD.data() + v * lanes, dD);
+  vm::store<W>(s.dbias.data() + v * lanes, dbias);
+}
+
+template <class W, int kN>
+VM_INLINE void scan_bwd_item(const ScanArgs<typename W::Scalar>& a, int64_t item) {
+  using T = typename W::Scalar;
+  constexpr int64_t lanes = W::lanes;
+  const int64_t N = kN > 0 ? kN : a.n_state, L = a.length, dim = a.dim;
+  const int64_t vectors = (dim + lanes - 1) / lanes;
+  const int64_t items_per_batch = (vectors + a.vectors_per_item - 1) / a.vectors_per_item;
+  const int64_t b = item / items_per_batch;
+  const int64_t v0 = (item % items_per_batch) * a.vectors_per_item;
+  const int64_t v1 = std::min(vectors, v0 + a.vectors_per_item);
+  ScanScratch<T> s(N, lanes, v1 - v0);
+  T* dB_part = a.dB_parts + item * L * N;
+  T* dC_part = a.dC_parts + item * L * N;
+  for (int64_t chunk = a.n_chunks - 1; chunk >= 0; --chunk) {
+    const int64_t i0 = chunk * kChunk, i1 = std::min(L, i0 + kChunk);
+    for (int64_t v = v0; v < v1; ++v) {
+      const int64_t c = v * lanes;
+      const int count = static_cast<int>(std::min<int64_t>(lanes, dim - c));
+      if (count == lanes) {
+        scan_bwd_chunk<W, kN, true>(a, s, b, c, count, v - v0, v == v0, chunk, i0, i1, dB_part, dC_part);
+      } else {
+        scan_bwd_chunk<W, kN, false>(a, s, b, c, count, v - v0, v == v0, chunk, i0, i1, dB_part, dC_part);
+      }
+    }
+  }
+  // Per-channel gradients of batch element b; the caller sums them over the batch.
+  for (int64_t v = v0; v < v1; ++v) {
+    const int64_t c = v * lanes;
+    const int count = static_cast<int>(std::min<int64_t>(lanes, dim - c));
+    for (int64_t n = 0; n < N; ++n) {
+      vm::store_part<W>(a.dA_t + (b * N + n) * dim + c, vm::load<W>(s.dA.data() + ((v - v0) * N + n) * lanes),
+                        count);
+    }
+    vm::store_part<W>(a.dD + b * dim + c, vm::load<W>(s.dD.data() + (v - v0) * lanes), count);
+    vm::store_part<W>(a.ddt_bias + b * dim + c, vm::load<W>(s.dbias.data() + (v - v0) * lanes), count);
+  }
+}
+
+template <class W>
+VM_INLINE void scan_bwd_body(const ScanArgs<typename W::Scalar>& a, int64_t item) {
+  if (a.n_state == 16) {
+    scan_bwd_item<W, 16>(a, item);
+  } else {
+    scan_bwd_item<W, 0>(a, item);
+  }
+}
+
+}  // namespace bimamba
