@@ -15,19 +15,16 @@ import torch
 from models.build import check_model_name
 from models.checkpoint import load_finetune_checkpoint, read_label_map
 from models.clip_teacher import CLIP_VARIANTS, build_clip_teacher, default_clip_weights
-from models.ops import set_backend
 from utils.config import ClassifierConfig, ModelConfig, StudentConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
 
 def _backbone_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """Constructor arguments shared by the classifier and the student; applies the run's scan backend."""
-    # The selective-scan backend is still a process-wide choice of models.ops: --scan_backend (or its fallback
-    # $VIDEOMAMBA_SCAN_BACKEND) is applied once here, at run start, until the Mamba mixer takes a per-module
-    # ``backend`` argument, which will then receive ``model.scan_backend`` instead.
-    set_backend(model.scan_backend)
-    kwargs: dict[str, Any] = dict(img_size=model.input_size, num_frames=model.num_frames,
+    """Constructor arguments shared by the classifier and the student; every mixer gets the run's scan backend
+    (``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own ``backend``."""
+    kwargs: dict[str, Any] = dict(ssm_cfg={"backend": model.scan_backend},
+                                  img_size=model.input_size, num_frames=model.num_frames,
                                   kernel_size=model.tubelet_size, drop_path_rate=model.drop_path,
                                   use_checkpoint=model.use_checkpoint, checkpoint_num=model.checkpoint_num)
     if model.depth is not None:

@@ -13,7 +13,7 @@ import run_regression_finetuning
 from datasets.collate import collate_eval, collate_masked, collate_train
 from models.clip_teacher import default_clip_weights
 from models.factory import build_classifier
-from models.ops import get_backend, set_backend
+from models.ops import get_backend
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 from utils.config import (CLIP_DIR_ENV, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig, checkpoint_args,
                           finetune_config, pretrain_config)
@@ -94,15 +94,13 @@ def test_scan_backend_flag_with_the_environment_as_fallback(monkeypatch):
         run_class_finetuning.get_args_parser().parse_args(["--scan_backend", "gpu"])
 
 
-def test_the_run_applies_its_scan_backend():
+def test_the_run_gives_its_scan_backend_to_every_mixer_not_to_the_process():
     previous = get_backend()
-    try:
-        config = finetune("--scan_backend", "ref", "--depth", "1", "--embed_dim", "16", "--num_frames", "2",
-                          "--input_size", "32", "--nb_classes", "3")
-        build_classifier(config.model)
-        assert get_backend() == "ref"
-    finally:
-        set_backend(previous)
+    config = finetune("--scan_backend", "ref", "--depth", "2", "--embed_dim", "16", "--num_frames", "2",
+                      "--input_size", "32", "--nb_classes", "3")
+    model = build_classifier(config.model)
+    assert [layer.mixer.backend for layer in model.layers] == ["ref", "ref"]
+    assert get_backend() == previous
 
 
 def test_clip_teacher_path_with_the_clip_folder_as_fallback(monkeypatch, tmp_path):
