@@ -12,6 +12,10 @@ else the newest checkpoint of ``--output_dir`` (not with ``--no_auto_resume``), 
 """
 from __future__ import annotations
 
+from utils.omp import prefer_passive_wait
+
+prefer_passive_wait()  # before torch starts its OpenMP runtime
+
 import argparse
 import logging
 from dataclasses import asdict

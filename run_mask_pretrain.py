@@ -10,6 +10,10 @@ As in the official ``run_videomamba_pretraining.py`` (an alias of this script), 
 """
 from __future__ import annotations
 
+from utils.omp import prefer_passive_wait
+
+prefer_passive_wait()  # before torch starts its OpenMP runtime
+
 import argparse
 import logging
 from dataclasses import asdict

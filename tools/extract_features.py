@@ -27,6 +27,10 @@ from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
 
+from utils.omp import prefer_passive_wait
+
+prefer_passive_wait()  # before torch starts its OpenMP runtime
+
 import torch
 import torch.distributed as dist
 from tqdm import tqdm

@@ -27,6 +27,10 @@ from typing import Any, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/x.py` from the repo root
 
+from utils.omp import prefer_passive_wait
+
+prefer_passive_wait()  # before torch starts its OpenMP runtime
+
 import torch
 
 from datasets.readers import BACKENDS, VideoDecodeError
