@@ -212,3 +212,27 @@ def test_cuda_glue_matches_pure_path(dtype, monkeypatch):
     assert out.dtype == dtype
     torch.testing.assert_close(out, want, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
     torch.testing.assert_close(last, want_last, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 16, 17, 100])
+@pytest.mark.parametrize("chunk", [None, 1, 3, 16])
+def test_chunked_scan_matches_the_loop(length, chunk):
+    gen = torch.Generator().manual_seed(length)
+    a = torch.rand(2, 3, length, 4, generator=gen)
+    x = torch.randn(2, 3, length, 4, generator=gen)
+    want = selective_scan_torch.linear_scan(a, x)
+    torch.testing.assert_close(selective_scan_torch.chunked_linear_scan(a, x, chunk), want, rtol=1e-6, atol=1e-6)
+
+
+class _Scan(torch.nn.Module):
+    def forward(self, a, x):
+        return selective_scan_torch.linear_scan(a, x)
+
+
+def test_traced_scan_is_chunked_not_unrolled():
+    # 100 tokens: chunks of 10, so 9 in-chunk steps, 9 carries and one final combine, not 100 unrolled steps.
+    a, x = torch.rand(1, 2, 100, 3), torch.randn(1, 2, 100, 3)
+    program = torch.export.export(_Scan(), (a, x))
+    steps = [node for node in program.graph.nodes if node.target == torch.ops.aten.addcmul.default]
+    assert len(steps) == 19
+    torch.testing.assert_close(program.module()(a, x), selective_scan_torch.linear_scan(a, x))

@@ -7,8 +7,8 @@ PyTorch formulation of both (``models.ops`` backend ``torch``), the same functio
 relative error ``max |exported - eager| / max |eager|`` against the eager model with its usual kernels, and exits 1
 above ``--tolerance``. It also prints the median time per clip of both over ``--repeats`` runs.
 
-The traced scan is a loop over the tokens, unrolled in the graph: its size grows with depth × tokens, so export small
-clips (e.g. 8 × 64² is 129 tokens; 8 × 224² is 1569).
+Traced, the scan takes its chunked form (``models.ops.selective_scan_torch.chunked_linear_scan``): about 2·sqrt(L)
+steps per block and direction for L tokens, so a full-size clip exports (Ti at 8 × 224², 1569 tokens: about 2 minutes).
 ONNX needs the optional extras onnx, onnxscript and onnxruntime (requirements-extras.txt).
 
 Example:
@@ -95,8 +95,8 @@ def export_onnx(module: nn.Module, x: torch.Tensor, path: Path, opset: int,
                 output_name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """ONNX export (the dynamo exporter) at the shape of ``x``; returns an onnxruntime session's forward.
 
-    The exporter's own graph optimiser is skipped (it took over 20 minutes on the unrolled scan of a 24-block model
-    at 65 tokens); onnxruntime optimises the graph when it loads it.
+    The exporter's own graph optimiser is skipped (it took over 20 minutes on a 24-block model at 65 tokens when the
+    scan was still traced token by token); onnxruntime optimises the graph when it loads it.
     """
     import onnx
     import onnxruntime
