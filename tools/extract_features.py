@@ -38,7 +38,8 @@ from tqdm import tqdm
 from datasets.readers import BACKENDS
 from tools import feature_files as ff
 from tools.checkpoint_model import CheckpointError, load_model
-from tools.video_views import VIDEO_SAMPLINGS, InputError, ViewPlan, collect_videos, map_videos, output_stems
+from tools.video_views import (VIDEO_SAMPLINGS, InputError, ViewPlan, add_video_source_args, map_videos,
+                               output_stems, videos_from_args)
 from utils.distributed import DistInfo, init_distributed
 from utils.logging import setup_logging
 
@@ -51,12 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_small")
     parser.add_argument("--checkpoint", required=True, help="trained classifier (.pth or .safetensors)")
     parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
-    source = parser.add_argument_group("videos (exactly one of --video, --list, --folder)")
-    source.add_argument("--video", default=None, help="one video file")
-    source.add_argument("--list", default=None, help="list file: the first field of each line is a video path")
-    source.add_argument("--prefix", default="", help="folder the --list paths are relative to")
-    source.add_argument("--split", default=" ", help="field separator of --list")
-    source.add_argument("--folder", default=None, help="every video file under this folder (recursive)")
+    add_video_source_args(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--h5", action="store_true", help="write one HDF5 file <out>/features.h5 (needs h5py)")
     views = parser.add_argument_group("views")
@@ -138,7 +134,7 @@ def completed(out: Path, stems: Sequence[str], settings: dict[str, Any], h5: boo
 def extract(args: argparse.Namespace, info: DistInfo) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """This rank's share of the work; returns its index rows (with their input ``index``) and the settings."""
     _check_args(args)
-    videos = collect_videos(args.video, args.list, args.prefix, args.folder, args.split)
+    videos = videos_from_args(args)
     stems = output_stems(videos)
     model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
     if args.layer is not None and not -shape.depth <= args.layer < shape.depth:

@@ -36,8 +36,8 @@ import torch
 from datasets.readers import BACKENDS, VideoDecodeError
 from tools import timeline as tl
 from tools.checkpoint_model import CheckpointError, load_model
-from tools.video_views import (VIDEO_SAMPLINGS, InputError, VideoResult, ViewPlan, collect_videos, map_videos,
-                               output_stems)
+from tools.video_views import (VIDEO_SAMPLINGS, InputError, VideoResult, ViewPlan, add_video_source_args, map_videos,
+                               output_stems, videos_from_args)
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -68,12 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_small")
     parser.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.pth or .safetensors)")
-    source = parser.add_argument_group("videos (exactly one of --video, --list, --folder)")
-    source.add_argument("--video", default=None, help="one video file")
-    source.add_argument("--list", default=None, help="list file: the first field of each line is a video path")
-    source.add_argument("--prefix", default="", help="folder the --list paths are relative to")
-    source.add_argument("--split", default=" ", help="field separator of --list")
-    source.add_argument("--folder", default=None, help="every video file under this folder (recursive)")
+    add_video_source_args(parser)
     parser.add_argument("--labels", default=None, help="class names, one per line (default: class indices)")
     parser.add_argument("--num_frames", type=int, default=None, help="frames per view (default: the checkpoint's)")
     parser.add_argument("--input_size", type=int, default=None, help="crop size (default: the checkpoint's)")
@@ -144,7 +139,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], Iterator[dict[str, Any]]]:
     """Check the input and load the model; returns the videos and an iterator over their JSON-ready predictions
     (in input order)."""
     _check_args(args)
-    videos = collect_videos(args.video, args.list, args.prefix, args.folder, args.split)
+    videos = videos_from_args(args)
     if args.out is not None:
         output_stems(videos)
     model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)

@@ -13,6 +13,7 @@ Views come segment-major within a window (view = (window · J + segment) · K + 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,21 @@ VIDEO_SAMPLINGS = tuple(s for s in SAMPLINGS if s != "ssv2_frames")  # frame fol
 
 class InputError(ValueError):
     """Bad command-line input (a missing file or folder, contradictory flags)."""
+
+
+def add_video_source_args(parser: argparse.ArgumentParser) -> None:
+    """The flags `videos_from_args` reads: --video, --list (with --prefix, --split) or --folder."""
+    source = parser.add_argument_group("videos (exactly one of --video, --list, --folder)")
+    source.add_argument("--video", default=None, help="one video file")
+    source.add_argument("--list", default=None, help="list file: the first field of each line is a video path")
+    source.add_argument("--prefix", default="", help="folder the --list paths are relative to")
+    source.add_argument("--split", default=" ", help="field separator of --list")
+    source.add_argument("--folder", default=None, help="every video file under this folder (recursive)")
+
+
+def videos_from_args(args: argparse.Namespace) -> list[str]:
+    """`collect_videos` of the flags added by `add_video_source_args`."""
+    return collect_videos(args.video, args.list, args.prefix, args.folder, args.split)
 
 
 def collect_videos(video: str | None = None, list_file: str | None = None, prefix: str = "",
