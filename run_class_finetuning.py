@@ -34,7 +34,7 @@ from engines.contracts import EvalTask, Runtime
 from engines.evaluate import evaluate
 from engines.fit import append_log, build_ema, build_runtime, fit, resume
 from engines.multiview import multiview_test
-from engines.session import make_loader, start_run
+from engines.session import make_loader, start_run, training_steps_per_epoch
 from engines.tasks import ClassificationTask, RegressionTask
 from models.factory import build_classifier
 from models.ops import BACKENDS
@@ -154,8 +154,8 @@ def run_test(config: FinetuneConfig, runtime: Runtime, task: EvalTask, info: Dis
         key = "acc1" if task.name == "classification" else "mse"
         summary = (f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%" if key == "acc1" and key in result
                    else f"MSE {result.get('mse', float('nan')):.4f}")
-        print(f"multi-view test: {summary} over {result['num_videos']} videos "
-              f"({result['missing']} missing, {len(result['incomplete'])} incomplete windows)")
+        logger.info("multi-view test: %s over %d videos (%d missing, %d incomplete windows)", summary,
+                    result["num_videos"], result["missing"], len(result["incomplete"]))
         if result["missing_ids"]:
             logger.warning("multi-view test: %d videos could not be decoded and are not scored: %s",
                            result["missing"], ", ".join(dataset.entries[i].path for i in result["missing_ids"]))
@@ -204,6 +204,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info, writer = start_run(run, vars(args), config)
     report_ignored(args)
     check_paths(args, PATH_FLAGS)
+    if info.world_size > 1 and not run.output_dir:
+        raise UsageError("--output_dir is needed with more than one process: the ranks exchange their multi-view "
+                         "test predictions through it")
     task = build_task(config)
     logger.info("task: %s", task.name)
     model = build_classifier(config.model)
@@ -218,10 +221,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_set = build_video_dataset("train", config.data, config.augment, run.seed)
     train_loader = make_loader(train_set, run, info, train=True, batch_size=run.batch_size, shard=True,
                                collate_fn=train_set.collate)
-    steps_per_epoch = len(train_loader) // run.update_freq
-    if steps_per_epoch == 0:
-        raise UsageError(f"{config.data.data_path}: {len(train_set)} training videos are fewer than one step of "
-                         f"batch_size {run.batch_size} × update_freq {run.update_freq} × {info.world_size} ranks")
+    steps_per_epoch = training_steps_per_epoch(train_loader, run, info, config.data.data_path)
     runtime = build_runtime(config.optim, run, model, info)
     ema = build_ema(config.ema, runtime.module)
     state = resume(run, runtime, ema)

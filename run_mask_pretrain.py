@@ -24,13 +24,12 @@ from datasets.masking import MASK_TYPES, mask_window_size
 from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_optim_args, add_runtime_args,
                          check_paths, report_ignored, run_entry, str2bool)
 from engines.fit import build_runtime, fit, resume
-from engines.session import make_loader, start_run
+from engines.session import make_loader, start_run, training_steps_per_epoch
 from engines.tasks import DistillationTask
 from models.clip_teacher import CLIP_VARIANTS
 from models.factory import build_student, build_teacher
 from models.ops import BACKENDS
 from utils.config import checkpoint_args, pretrain_config
-from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +109,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                         mask_ratio=distill.mask_ratio, mask_window=window, seed=run.seed)
     loader = make_loader(dataset, run, info, train=True, batch_size=run.batch_size, shard=True,
                          collate_fn=dataset.collate)
-    steps_per_epoch = len(loader) // run.update_freq
-    if steps_per_epoch == 0:
-        raise UsageError(f"{config.data.data_path}: {len(dataset)} videos are fewer than one step of batch_size "
-                         f"{run.batch_size} × update_freq {run.update_freq} × {info.world_size} ranks")
+    steps_per_epoch = training_steps_per_epoch(loader, run, info, config.data.data_path)
     runtime = build_runtime(config.optim, run, student, info, find_unused_parameters=True)
     state = resume(run, runtime, None)
     state = fit(config.optim, run, runtime, task, loader, steps_per_epoch, info, log_writer=writer, state=state,

@@ -126,6 +126,15 @@ def _written_at(path: Path) -> int:
     return (marker if marker.is_file() else path / DEEPSPEED_MODEL_STATES).stat().st_mtime_ns
 
 
+def recover_and_find_latest(output_dir: Path) -> Path | None:
+    """`find_latest` after rank 0 has run `recover_partial_saves`, so a checkpoint a killed save left staged is
+    found; every rank calls it."""
+    if get_rank() == 0 and Path(output_dir).is_dir():
+        recover_partial_saves(Path(output_dir))
+    barrier()
+    return find_latest(output_dir)
+
+
 def find_latest(output_dir: Path) -> Path | None:
     """Newest complete ``checkpoint-*`` (file or DeepSpeed folder, ``-best`` excluded) by modification time."""
     output_dir = Path(output_dir)
@@ -153,10 +162,12 @@ def best_checkpoint(checkpoint_path: Callable[[str], Path]) -> Path | None:
 def checkpoint_to_evaluate(output_dir: str, checkpoint_path: Callable[[str], Path], resume: str, test_best: bool,
                            search: bool) -> Path | None:
     """The weights ``--eval`` tests: with ``--test_best`` the ``checkpoint-best`` of ``output_dir`` (an error when
-    there is none); else ``--resume``; else (unless ``search`` is off: ``--no_auto_resume``) the newest complete
-    checkpoint of ``output_dir``, then its ``checkpoint-best``; None when there is none of these (the
-    ``--finetune`` weights are tested). ``checkpoint_path``: the runtime's layout of the output folder."""
-    if test_best:
+    there is none); else ``--resume``; else the newest complete checkpoint of ``output_dir``, then its
+    ``checkpoint-best``; None when there is none of these (the ``--finetune`` weights are tested). ``search`` off
+    (``--no_auto_resume``) reads nothing in ``output_dir``, ``--test_best`` included: every launcher passes
+    ``--test_best``, and ``--eval --no_auto_resume`` on a launcher tests ``MODEL_PATH`` (or ``--resume``).
+    ``checkpoint_path``: the runtime's layout of the output folder."""
+    if test_best and search:
         best = best_checkpoint(checkpoint_path) if output_dir else None
         if best is None:
             raise MissingPathError(f"--eval --test_best: no complete checkpoint-best in --output_dir "
@@ -166,7 +177,7 @@ def checkpoint_to_evaluate(output_dir: str, checkpoint_path: Callable[[str], Pat
         return Path(resume)
     if not output_dir or not search:
         return None
-    return find_latest(Path(output_dir)) or best_checkpoint(checkpoint_path)
+    return recover_and_find_latest(Path(output_dir)) or best_checkpoint(checkpoint_path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -125,7 +125,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, save_ckpt_freq: int) -> No
     group.add_argument("--bf16", action="store_true", default=False)
     group.add_argument("--print_freq", default=10, type=int, help="log a progress line every N steps")
     group.add_argument("--debug", action="store_true",
-                       help="print the full traceback of user errors (it always goes to output_dir/train.log)")
+                       help="print the full traceback of user errors (once the run's log file "
+                       "output_dir/train.log is open, it always goes there)")
     group.add_argument("--use_checkpoint", action="store_true", default=False)
     group.add_argument("--checkpoint_num", default=0, type=int)
     group.add_argument("--world_size", default=1, type=int, help="informational; taken from the launcher")
@@ -187,8 +188,9 @@ def user_message(err: BaseException) -> str:
 def run_entry(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
               argv: list[str] | None = None) -> None:
     """Parse ``argv`` and run ``main``; a ``UserError`` exits with its status (2 usage, 1 other) after printing
-    ``error: <message>`` on stderr, its traceback going to ``train.log`` (and to stderr with ``--debug``). Other
-    exceptions are bugs: their traceback is also written to ``train.log`` and they propagate unchanged."""
+    ``error: <message>`` on stderr, its traceback going to ``train.log`` when the run's log file is open (rank 0 with
+    ``--output_dir``, after the configuration was built) and to stderr with ``--debug``. Other exceptions are bugs:
+    their traceback goes to ``train.log`` the same way and they propagate unchanged."""
     args = parser.parse_args(argv)
     try:
         main(args)

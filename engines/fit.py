@@ -50,7 +50,7 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
     into ``run.output_dir``."""
     if optim.lr_scale != 1.0:
         logger.info("lr scaled by %.4g (total batch %d): lr %.3g, min_lr %.3g, warmup_lr %.3g", optim.lr_scale,
-                    run.batch_size * run.update_freq * info.world_size, optim.lr, optim.min_lr, optim.warmup_lr)
+                    samples_per_step(run), optim.lr, optim.min_lr, optim.warmup_lr)
     optimizer = create_optimizer(optim, model, deepspeed=run.enable_deepspeed)
     if run.enable_deepspeed:
         return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
@@ -77,7 +77,6 @@ class RunState:
     start_epoch: int = 0
     best: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from: Path | None = None
     start_step: int = 0
     train_sums: dict[str, tuple[float, float]] | None = None
 
@@ -95,16 +94,20 @@ def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None) -> RunS
     """
     path = Path(run.resume) if run.resume else None
     if path is None and run.auto_resume and run.output_dir:
-        path = ckpt.find_latest(Path(run.output_dir))
+        path = ckpt.recover_and_find_latest(Path(run.output_dir))
     if path is None:
         return RunState(start_epoch=run.start_epoch)
     state = runtime.load(path)
+    if "epoch" not in state:  # weights only, as the official auto_load_model accepts: no epoch, no optimiser state
+        logger.warning("%s holds no epoch (weights only): loaded the weights, training starts at epoch %d", path,
+                       run.start_epoch)
+        return RunState(start_epoch=run.start_epoch)
     ema_state = state.get("model_ema", state.get("ema"))
     if ema is not None and ema_state is not None:
         ema.module.load_state_dict(ema_state)
     if state.get("rng") is not None:
         ckpt.set_rng_state(state["rng"])
-    resumed = RunState(start_epoch=state["epoch"] + 1, best=state.get("best"), resumed_from=path,
+    resumed = RunState(start_epoch=state["epoch"] + 1, best=state.get("best"),
                        start_step=state.get("epoch_step", 0))
     if resumed.start_step and state.get("samples_per_step") != samples_per_step(run):
         logger.warning("%s stopped %d steps into epoch %d with %s samples per step, this run has %d "

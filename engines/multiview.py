@@ -79,8 +79,8 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
     ``preds``: arrays ``video_id``, ``window``, ``segment``, ``crop`` (V,), ``outputs`` (V, C), ``label`` (V,),
     ``valid`` (V,). Repeated view tuples are kept once; invalid views are dropped; a video with no valid view
     is counted in ``missing`` and listed in ``missing_ids``. ``task`` is ``classification`` (softmax per view,
-    mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows with fewer than
-    ``views_per_window`` valid views are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list
+    mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows of scored videos
+    with fewer than ``views_per_window`` valid views (none included) are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list
     of per-video dicts sorted by id.
     """
     if task not in ("classification", "regression"):
@@ -97,10 +97,12 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
             continue
         seen.add(key)
         all_ids.add(key[0])
+        views_per[key[:2]] += 0  # every window seen, also one whose views all failed
         if bool(preds["valid"][i]):
             by_video[key[0]].append(i)
             views_per[key[:2]] += 1
-    incomplete = sorted([vid, win, n] for (vid, win), n in views_per.items() if n < views_per_window)
+    incomplete = sorted([vid, win, n] for (vid, win), n in views_per.items()
+                        if n < views_per_window and vid in by_video)  # videos with no valid view are "missing"
     if incomplete:
         logger.warning("multi-view test: %d windows got fewer than %d views: %s", len(incomplete), views_per_window,
                        incomplete[:10])
@@ -154,11 +156,10 @@ def multiview_test(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch]
     Rank 0 returns the merged result (``videos`` dropped) and writes ``test_videos.csv``; other ranks return
     None. Without ``output_dir`` (single process only) the merge happens in memory.
     """
+    if output_dir is None and world_size > 1:
+        raise ValueError("the distributed multi-view test needs --output_dir to exchange predictions")
     preds = predict_views(runtime, task, loader)
-    if output_dir is None:
-        if world_size > 1:
-            raise ValueError("the distributed multi-view test needs --output_dir to exchange predictions")
-    else:
+    if output_dir is not None:
         save_rank_predictions(preds, Path(output_dir) / "test_predictions", rank)
         barrier()
     if rank != 0:

@@ -143,14 +143,13 @@ def optimizer_groups(optim: OptimConfig, model: torch.nn.Module, deepspeed: bool
 
 
 def create_optimizer(optim: OptimConfig, model: torch.nn.Module, deepspeed: bool) -> torch.optim.Optimizer:
-    """Optimiser ``optim.opt`` (timm's factory) at ``optim.lr`` over ``optimizer_groups``, with ``opt_eps`` and
-    ``opt_betas`` (Adam-style) or ``momentum`` (SGD-style)."""
+    """Optimiser ``optim.opt`` (timm's factory) at ``optim.lr`` over ``optimizer_groups``, with ``opt_eps``,
+    ``opt_betas`` and ``momentum``: timm hands each to the optimisers that take it (``momentum`` to sgd, nesterov,
+    momentum, sgdp, rmsprop, rmsproptf, as the official factory does)."""
     groups = optimizer_groups(optim, model, deepspeed)
-    kwargs: dict[str, Any] = {"eps": optim.opt_eps}
+    kwargs: dict[str, Any] = {"eps": optim.opt_eps, "momentum": optim.momentum}
     if optim.opt_betas is not None:
         kwargs["betas"] = tuple(optim.opt_betas)
-    if optim.opt.lower().endswith("sgd") or optim.opt.lower() == "momentum":
-        kwargs = {"momentum": optim.momentum}
     optimizer = create_optimizer_v2(groups, opt=optim.opt, lr=optim.lr, weight_decay=0.0, **kwargs)
     logger.info("optimizer %s with %d parameter groups", optim.opt, len(groups))
     return optimizer

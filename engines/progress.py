@@ -68,6 +68,3 @@ class Progress:
         values = "  ".join(f"{k}: {m.last:.4g} ({m.avg:.4g})" for k, m in self.meters.items())
         logger.info("%s [%d/%d] eta %s  %.1f samples/s  %s", self.header, done, self.total,
                     datetime.timedelta(seconds=int(eta)), rate, values)
-
-    def averages(self) -> dict[str, float]:
-        return {k: m.avg for k, m in self.meters.items()}

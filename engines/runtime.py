@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engines import checkpoint as ckpt
 from utils.config import OptimConfig, RuntimeConfig
 from utils.distributed import barrier
+from utils.errors import BadFileError
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,9 @@ class TorchRuntime:
         """Load a checkpoint written by ``save`` (or the official script); returns the whole dict (epoch, args,
         RNG states...). ``model_only`` loads the weights alone (evaluation)."""
         state = ckpt.read(path)
+        if "model" not in state:
+            raise BadFileError(f"{path}: no 'model' entry in this checkpoint (keys: {sorted(map(str, state))[:10]})")
         if model_only:
-            if "model" not in state:
-                raise KeyError(f"checkpoint {path} has no 'model' entry (keys: {sorted(map(str, state))[:10]})")
             self.module.load_state_dict(state["model"])
         else:
             self.load_state_dict(state)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 
 from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, init_distributed
+from utils.errors import UsageError
 from utils.logging import setup_logging
 from utils.seeding import EpochSampler
 
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 def start_run(run: RuntimeConfig, flags: dict[str, Any], config: Any) -> tuple[DistInfo, Any | None]:
-    """Initialise distribution, logging and seeds; save the parsed ``flags`` as ``args.json``; log them and the
-    typed ``config`` (a dataclass); open TensorBoard on rank 0.
+    """Initialise distribution, logging and seeds; save the parsed ``flags`` as ``args.json`` (``eval_args.json``
+    under ``--eval``, which usually points at a training run's folder and must not replace its record); log them and
+    the typed ``config`` (a dataclass); open TensorBoard on rank 0.
 
     Returns the process's ``DistInfo`` and a tensorboardX writer (None without ``--log_dir`` or off rank 0).
     """
@@ -37,7 +39,8 @@ def start_run(run: RuntimeConfig, flags: dict[str, Any], config: Any) -> tuple[D
     if info.is_main:
         if run.output_dir:
             Path(run.output_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(run.output_dir) / "args.json", "w") as f:
+            name = "eval_args.json" if flags.get("eval") else "args.json"
+            with open(Path(run.output_dir) / name, "w") as f:
                 json.dump(flags, f, indent=2, default=str)
         if run.log_dir:
             from tensorboardX import SummaryWriter
@@ -63,3 +66,12 @@ def make_loader(dataset: Dataset, run: RuntimeConfig, info: DistInfo, train: boo
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=run.num_workers,
                       pin_memory=run.pin_mem and info.device.type == "cuda", drop_last=train,
                       collate_fn=collate_fn, persistent_workers=run.num_workers > 0)
+
+
+def training_steps_per_epoch(loader: DataLoader, run: RuntimeConfig, info: DistInfo, data_path: str) -> int:
+    """Optimiser steps per epoch of a training ``loader``; a ``UsageError`` when the data is less than one step."""
+    steps = len(loader) // run.update_freq
+    if steps == 0:
+        raise UsageError(f"{data_path}: {len(loader.dataset)} training videos are fewer than one step of batch_size "
+                         f"{run.batch_size} × update_freq {run.update_freq} × {info.world_size} ranks")
+    return steps

@@ -61,9 +61,10 @@ class ClassificationTask:
         return model(_video(batch, device, dtype)).float()
 
     def batch_stats(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Sums over the batch: ``loss``, ``acc1``, ``acc5`` (counts ×100) and ``n``."""
+        """Sums over the batch: ``loss``, ``acc1``, ``acc5`` (counts ×100) and ``n``. With fewer than 5 classes
+        ``acc5`` is top-1, as the official validation (``maxk = 5 if nb_classes >= 5 else 1``)."""
         labels = labels.long().to(outputs.device)
-        k = min(5, outputs.shape[1])
+        k = 5 if outputs.shape[1] >= 5 else 1
         top = outputs.topk(k, dim=1).indices
         hits = top.eq(labels[:, None])
         return {"loss": float(F.cross_entropy(outputs, labels, reduction="sum")),

@@ -64,6 +64,13 @@ def test_views_with_different_tuples_never_collide():
     np.testing.assert_allclose(result["videos"][0]["scores"], [0.5, 0.5], atol=1e-6)
 
 
+def test_a_window_without_any_valid_view_is_reported_incomplete():
+    rows = [(0, 0, 0, 0, L([0.8, 0.2]), 0, True), (0, 1, 0, 0, np.zeros(2), 0, False),
+            (1, 0, 0, 0, np.zeros(2), 1, False)]
+    result = merge_views(_views(rows), "classification", views_per_window=1)
+    assert result["incomplete"] == [[0, 1, 0]] and result["missing_ids"] == [1]
+
+
 def test_windows_of_a_trimmed_video_are_averaged_together():
     rows = [(0, w, 0, 0, L([p, 1 - p]), 1, True) for w, p in enumerate([0.8, 0.2, 0.3])]
     result = merge_views(_views(rows), "classification", views_per_window=1)

@@ -22,6 +22,7 @@ from engines.runtime import TorchRuntime
 from models.factory import build_classifier
 from utils.config import finetune_config
 from utils.distributed import DistInfo
+from utils.errors import BadFileError
 
 DEPTH = 2
 LAYER_DECAY = 0.75
@@ -106,7 +107,7 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
     ema_model = build_ema(config.ema, runtime.module)
     state = resume(config.runtime, runtime, ema_model)
 
-    assert state.start_epoch == 12 and state.resumed_from == path
+    assert state.start_epoch == 12
     saved = optimizer.state_dict()
     by_name = {name: saved["state"][i] for i, name in enumerate(index_names)}
     ours = dict(runtime.module.named_parameters())
@@ -135,6 +136,15 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
         param.grad = torch.ones_like(param)
     runtime.optimizer.step()
     assert float(runtime.optimizer.state[ours["head.weight"]]["step"]) == 4
+    # weights only (what the official auto_load_model accepts): the weights load, training starts at epoch 0
+    torch.save({"model": official.state_dict()}, tmp_path / "weights.pth")
+    state = resume(replace(config.runtime, resume=str(tmp_path / "weights.pth")), runtime, ema_model)
+    assert state.start_epoch == 0 and state.start_step == 0
+    for name, param in runtime.module.named_parameters():
+        torch.testing.assert_close(param.detach(), official.state_dict()[name], rtol=0, atol=0, msg=name)
+    torch.save({"state_dict": official.state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(BadFileError, match="other.pth: no 'model' entry"):
+        resume(replace(config.runtime, resume=str(tmp_path / "other.pth")), runtime, ema_model)
 
 
 def test_eval_weights_best_resume_newest_then_none(tmp_path):
@@ -148,6 +158,10 @@ def test_eval_weights_best_resume_newest_then_none(tmp_path):
         os.utime(tmp_path / name, ns=(10**18 + i * 10**9,) * 2)
     assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) == tmp_path / "checkpoint-latest.pth"
     assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=False) is None  # --no_auto_resume
+    # a launcher (always --test_best) with --eval --no_auto_resume: MODEL_PATH (--finetune) or --resume is tested
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "", True, search=False) is None
+    assert checkpoint_to_evaluate(str(tmp_path), layout, "/x/given.pth", True, search=False).as_posix() == \
+        "/x/given.pth"
     given = checkpoint_to_evaluate(str(tmp_path), layout, "/x/given.pth", False, search=True)
     assert given.as_posix() == "/x/given.pth"
     assert checkpoint_to_evaluate(str(tmp_path), layout, "/x/given.pth", True, search=True) == \

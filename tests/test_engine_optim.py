@@ -167,6 +167,15 @@ def test_block_mode_optimizer_applies_scaled_lr_and_scheduled_wd():
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
 
 
+@pytest.mark.parametrize("opt, nesterov", [("sgd", True), ("nesterov", True), ("momentum", False), ("sgdp", True),
+                                           ("rmsprop", None), ("rmsproptf", None), ("lookahead_sgd", True)])
+def test_momentum_reaches_every_optimiser_that_takes_it(opt, nesterov):
+    """As the official factory: --momentum for sgd (Nesterov), nesterov, momentum, sgdp, rmsprop, rmsproptf."""
+    optimizer = build_optimizer(_args(opt=opt, momentum=0.5), FakeBackbone(depth=3))
+    group = getattr(optimizer, "base_optimizer", optimizer).param_groups[0]
+    assert group["momentum"] == 0.5 and group.get("nesterov") == nesterov
+
+
 def test_zero_weight_decay_is_one_group_without_layer_decay_except_under_deepspeed():
     model = FakeBackbone(depth=3)
     opt = build_optimizer(_args(weight_decay=0.0), model)

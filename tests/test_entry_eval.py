@@ -59,6 +59,9 @@ def test_broken_videos_are_missing_and_named_while_readable_ones_are_scored(eval
     summary = next(line for line in log.splitlines() if "could not be decoded and are not scored" in line)
     assert all(f"videos/{name}" in summary for name in BROKEN)
     assert not any(f"test_0000{k}" in summary for k in range(4))
+    # --eval records its flags beside a training run's args.json, never over it
+    assert json.loads((evaluated / "one" / "eval_args.json").read_text())["eval"] is True
+    assert not (evaluated / "one" / "args.json").exists()
 
 
 def test_two_processes_write_the_same_per_video_predictions_as_one(evaluated):

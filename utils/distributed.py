@@ -1,7 +1,7 @@
 """Process-group set-up for torchrun, slurm or a single process, and small rank-aware helpers.
 
-`init_distributed` is the only function that writes ``os.environ`` (the variables ``torch.distributed``'s
-``env://`` initialisation reads), and only the entry points call it.
+`init_distributed` writes the ``os.environ`` variables ``torch.distributed``'s ``env://`` initialisation reads;
+only the entry points call it.
 """
 from __future__ import annotations
 
@@ -107,10 +107,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def barrier() -> None:
