@@ -176,6 +176,7 @@ def pretrain_clip_indices(num_video_frames: int, num_frames: int, rate: int, rng
 
 # ---------------------------------------------------------------- dispatch by data set kind and mode
 SAMPLINGS = ("sparse", "dense", "ssv2", "ssv2_frames")
+VIDEO_SAMPLINGS = tuple(s for s in SAMPLINGS if s != "ssv2_frames")  # frame folders are not videos
 MODES = ("train", "validation", "test")
 
 

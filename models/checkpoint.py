@@ -233,15 +233,18 @@ def extract_state_dict(obj: Any, model_key: str, path: str | os.PathLike) -> dic
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "") -> dict[str, torch.Tensor]:
-    """Remove ``model_prefix`` and then one of the wrapper prefixes backbone./encoder./module. from keys."""
+    """Remove ``model_prefix`` and then the wrapper prefixes backbone./encoder./module. from keys, however nested
+    (``module.backbone.layers.0...`` -> ``layers.0...``)."""
     out = {}
     for key, value in state_dict.items():
         if model_prefix and key.startswith(model_prefix):
             key = key[len(model_prefix):]
-        for prefix in STRIPPED_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in STRIPPED_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
         out[key] = value
     return out
 

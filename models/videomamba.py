@@ -276,7 +276,7 @@ class MambaVideoBackbone(nn.Module):
 
         Returns:
             ``intermediates``, or ``(final, intermediates)`` where ``final`` (B, 1 + L, C) is the final-normed
-            stream after the last block run (equal to ``forward_features(x)`` of the classifier).
+            stream after the last block run (``forward_features(x)`` of the classifier when ``stop_early`` is False).
         """
         if output_fmt not in ("NCTHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")

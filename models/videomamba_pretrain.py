@@ -89,7 +89,7 @@ class VideoMambaPretrain(MambaVideoBackbone):
         else:
             indices = sorted({*inner, last - 1})
             outputs = self.forward_intermediates(x, indices=indices, return_prefix_tokens=True, output_fmt="NLC",
-                                                 intermediates_only=True, mask=mask)
+                                                 intermediates_only=True, mask=mask, stop_early=True)
             streams = {i: torch.cat([cls, patches], dim=1) for i, (patches, cls) in zip(indices, outputs)}
         features = [self.norm_tokens(streams[r]) for r in inner]
         features.append(streams[last - 1])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from datasets.readers import open_video
+from datasets.lists import read_list
 from tools import build_list, prepare_lvu
 from tools.make_synthetic_dataset import make_dataset, write_video
 
@@ -79,15 +80,22 @@ def test_prepare_lvu(tmp_path):
     (tmp_path / "durations.txt").write_text("aaa 125.5\nbbb 40\n")
     missing = prepare_lvu.prepare("view_count", tmp_path / "view_count", tmp_path / "durations.txt", tmp_path / "vc")
     assert missing == {"train": ["zzz"], "val": ["zzz"], "test": ["zzz"]}
-    lines = [line.split() for line in (tmp_path / "vc" / "train.csv").read_text().splitlines()]
+    lines = [line.split(",") for line in (tmp_path / "vc" / "train.csv").read_text().splitlines()]
     assert [(p, d) for p, _, d in lines] == [("videos/aaa.mp4", "125.5"), ("videos/bbb.mp4", "40")]
     assert float(lines[0][1]) == pytest.approx(math.log(1000) - 11.76425435683139, abs=1e-12)
     assert float(lines[1][1]) == pytest.approx(math.log(5) - 11.76425435683139, abs=1e-12)
     prepare_lvu.prepare("like_ratio", tmp_path / "like_ratio", tmp_path / "durations.txt", tmp_path / "lr")
-    values = [float(line.split()[1]) for line in (tmp_path / "lr" / "val.csv").read_text().splitlines()]
+    values = [float(line.split(",")[1]) for line in (tmp_path / "lr" / "val.csv").read_text().splitlines()]
     assert values == pytest.approx([9 - 9.138220535629456, 10 - 9.138220535629456], abs=1e-12)
     prepare_lvu.prepare("genre", tmp_path / "genre", tmp_path / "durations.txt", tmp_path / "g", "clips", ".mkv")
-    assert (tmp_path / "g" / "test.csv").read_text() == "clips/aaa.mkv 3 125.5\nclips/bbb.mkv 0 40\n"
+    assert (tmp_path / "g" / "test.csv").read_text() == "clips/aaa.mkv,3,125.5\nclips/bbb.mkv,0,40\n"
+    # the lists parse as the launchers read them: trimmed with --split ',', whole clips for Kinetics_sparse
+    assert [e.duration for e in read_list(tmp_path / "g" / "test.csv", "trimmed", ",")] == [125.5, 40.0]
+    prepare_lvu.prepare("genre", tmp_path / "genre", None, tmp_path / "w", whole_clip=True)
+    assert (tmp_path / "w" / "train.csv").read_text() == "videos/aaa.mp4,3\nvideos/bbb.mp4,0\n"
+    assert [e.label for e in read_list(tmp_path / "w" / "train.csv", "classification", ",")] == [3, 0]
+    with pytest.raises(ValueError, match="trimmed lists need --durations"):
+        prepare_lvu.prepare("genre", tmp_path / "genre", None, tmp_path / "t")
     (tmp_path / "genre" / "val.csv").write_text("genre youtube_id imdb_id\n3 aaa\nx bbb tt2\n")
     with pytest.raises(ValueError, match=r"val.csv:3:"):
         prepare_lvu.prepare("genre", tmp_path / "genre", tmp_path / "durations.txt", tmp_path / "g")

@@ -214,3 +214,18 @@ def test_missing_h5py_is_one_line(files, tmp_path) -> None:
 def test_bad_flags_are_one_line_errors(files, tmp_path, capsys, extra, message) -> None:
     assert main(_args(files, tmp_path / "out", "--video", str(files["videos"] / "a.mp4"), *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_video_no_window_fits_is_listed_and_skipped(files, tmp_path) -> None:
+    # 0.8 s: at least one 0.5 s window long, but no window start lies below int(duration) = 0 (the trimmed rule)
+    videos = tmp_path / "videos"
+    base = np.random.default_rng(2).integers(0, 256, size=(1, 48, 64, 3)).astype(np.uint8)
+    write_video(videos / "short.mp4", np.repeat(base, 24, axis=0))
+    os.link(files["videos"] / "a.mp4", videos / "a.mp4")
+    out = tmp_path / "out"
+    code = main(_args(files, out, "--folder", str(videos), "--window_seconds", "0.5", "--stride_seconds", "0.25"))
+    assert code == 1
+    rows = {Path(r["video"]).name: r for r in csv.DictReader(open(out / "index.csv"))}
+    assert rows["a.mp4"]["status"] == "ok" and (out / "a.npy").is_file()
+    assert rows["short.mp4"]["status"] != "ok" and "no view fits the video (24 frames" in rows["short.mp4"]["error"]
+    assert not (out / "short.npy").exists()

@@ -17,7 +17,7 @@ from datasets.readers import open_video
 from datasets.sampling import sparse_eval_indices
 from datasets import transforms
 from tools.make_synthetic_dataset import write_video
-from tools.checkpoint_model import infer_shape
+from tools.checkpoint_model import CheckpointError, infer_shape, load_model
 from tools.predict import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,3 +148,20 @@ def test_infer_shape_reads_tubelet_frames_and_resolution() -> None:
     shape = infer_shape(model.state_dict(), "m.pth")
     assert (shape.embed_dim, shape.depth, shape.num_classes) == (96, 3, 3)
     assert (shape.kernel_size, shape.num_frames, shape.img_size) == (2, 8, 48)
+
+
+def test_load_model_takes_the_patch_size_and_refuses_another_registered_size(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("videomamba_tiny", img_size=32, patch_size=8, num_frames=4, num_classes=3, depth=2,
+                              embed_dim=32).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "p8.pth")
+    loaded, shape = load_model("videomamba_small", tmp_path / "p8.pth")  # not a registered size: any name loads
+    assert (shape.patch_size, shape.img_size) == (8, 32)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    tiny = timm.create_model("videomamba_tiny", img_size=32, num_frames=4, num_classes=3)  # depth 24, width 192
+    torch.save({"model": tiny.state_dict()}, tmp_path / "ti.pth")
+    with pytest.raises(CheckpointError, match="a videomamba_tiny checkpoint \\(depth 24, width 192\\), not --model "
+                                              "videomamba_middle"):
+        load_model("videomamba_middle", tmp_path / "ti.pth")

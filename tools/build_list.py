@@ -105,7 +105,7 @@ def main() -> None:
     classes = scan_tree(a.root)
     splits = split_videos(classes, a.val_fraction, a.test_fraction, a.seed)
     skipped = write_lists(a.root, a.out, splits, list(classes), a.split, a.video_backend if a.durations else None)
-    counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    counts = ", ".join(f"{k} {sum(path not in skipped for path, _ in v)}" for k, v in splits.items())
     print(f"{len(classes)} classes ({counts}) written to {a.out}; {len(skipped)} unreadable videos left out")
 
 

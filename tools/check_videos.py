@@ -39,14 +39,13 @@ from tqdm import tqdm
 
 from datasets.lists import ListEntry, ListFileError, ListLine, guess_format, read_list_lines
 from datasets.readers import BACKENDS, PyAVReader, VideoDecodeError, is_url, open_video, resolve_backend
-from datasets.sampling import clip_indices
+from datasets.sampling import VIDEO_SAMPLINGS, clip_indices
 from tools.build_list import VIDEO_EXTENSIONS
 from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 PROBLEMS = ("missing", "empty", "not_video", "truncated", "no_frames", "undecodable", "duration", "malformed")
-SAMPLINGS = ("sparse", "dense", "ssv2")
 LIST_FORMATS = ("auto", "classification", "regression", "trimmed", "paths")
 # First bytes of the containers FFmpeg reads for video data sets (offset, signature).
 _SIGNATURES = {
@@ -376,7 +375,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=1, help="decoding processes")
     parser.add_argument("--video_backend", "--backend", dest="backend", choices=BACKENDS, default="auto",
                         help="decoder, as in training (auto: decord when installed, else PyAV)")
-    parser.add_argument("--sampling", choices=SAMPLINGS, default="sparse", help="test-view frame sampling")
+    parser.add_argument("--sampling", choices=VIDEO_SAMPLINGS, default="sparse", help="test-view frame sampling")
     parser.add_argument("--num_frames", type=int, default=16, help="frames per test view")
     parser.add_argument("--test_num_segment", type=int, default=4, help="temporal test views")
     parser.add_argument("--sampling_rate", type=int, default=4, help="frame stride of dense sampling")

@@ -1,8 +1,9 @@
 """A VideoMamba classifier built from a trained checkpoint, for the inference tools (predict, extract_features,
 export).
 
-The architecture (depth, width, classes, tubelet, frames, resolution) is read from the state dict, so any size of
-``--model``'s family loads; the frames and resolution may be overridden (the position tables are then resampled by
+The architecture (depth, width, patch, classes, tubelet, frames, resolution) is read from the state dict, so any
+size of ``--model``'s family loads, except that a checkpoint of another registered size (e.g. a middle checkpoint
+with ``--model videomamba_tiny``) is an error rather than a mislabelled result; the frames and resolution may be overridden (the position tables are then resampled by
 ``models.checkpoint.checkpoint_filter_fn``). The model is built through ``timm.create_model(..., pretrained=True)``
 with the state dict handed over in ``pretrained_cfg_overlay``, so the file is read once.
 """
@@ -36,6 +37,7 @@ class CheckpointShape:
 
     embed_dim: int
     depth: int
+    patch_size: int
     num_classes: int
     kernel_size: int
     num_frames: int
@@ -56,7 +58,7 @@ def infer_shape(state_dict: Mapping[str, torch.Tensor], path: str) -> Checkpoint
     grid = math.isqrt(int(state_dict["pos_embed"].shape[1]) - 1)
     head = state_dict.get("head.weight")
     return CheckpointShape(embed_dim=int(state_dict["cls_token"].shape[-1]), depth=max(layers) + 1,
-                           num_classes=0 if head is None else int(head.shape[0]), kernel_size=kernel,
+                           patch_size=int(patch.shape[-1]), num_classes=0 if head is None else int(head.shape[0]), kernel_size=kernel,
                            num_frames=int(state_dict["temporal_pos_embedding"].shape[1]) * kernel,
                            img_size=grid * int(patch.shape[-1]))
 
@@ -75,6 +77,11 @@ def load_model(name: str, checkpoint: str | os.PathLike, num_frames: int | None 
     path = os.fspath(checkpoint)
     state_dict = read_state_dict(path, model_key)
     shape = infer_shape(state_dict, path)
+    standard = [f"videomamba_{size}" for size, cfg in MODEL_SIZES.items()
+                if (cfg["embed_dim"], cfg["depth"]) == (shape.embed_dim, shape.depth)]
+    if standard and name not in standard:
+        raise CheckpointError(f"{path}: a {standard[0]} checkpoint (depth {shape.depth}, width {shape.embed_dim}), "
+                              f"not --model {name}")
     frames = num_frames or shape.num_frames
     size = input_size or shape.img_size
     if frames % shape.kernel_size:
@@ -82,7 +89,8 @@ def load_model(name: str, checkpoint: str | os.PathLike, num_frames: int | None 
                               f"size {shape.kernel_size}")
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict},
                               num_frames=frames, img_size=size, kernel_size=shape.kernel_size,
-                              num_classes=shape.num_classes, depth=shape.depth, embed_dim=shape.embed_dim)
+                              num_classes=shape.num_classes, depth=shape.depth, embed_dim=shape.embed_dim,
+                              patch_size=shape.patch_size)
     missing = [key for key in model.state_dict() if key not in state_dict]
     if missing:
         raise CheckpointError(f"{path}: does not fit --model {name} (missing {', '.join(missing[:5])})")

@@ -1,14 +1,18 @@
-"""Turn the public LVU 1.0 task files into trimmed list files ``videos/<youtube_id>.mp4 target duration``.
+"""Turn the public LVU 1.0 task files into list files: trimmed ``videos/<youtube_id>.mp4,target,duration`` (for the
+``exp/lvu/*_trim.sh`` launchers, ``--data_set LVU``) or with ``--whole_clip`` ``videos/<youtube_id>.mp4,target``
+(for ``exp/lvu/run_class.sh`` / ``run_regression.sh``, ``Kinetics_sparse``). ``--split`` is the field separator:
+``,`` as the launchers' ``--split ','``.
 
 Input: ``--task_dir`` holds the task's train.csv / val.csv / test.csv (space-separated, one header line).
 Classification tasks (relationship, way_speaking, scene, director, genre, writer, year) start with the label and
 then the YouTube id; ``like_ratio`` lines are ``like_count dislike_count youtube_id imdb_id``; ``view_count``
-lines start with the count, then the YouTube id. ``--durations`` is a file of ``youtube_id seconds`` lines.
+lines start with the count, then the YouTube id. ``--durations`` is a file of ``youtube_id seconds`` lines
+(needed for trimmed lists; with ``--whole_clip`` it is optional and, when given, still leaves out videos without one).
 Regression targets are normalised as ViS4mer does:
   view_count  ln(views) − 11.76425435683139
   like_ratio  10·like / (like + dislike) − 9.138220535629456
-Videos without a duration are left out and reported. Train with ``--data_set LVU --prefix <video root>`` and
-``--nb_classes 1`` for the regression tasks.
+Videos without a duration are left out and reported. Train with ``--prefix <video root>`` and ``--nb_classes 1``
+for the regression tasks.
 Example: python tools/prepare_lvu.py --task view_count --task_dir lvu_1.0/view_count \
              --durations lvu_durations.txt --out data/lvu/view_count
 """
@@ -66,9 +70,11 @@ def read_durations(path: Path) -> dict[str, float]:
     return durations
 
 
-def convert_split(task: str, task_file: Path, durations: dict[str, float], video_dir: str,
-                  video_ext: str) -> tuple[list[str], list[str]]:
-    """(list lines, youtube ids left out for lack of a duration) of one task file."""
+def convert_split(task: str, task_file: Path, durations: dict[str, float] | None, video_dir: str,
+                  video_ext: str, split: str = ",", whole_clip: bool = False) -> tuple[list[str], list[str]]:
+    """(list lines, youtube ids left out for lack of a duration) of one task file: trimmed lines
+    ``path<split>target<split>duration``, or with ``whole_clip`` ``path<split>target``; ``durations`` None keeps
+    every video (whole clips only)."""
     lines, missing = [], []
     rows = task_file.read_text().splitlines()
     for number, line in enumerate(rows[1:], start=2):  # line 1 is the header
@@ -78,27 +84,32 @@ def convert_split(task: str, task_file: Path, durations: dict[str, float], video
             video_id, target = parse_task_line(task, line.split())
         except ValueError as e:
             raise ValueError(f"{task_file}:{number}: {e}: {line!r}") from None
-        if video_id not in durations:
+        if durations is not None and video_id not in durations:
             missing.append(video_id)
             continue
-        lines.append(f"{video_dir}/{video_id}{video_ext} {target} {durations[video_id]:g}\n")
+        fields = [f"{video_dir}/{video_id}{video_ext}", target]
+        if not whole_clip:
+            fields.append(f"{durations[video_id]:g}")
+        lines.append(split.join(fields) + "\n")
     return lines, missing
 
 
-def prepare(task: str, task_dir: Path, durations_file: Path, out: Path, video_dir: str = "videos",
-            video_ext: str = ".mp4") -> dict[str, list[str]]:
+def prepare(task: str, task_dir: Path, durations_file: Path | None, out: Path, video_dir: str = "videos",
+            video_ext: str = ".mp4", split: str = ",", whole_clip: bool = False) -> dict[str, list[str]]:
     """Write ``out/{train,val,test}.csv``; returns the left-out YouTube ids per split."""
     if task not in CLASSIFICATION_TASKS + ("view_count", "like_ratio"):
         raise ValueError(f"unknown LVU task {task!r}")
-    durations = read_durations(durations_file)
+    if durations_file is None and not whole_clip:
+        raise ValueError("trimmed lists need --durations (or write whole-clip lists with --whole_clip)")
+    durations = read_durations(durations_file) if durations_file is not None else None
     out.mkdir(parents=True, exist_ok=True)
     missing = {}
-    for split in SPLITS:
-        task_file = task_dir / f"{split}.csv"
+    for name in SPLITS:
+        task_file = task_dir / f"{name}.csv"
         if not task_file.is_file():
             raise FileNotFoundError(f"{task_file}: LVU task file not found")
-        lines, missing[split] = convert_split(task, task_file, durations, video_dir, video_ext)
-        (out / f"{split}.csv").write_text("".join(lines))
+        lines, missing[name] = convert_split(task, task_file, durations, video_dir, video_ext, split, whole_clip)
+        (out / f"{name}.csv").write_text("".join(lines))
     return missing
 
 
@@ -106,12 +117,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=CLASSIFICATION_TASKS + ("view_count", "like_ratio"))
     parser.add_argument("--task_dir", required=True, type=Path, help="LVU 1.0 folder of the task")
-    parser.add_argument("--durations", required=True, type=Path, help="'youtube_id seconds' lines")
+    parser.add_argument("--durations", type=Path, default=None,
+                        help="'youtube_id seconds' lines (required for trimmed lists)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--video_dir", default="videos", help="folder of the videos inside --prefix")
     parser.add_argument("--video_ext", default=".mp4")
+    parser.add_argument("--split", default=",", help="field separator of the lists (the launchers pass ',')")
+    parser.add_argument("--whole_clip", action="store_true",
+                        help="'path target' lines for the whole-clip launchers instead of trimmed lines")
     a = parser.parse_args()
-    missing = prepare(a.task, a.task_dir, a.durations, a.out, a.video_dir, a.video_ext)
+    if a.durations is None and not a.whole_clip:
+        parser.error("--durations is required for trimmed lists (or pass --whole_clip)")
+    missing = prepare(a.task, a.task_dir, a.durations, a.out, a.video_dir, a.video_ext, a.split, a.whole_clip)
     report = ", ".join(f"{k}: {len(v)}" for k, v in missing.items())
     print(f"wrote {a.out}/{{train,val,test}}.csv; videos without a duration left out ({report})")
     for split, ids in missing.items():

@@ -24,13 +24,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datasets.lists import read_paths
 from datasets.readers import VideoDecodeError, VideoReader, open_video
-from datasets.sampling import SAMPLINGS, clip_indices, trimmed_windows, window_frame_range
+from datasets.sampling import VIDEO_SAMPLINGS, clip_indices, trimmed_windows, window_frame_range
 from datasets.transforms import TestTransform
 from tools.build_list import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-
-VIDEO_SAMPLINGS = tuple(s for s in SAMPLINGS if s != "ssv2_frames")  # frame folders are not videos
 
 
 class InputError(ValueError):
@@ -198,10 +196,12 @@ class VideoViewStream(IterableDataset):
         reader = open_video(self.paths[index], backend=self.plan.backend)
         views: list[torch.Tensor] = []
         info: list[ViewInfo] = []
+        produced = 0
         try:
             for view_info, view in iter_views(reader, self.plan):
                 views.append(view)
                 info.append(view_info)
+                produced += 1
                 if len(views) == self.chunk_size:
                     yield ViewChunk(index, torch.stack(views), info)
                     views, info = [], []
@@ -211,6 +211,10 @@ class VideoViewStream(IterableDataset):
             return
         finally:
             reader.close()
+        if produced == 0:  # e.g. sliding windows longer than the video
+            yield ViewChunk(index, None, [], last=True,
+                            error=f"no view fits the video ({total} frames at {fps:.3g} fps)")
+            return
         yield ViewChunk(index, torch.stack(views) if views else None, info, True, total, fps)
 
 
