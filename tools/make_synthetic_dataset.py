@@ -46,7 +46,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        # One encoder thread: with x264's own threads, two `make demo` runs wrote different videos from the same
+        # seed (decoded frames up to 14 levels apart), so their trainings differed.
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         if gop is not None:
             stream.options["g"] = str(gop)
         for frame in frames:
