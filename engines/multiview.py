@@ -79,9 +79,9 @@ def merge_views(preds: dict[str, np.ndarray], task: str, views_per_window: int) 
     ``preds``: arrays ``video_id``, ``window``, ``segment``, ``crop`` (V,), ``outputs`` (V, C), ``label`` (V,),
     ``valid`` (V,). Repeated view tuples are kept once; invalid views are dropped; a video with no valid view
     is counted in ``missing`` and listed in ``missing_ids``. ``task`` is ``classification`` (softmax per view,
-    mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows of scored videos
-    with fewer than ``views_per_window`` valid views (none included) are listed in ``incomplete``. Returns metrics, counts and ``videos``: a list
-    of per-video dicts sorted by id.
+    mean, top-1/top-5 in %) or ``regression`` (mean of outputs, MSE). Windows of scored videos with fewer than
+    ``views_per_window`` valid views (none included) are listed in ``incomplete``. Returns metrics, counts and
+    ``videos``: a list of per-video dicts sorted by id.
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"unknown task {task!r}")

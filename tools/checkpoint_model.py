@@ -3,9 +3,10 @@ export).
 
 The architecture (depth, width, patch, classes, tubelet, frames, resolution) is read from the state dict, so any
 size of ``--model``'s family loads, except that a checkpoint of another registered size (e.g. a middle checkpoint
-with ``--model videomamba_tiny``) is an error rather than a mislabelled result; the frames and resolution may be overridden (the position tables are then resampled by
-``models.checkpoint.checkpoint_filter_fn``). The model is built through ``timm.create_model(..., pretrained=True)``
-with the state dict handed over in ``pretrained_cfg_overlay``, so the file is read once.
+with ``--model videomamba_tiny``) is an error rather than a mislabelled result. The frames and resolution may be
+overridden (the position tables are then resampled by ``models.checkpoint.checkpoint_filter_fn``). The model is
+built through ``timm.create_model(..., pretrained=True)`` with the state dict handed over in
+``pretrained_cfg_overlay``, so the file is read once.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def infer_shape(state_dict: Mapping[str, torch.Tensor], path: str) -> Checkpoint
     grid = math.isqrt(int(state_dict["pos_embed"].shape[1]) - 1)
     head = state_dict.get("head.weight")
     return CheckpointShape(embed_dim=int(state_dict["cls_token"].shape[-1]), depth=max(layers) + 1,
-                           patch_size=int(patch.shape[-1]), num_classes=0 if head is None else int(head.shape[0]), kernel_size=kernel,
+                           patch_size=int(patch.shape[-1]), num_classes=0 if head is None else int(head.shape[0]),
+                           kernel_size=kernel,
                            num_frames=int(state_dict["temporal_pos_embedding"].shape[1]) * kernel,
                            img_size=grid * int(patch.shape[-1]))
 
