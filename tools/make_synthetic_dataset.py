@@ -32,10 +32,13 @@ _COLOURS = {0: (230, 40, 40), 1: (40, 200, 40), 2: (40, 60, 240), 3: (220, 220, 
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18,
-                gop: int | None = None, faststart: bool = False) -> None:
+                gop: int | None = None, faststart: bool = False, threads: int = 1) -> None:
     """Encode uint8 frames (T, H, W, 3), H and W even, as h264/yuv420p mp4 at ``fps``.
 
     ``gop`` sets the key-frame interval (x264 default 250); ``faststart`` puts the index before the data.
+    ``threads``: x264 encoder threads. 1 (default) writes the same file on every run; with x264's own threading
+    (0: its automatic choice) two `make demo` runs wrote different videos from the same seed (decoded frames up to
+    14 levels apart), so their trainings differed.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -46,9 +49,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # One encoder thread: with x264's own threads, two `make demo` runs wrote different videos from the same
-        # seed (decoded frames up to 14 levels apart), so their trainings differed.
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": str(threads)}
         if gop is not None:
             stream.options["g"] = str(gop)
         for frame in frames:
