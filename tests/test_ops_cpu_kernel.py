@@ -130,3 +130,45 @@ def test_delta_softplus_matches_torch(kernel):
     strided = delta.transpose(1, 2).contiguous().transpose(1, 2).double()
     torch.testing.assert_close(kernel.discretise(strided, bias, True), got, rtol=0, atol=0)
     torch.testing.assert_close(kernel.discretise(delta, bias, False), delta + bias[:, None])
+
+
+def test_build_folder_is_keyed_by_the_sources(tmp_path, monkeypatch):
+    """Two checkouts with the same sources share one build; a changed source gets a folder of its own, so
+    checkouts of different versions do not rebuild each other's extension."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    copies = []
+    for name in ("checkout_a", "checkout_b"):
+        csrc = tmp_path / name / "csrc"
+        csrc.mkdir(parents=True)
+        for source in selective_scan_cpu.CSRC.iterdir():
+            if source.is_file():
+                (csrc / source.name).write_bytes(source.read_bytes())
+        copies.append(csrc)
+    folders = []
+    for csrc in copies:
+        monkeypatch.setattr(selective_scan_cpu, "CSRC", csrc)
+        folders.append(selective_scan_cpu.build_directory())
+    assert folders[0] == folders[1] and folders[0].parent == tmp_path / "cache"
+    with open(copies[1] / "isa.h", "a") as f:
+        f.write("// changed\n")
+    assert selective_scan_cpu.build_directory() != folders[0]
+
+
+def test_first_build_says_it_is_compiling(tmp_path, monkeypatch, caplog):
+    built = []
+
+    def fake_load(name, build_directory, **kwargs):
+        built.append(build_directory)
+        return type("Module", (), {"scan_chunk": selective_scan_cpu.SCAN_CHUNK, "isa": lambda: "x",
+                                   "best_isa": lambda: "x"})
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr("torch.utils.cpp_extension.load", fake_load)
+    with caplog.at_level(logging.INFO, logger=selective_scan_cpu.__name__):
+        selective_scan_cpu._build()
+    assert any("compiling the C++ CPU kernels" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    (tmp_path / built[0].split("/")[-1] / f"{selective_scan_cpu.EXTENSION_NAME}.so").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger=selective_scan_cpu.__name__):
+        selective_scan_cpu._build()
+    assert not any("compiling" in r.getMessage() for r in caplog.records)

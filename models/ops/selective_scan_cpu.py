@@ -2,14 +2,17 @@
 the kernels of the fused bidirectional mixer (`csrc/bimamba_cpu.cpp`), one module.
 
 Built once with torch.utils.cpp_extension on first use into `$TORCH_EXTENSIONS_DIR` when set,
-else `~/.cache/videomamba/torch_extensions`; torch rebuilds only when a source changes and
-serialises concurrent builds of the same directory with a lock file. Flags: -O3 and, on Linux, -fopenmp;
+else `~/.cache/videomamba/torch_extensions`, in a folder named by a hash of the sources, the flags and the
+torch/Python versions: two checkouts with the same sources share one build, checkouts with different sources keep
+one each instead of rebuilding each other's; torch serialises concurrent builds of one folder with a lock file. Flags: -O3 and, on Linux, -fopenmp;
 never -march=native; on x86-64 the hot loops carry AVX-512 (x86-64-v4) and AVX2+FMA (x86-64-v3) versions
 chosen at load time from the CPU's features, so a cached binary runs on any x86-64 (or aarch64) host.
 $VIDEOMAMBA_CPU_ISA (avx512, avx2, generic) forces a lower level for the mixer's kernels (for comparisons).
 """
+import hashlib
 import logging
 import os
+import platform
 import sys
 import threading
 import time
@@ -18,6 +21,7 @@ from types import ModuleType
 from typing import List, Optional, Tuple
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 from .scan_args import discretise_delta
@@ -43,11 +47,22 @@ _module: Optional["FusedCpuKernel"] = None
 _error: Optional[BaseException] = None
 
 
+def build_key() -> str:
+    """A hash of everything the compiled module depends on: every file in csrc/, the flags, torch and Python."""
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join([*BUILD_FLAGS, "|", *LINK_FLAGS, "|", torch.__version__, sys.version,
+                            platform.machine()]).encode())
+    return digest.hexdigest()[:16]
+
+
 def build_directory() -> Path:
-    """Where the extension is compiled and cached."""
+    """Where the extension is compiled and cached: one folder per `build_key`."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "videomamba" / "torch_extensions"
-    return base / EXTENSION_NAME
+    return base / f"{EXTENSION_NAME}-{build_key()}"
 
 
 def _build() -> ModuleType:
@@ -56,6 +71,9 @@ def _build() -> ModuleType:
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / f"{EXTENSION_NAME}.so").exists():
+        logger.info("compiling the C++ CPU kernels into %s (about a minute, once per version of the sources)",
+                    directory)
     start = time.perf_counter()
     module = load(
         name=EXTENSION_NAME,
