@@ -53,9 +53,11 @@ def leaves(args):
 
 
 def output_and_grads(fn, args, seed=1):
+    """fn(*args) and the gradients of a fixed random weighting of it (the same weights whatever the output's
+    dtype) with respect to every leaf of args."""
     out = fn(*args)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
-    return out.detach(), torch.autograd.grad((out * weight).sum(), leaves(args))
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return out.detach(), torch.autograd.grad((out * weight.to(out.dtype)).sum(), leaves(args))
 
 
 def rel_err(got, want):

@@ -11,7 +11,16 @@ per-direction tensors and recomputes the rest (in_proj included) in its backward
 (`bimamba_cpu`), the stock mamba-ssm / causal-conv1d kernels on CUDA (`bimamba_cuda`). It is the custom op
 ``videomamba::bimamba_inner`` (with fake-tensor and autograd registrations), so torch.compile sees one opaque node
 per block instead of a graph break.
+
+Mixed precision. The op itself never autocasts: it computes in the dtypes it is given (its forward and backward run
+with autocast off), so forward, backward and the fake implementation always agree. Autocast is applied once, at its
+boundary, by `bimamba_inner_fn`, as mamba_ssm's fused function does: under ``torch.autocast`` the input and the
+projection weights and biases (in_proj, x_proj, dt_proj, out_proj: the GEMM operands) are cast to the autocast
+dtype; the conv weights, A, D and the Δ bias keep theirs (fp32 parameters), and every accumulation inside the
+kernels is fp32. Autograd's cast nodes return each parameter's gradient in its own dtype. A model cast to bf16 or
+fp16 without autocast (DeepSpeed's engines) passes those dtypes straight through.
 """
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -20,7 +29,7 @@ from torch import Tensor
 
 from . import bimamba_cpu, bimamba_cuda
 from .backend import announce, requested_backend, warn_once
-from .bimamba_params import FLAT_SIZE, Direction, InnerParams
+from .bimamba_params import FLAT_SIZE, Direction, InnerParams, map_gemm_operands
 from .causal_conv1d import causal_conv1d_fn
 from .cuda_glue import conv_kernel_supports, load_fused_kernels
 from .selective_scan import selective_scan_fn
@@ -29,6 +38,7 @@ from .selective_scan_cpu import SCAN_CHUNK, load_cpu_kernel
 MAX_CPU_CONV_WIDTH = 8
 MAX_STATE = 256
 CUDA_SCAN_CHUNK = 2048  # steps per saved state chunk of mamba_ssm's kernel
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the stock kernels take
 
 
 def _direction_ref(x: Tensor, p: Direction, backend: Optional[str]) -> Tensor:
@@ -65,20 +75,24 @@ def _fused(hidden: Tensor, in_proj_weight: Tensor, in_proj_bias: Optional[Tensor
                                     dt_proj_weight, dt_proj_bias, A, D, conv_weight_b, conv_bias_b,
                                     x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
                                     out_proj_bias))
-    out, residuals = bimamba_cpu.forward(load_cpu_kernel().module, hidden, params, save)
+    with _no_autocast("cpu"):
+        out, residuals = bimamba_cpu.forward(load_cpu_kernel().module, hidden, params, save)
     return [out, *residuals]
 
 
 @_fused.register_kernel("cuda")
 def _fused_cuda(hidden, *args):
-    """On CUDA the residuals are per direction x_dbl and the kernel's chunk states, then y (batch, d_inner, L)."""
-    out, residuals = bimamba_cuda.forward(load_fused_kernels(), hidden, InnerParams.from_flat(args[:FLAT_SIZE]),
-                                          args[FLAT_SIZE])
+    """On CUDA the residuals are per direction x_dbl^T and the kernel's chunk states, then y (batch, d_inner, L)."""
+    with _no_autocast("cuda"):
+        out, residuals = bimamba_cuda.forward(load_fused_kernels(), hidden, InnerParams.from_flat(args[:FLAT_SIZE]),
+                                              args[FLAT_SIZE])
     return [out, *residuals]
 
 
 @_fused.register_fake
 def _fused_fake(hidden, *args):
+    """Shapes and dtypes of the real implementations: the output in the input's dtype; on CUDA x_dbl^T and y in
+    the input's dtype and fp32 chunk states, on CPU everything saved in the C++ kernels' compute dtype."""
     params, save = InnerParams.from_flat(args[:FLAT_SIZE]), args[FLAT_SIZE]
     batch, length, d_model = hidden.shape
     d_inner, n_state = params.forward.A.shape
@@ -87,7 +101,7 @@ def _fused_fake(hidden, *args):
         return [out]
     proj_width = params.forward.x_proj_weight.shape[0]
     if hidden.device.type == "cuda":
-        x_dbl = hidden.new_empty(batch, length, proj_width)
+        x_dbl = hidden.new_empty(batch, proj_width, length)
         states = hidden.new_empty(batch, d_inner, -(-length // CUDA_SCAN_CHUNK), 2 * n_state, dtype=torch.float32)
         return [out, x_dbl, states, x_dbl.clone(), states.clone(), hidden.new_empty(batch, d_inner, length)]
     dtype = bimamba_cpu.compute_dtype(hidden.dtype)
@@ -109,20 +123,27 @@ def _fused_backward(hidden: Tensor, in_proj_weight: Tensor, in_proj_bias: Option
                                     dt_proj_weight, dt_proj_bias, A, D, conv_weight_b, conv_bias_b,
                                     x_proj_weight_b, dt_proj_weight_b, dt_proj_bias_b, A_b, D_b, out_proj_weight,
                                     out_proj_bias))
-    d_hidden, grads = bimamba_cpu.backward(load_cpu_kernel().module, hidden, params, residuals, dout)
+    with _no_autocast("cpu"):
+        d_hidden, grads = bimamba_cpu.backward(load_cpu_kernel().module, hidden, params, residuals, dout)
     return [d_hidden, *[g for g in grads.flat() if g is not None]]
 
 
 @_fused_backward.register_kernel("cuda")
 def _fused_backward_cuda(hidden, *args):
     params, residuals, dout = InnerParams.from_flat(args[:FLAT_SIZE]), args[FLAT_SIZE], args[FLAT_SIZE + 1]
-    d_hidden, grads = bimamba_cuda.backward(load_fused_kernels(), hidden, params, residuals, dout)
+    with _no_autocast("cuda"):
+        d_hidden, grads = bimamba_cuda.backward(load_fused_kernels(), hidden, params, residuals, dout)
     return [d_hidden, *[g for g in grads.flat() if g is not None]]
 
 
 @_fused_backward.register_fake
 def _fused_backward_fake(hidden, *args):
     return [torch.empty_like(hidden), *[torch.empty_like(p) for p in args[:FLAT_SIZE] if p is not None]]
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for `device_type` (the op computes in the dtypes it is given)."""
+    return torch.autocast(device_type, enabled=False)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -152,22 +173,35 @@ torch.library.register_autograd("videomamba::bimamba_inner", _backward, setup_co
 # ---- dispatch ---------------------------------------------------------------------------------------------------
 
 @torch.compiler.assume_constant_result
-def resolve_inner_backend(device_type: str, backend: Optional[str], conv_width: int, n_state: int) -> str:
+def resolve_inner_backend(device_type: str, backend: Optional[str], conv_width: int, n_state: int,
+                          dtype: torch.dtype = torch.float32) -> str:
     """The implementation for this call: "cpp" or "cuda" (the fused op) or, for the composed reference,
-    "composed:<scan backend>"; logged once per device. Run once per distinct arguments under torch.compile (its
-    result is a constant there).
+    "composed:<scan backend>"; logged once per device. `dtype` is the dtype the op will compute in (the input's,
+    after autocast). Run once per distinct arguments under torch.compile (its result is a constant there).
 
-    "auto": the fused op when its kernels load (C++ on CPU; the stock kernels on CUDA, conv width 2-4), else
-    the composed path after one loud warning. "cpp" / "cuda" forced: as auto, but "cuda" raises when its
-    kernels are missing and either raises on the other device. "torch" / "ref": the composed path.
+    "auto": the fused op when its kernels load and take the call (C++ on CPU; on CUDA the stock kernels, which take
+    fp32/fp16/bf16, conv widths 2-4 and N <= 256), else the composed path after one loud warning with the reason.
+    "cpp" / "cuda" forced: as auto, but "cuda" raises when its kernels are missing and either raises on the other
+    device. "torch" / "ref": the composed path.
     """
     requested = requested_backend(backend)
-    chosen = _choose_inner_backend(device_type == "cuda", requested, conv_width, n_state)
+    chosen = _choose_inner_backend(device_type == "cuda", requested, conv_width, n_state, dtype)
     announce("bimamba_inner", chosen, device_type, requested)
     return chosen
 
 
-def _choose_inner_backend(on_cuda: bool, requested: str, conv_width: int, n_state: int) -> str:
+def _cuda_kernels_refuse(conv_width: int, n_state: int, dtype: torch.dtype) -> Optional[str]:
+    """Why the stock CUDA kernels cannot run this call (their TORCH_CHECKs), or None."""
+    if not conv_kernel_supports(conv_width):
+        return f"causal_conv1d takes conv widths 2 to 4, this mixer has {conv_width}"
+    if n_state > MAX_STATE:
+        return f"selective_scan takes d_state <= {MAX_STATE}, this mixer has {n_state}"
+    if dtype not in CUDA_DTYPES:
+        return f"the kernels take fp32, fp16 or bf16 inputs, not {dtype}"
+    return None
+
+
+def _choose_inner_backend(on_cuda: bool, requested: str, conv_width: int, n_state: int, dtype: torch.dtype) -> str:
     if requested in ("torch", "ref"):
         return f"composed:{requested}"
     if requested == "cpp" and on_cuda:
@@ -183,8 +217,11 @@ def _choose_inner_backend(on_cuda: bool, requested: str, conv_width: int, n_stat
             warn_once("bimamba_inner:cuda", f"bimamba_inner: the fused CUDA path is unusable ({exc}); the mixer "
                                             f"runs the composed ops, which keep far more activations")
             return "composed:auto"
-        if not conv_kernel_supports(conv_width):
-            return "composed:auto"
+        reason = _cuda_kernels_refuse(conv_width, n_state, dtype)
+        if reason is not None:
+            warn_once(f"bimamba_inner:cuda:{reason}", f"bimamba_inner: {reason}; this mixer runs the composed "
+                                                      f"PyTorch ops on CUDA, which are slower and keep more memory")
+            return "composed:torch"
         return "cuda"
     if conv_width > MAX_CPU_CONV_WIDTH or n_state > MAX_STATE:
         return "composed:auto"
@@ -196,15 +233,33 @@ def _choose_inner_backend(on_cuda: bool, requested: str, conv_width: int, n_stat
     return "cpp"
 
 
+def autocast_inputs(hidden: Tensor, params: InnerParams) -> Tuple[Tensor, InnerParams]:
+    """What the op receives under ``torch.autocast`` on hidden's device: the input and the projection weights and
+    biases in the autocast dtype (as autocast would cast them for the GEMMs they feed; fp64 stays fp64); the conv
+    weights, A, D and the Δ bias unchanged. Outside autocast, the arguments as they are."""
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return hidden, params
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t: Tensor) -> Tensor:
+        return t if t.dtype == torch.float64 or not t.is_floating_point() else t.to(dtype)
+
+    return cast(hidden), map_gemm_operands(cast, params)
+
+
 def bimamba_inner_fn(hidden: Tensor, params: InnerParams, backend: Optional[str] = None) -> Tensor:
-    """Fused inner path (see the module docstring): hidden (batch, L, d_model) -> (batch, L, d_model).
+    """Fused inner path (see the module docstring): hidden (batch, L, d_model) -> (batch, L, d_model), in hidden's
+    dtype (under autocast: the autocast dtype, as a Linear's output).
 
     `backend`: one of `BACKENDS`, None for the process default; the choice is logged once per device.
     """
+    hidden, params = autocast_inputs(hidden, params)
     name = resolve_inner_backend(hidden.device.type, backend, params.forward.conv_weight.shape[1],
-                                 params.forward.A.shape[1])
+                                 params.forward.A.shape[1], hidden.dtype)
     if name.startswith("composed:"):
         return bimamba_inner_ref(hidden, params, name.split(":", 1)[1])
     flat = params.flat()
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, *flat))
-    return torch.ops.videomamba.bimamba_inner(hidden, *flat, save)[0]
+    with _no_autocast(hidden.device.type):
+        return torch.ops.videomamba.bimamba_inner(hidden, *flat, save)[0]

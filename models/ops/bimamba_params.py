@@ -47,3 +47,17 @@ def map_params(fn: Callable[..., Tensor], params: InnerParams, *others: InnerPar
     """InnerParams of fn(t, *the matching entries of others) for every parameter t that is not None."""
     columns = zip(params.flat(), *(o.flat() for o in others))
     return InnerParams.from_flat([None if t is None else fn(t, *rest) for t, *rest in columns])
+
+
+def map_gemm_operands(fn: Callable[[Tensor], Tensor], params: InnerParams) -> InnerParams:
+    """`params` with fn applied to the projection weights and biases (in_proj, x_proj, dt_proj weight, out_proj:
+    the GEMM operands, which mixed precision casts); the conv weights, A, D and the Δ bias as they are."""
+    def apply(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else fn(t)
+
+    def direction(d: Direction) -> Direction:
+        return d._replace(x_proj_weight=apply(d.x_proj_weight), dt_proj_weight=apply(d.dt_proj_weight))
+
+    return params._replace(in_proj_weight=apply(params.in_proj_weight), in_proj_bias=apply(params.in_proj_bias),
+                           forward=direction(params.forward), backward=direction(params.backward),
+                           out_proj_weight=apply(params.out_proj_weight), out_proj_bias=apply(params.out_proj_bias))

@@ -8,13 +8,16 @@ signatures and rules and check the glue without a GPU. Rules of the kernels (fro
   the backward's dout in u's dtype with unit stride along L; states (batch, d_inner, ceil(L / 2048), 2N) fp32.
 - causal conv1d: x and weight fp32/fp16/bf16, 2 <= width <= 4, bias in weight's dtype with unit stride and
   shape (dim,); x with unit stride along L, or channels-last (unit channel stride), which further needs
-  dim % 8 == 0 and x.stride(0), x.stride(2) multiples of 8; the output keeps x's layout (empty_like), and in
-  the backward dx must have x's layout (unit channel stride when channels-last), dweight and dbias are fp32
-  accumulators that must start at zero.
+  dim % 8 == 0 and x.stride(0), x.stride(2) multiples of 8. `out` is not checked: the L-contiguous kernel writes
+  it assuming unit stride along L, the channels-last kernel assuming unit channel stride (the stock wrapper
+  allocates empty_like(x)); both use 16-byte vector loads and stores, so the rows they address must be 16-byte
+  aligned (not checked either). In the backward dx must have x's layout (unit channel stride when
+  channels-last), dweight and dbias are fp32 accumulators that must start at zero.
 """
 from types import SimpleNamespace
 from typing import Callable, Optional, Tuple, Union
 
+import torch
 from torch import Tensor
 
 from .backend import CUDA_INSTALL_HINT
@@ -90,10 +93,32 @@ def conv_kernel_supports(width: int) -> bool:
     return 2 <= width <= 4
 
 
+def _vector_elements(t: Tensor) -> int:
+    """Elements of t in one 16-byte vector access."""
+    return max(1, 16 // t.element_size())
+
+
+def _aligned(t: Tensor, *strides: int) -> bool:
+    """Whether t's first element and every step of `strides` (elements) fall on 16 bytes, as the kernels' vector
+    loads and stores need (the storage itself comes 16-byte aligned from the allocator)."""
+    return all(s % _vector_elements(t) == 0 for s in (t.storage_offset(), *strides))
+
+
 def channels_last_ok(x: Tensor) -> bool:
-    """Whether the channels-last conv kernel accepts x (batch, dim, L) as it is: unit channel stride, dim and
-    the batch and L strides multiples of 8."""
-    return x.stride(1) == 1 and x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
+    """Whether the channels-last conv kernel takes x (batch, dim, L) as it is: unit channel stride, dim and the
+    batch and L strides multiples of 8 (its TORCH_CHECKs), and a 16-byte aligned start (its vector accesses)."""
+    return (x.stride(1) == 1 and x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
+            and _aligned(x))
+
+
+def l_contiguous(t: Tensor) -> Tensor:
+    """t (batch, channels, L) as both kernels take it without a channels-last special case: unit stride along L
+    and, when L is a multiple of a 16-byte vector (the kernels then load and store whole vectors; otherwise element
+    by element), 16-byte aligned rows; else a fresh contiguous copy."""
+    vectors = t.shape[-1] % _vector_elements(t) == 0
+    if t.stride(-1) == 1 and (not vectors or _aligned(t, *t.stride()[:-1])):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def conv_input(x: Tensor, dense: bool) -> Tensor:
@@ -101,7 +126,7 @@ def conv_input(x: Tensor, dense: bool) -> Tensor:
     has no gaps, so that empty_like(x) in the stock backward is channels-last too), else L-contiguous."""
     if channels_last_ok(x) and (not dense or x.transpose(1, 2).is_contiguous()):
         return x
-    return x if x.stride(2) == 1 else x.contiguous()
+    return l_contiguous(x)
 
 
 def causal_conv1d_cuda(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,

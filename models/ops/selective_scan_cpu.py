@@ -2,9 +2,10 @@
 the kernels of the fused bidirectional mixer (`csrc/bimamba_cpu.cpp`), one module.
 
 Built once with torch.utils.cpp_extension on first use into `$TORCH_EXTENSIONS_DIR` when set,
-else `~/.cache/videomamba/torch_extensions`, in a folder named by a hash of the sources, the flags and the
-torch/Python versions: two checkouts with the same sources share one build, checkouts with different sources keep
-one each instead of rebuilding each other's; torch serialises concurrent builds of one folder with a lock file. Flags: -O3 and, on Linux, -fopenmp;
+else `~/.cache/videomamba/torch_extensions`, in a folder named by a hash of the checkout's source folder, the
+flags and the torch/Python versions, so two checkouts never rebuild each other's extension (ninja rebuilds whenever
+the source paths of a build change); torch rebuilds a folder in place when a source changes and serialises
+concurrent builds of one folder with a lock file. Flags: -O3 and, on Linux, -fopenmp;
 never -march=native; on x86-64 the hot loops carry AVX-512 (x86-64-v4) and AVX2+FMA (x86-64-v3) versions
 chosen at load time from the CPU's features, so a cached binary runs on any x86-64 (or aarch64) host.
 $VIDEOMAMBA_CPU_ISA (avx512, avx2, generic) forces a lower level for the mixer's kernels (for comparisons).
@@ -48,14 +49,10 @@ _error: Optional[BaseException] = None
 
 
 def build_key() -> str:
-    """A hash of everything the compiled module depends on: every file in csrc/, the flags, torch and Python."""
-    digest = hashlib.sha256()
-    for path in sorted(CSRC.iterdir()):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(" ".join([*BUILD_FLAGS, "|", *LINK_FLAGS, "|", torch.__version__, sys.version,
-                            platform.machine()]).encode())
-    return digest.hexdigest()[:16]
+    """A hash of where the sources are (the checkout), the flags, torch and Python."""
+    text = " ".join([str(CSRC.resolve()), "|", *BUILD_FLAGS, "|", *LINK_FLAGS, "|", torch.__version__, sys.version,
+                     platform.machine()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_directory() -> Path:
