@@ -5,8 +5,9 @@ frame; the sequence is [cls] + frame 0 patches + frame 1 patches + ... (spatial-
 Mamba blocks keep the residual stream in fp32; the classifier reads the final-normed cls token.
 
 The models follow timm's model API (``forward_features`` / ``forward_head`` / ``forward_intermediates``,
-``set_grad_checkpointing``, ``group_matcher``, ``get_classifier`` / ``reset_classifier``) and are built with
-``timm.create_model`` (see ``models/build.py`` for ``pretrained=True`` from a local file).
+``set_grad_checkpointing``, ``group_matcher``, ``get_classifier`` / ``reset_classifier``, per-block ``feature_info`` and
+``prune_intermediate_layers`` for ``features_only=True``) and are built with ``timm.create_model`` (see
+``models/build.py`` for ``pretrained=True`` from a local file).
 """
 from __future__ import annotations
 
