@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from engines.class_metrics import report_videos
 from engines.contracts import EvalTask, Runtime
 from engines.progress import Progress
 from utils.batch import EvalBatch
@@ -153,7 +154,8 @@ def multiview_test(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch]
                    views_per_window: int, output_dir: Path | None) -> dict[str, Any] | None:
     """Predict this rank's views, write them, and on rank 0 merge all ranks' files.
 
-    Rank 0 returns the merged result (``videos`` dropped) and writes ``test_videos.csv``; other ranks return
+    Rank 0 returns the merged result (``videos`` dropped) and writes ``test_videos.csv`` (classification also
+    ``test_per_class.json`` / ``.png``, ``engines.class_metrics``; ``mean_class_acc`` is added); other ranks return
     None. Without ``output_dir`` (single process only) the merge happens in memory.
     """
     if output_dir is None and world_size > 1:
@@ -169,5 +171,7 @@ def multiview_test(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch]
     result = merge_views(preds, task.name, views_per_window)
     if output_dir is not None:
         write_video_csv(result, Path(output_dir) / "test_videos.csv")
+    if task.name == "classification" and result["videos"]:
+        result["mean_class_acc"] = report_videos(result["videos"], output_dir)
     result.pop("videos")
     return result

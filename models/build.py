@@ -19,6 +19,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
 
 from models.checkpoint import checkpoint_filter_fn, extract_state_dict, read_state_dict, strip_prefixes
+from models.features import DEFAULT_OUT_INDICES, VideoFeatureGetterNet
 from utils.errors import UsageError
 
 
@@ -70,9 +71,12 @@ def build_video_model(cls: type[nn.Module], variant: str, pretrained: bool = Fal
     ``pretrained_cfg`` / ``pretrained_cfg_overlay`` / ``cache_dir``.
 
     ``num_frames`` and ``img_size`` default to the cfg's ``input_size`` (C, T, H, W). timm's builder only knows image
-    sizes, so it is handed the frame size (C, H, W) and ``model.pretrained_cfg['input_size']`` is the clip size.
-    The head is the filter's business (kept when its shape matches, else dropped): the cfg handed to timm records
-    the model's own ``num_classes`` so that timm does not drop it by count.
+    sizes, so it is handed the frame size (C, H, W); ``model.pretrained_cfg['input_size']`` is then set to the clip
+    size the model was built for (what ``timm.data.resolve_model_data_config`` reports; the registered cfg keeps
+    the weights' own). The head is the filter's business (kept when its shape matches, else dropped): the cfg
+    handed to timm records the model's own ``num_classes`` so that timm does not drop it by count.
+    ``features_only=True`` returns a ``VideoFeatureGetterNet`` giving the maps of the blocks in ``out_indices``
+    (default: the last 3).
     """
     cfg_arg = kwargs.pop("pretrained_cfg", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
@@ -84,11 +88,14 @@ def build_video_model(cls: type[nn.Module], variant: str, pretrained: bool = Fal
     if pretrained:
         overlay["state_dict"] = pretrained_state_dict(cfg, variant)
         overlay["num_classes"] = kwargs.get("num_classes", cfg.num_classes)
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", DEFAULT_OUT_INDICES), feature_cls=VideoFeatureGetterNet)
     model = build_model_with_cfg(
         cls, variant, pretrained, pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay,
-        pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False,
+        pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=False, feature_cfg=feature_cfg,
         kwargs_filter=("in_chans", *kwargs_filter), **kwargs)
-    model.pretrained_cfg = model.default_cfg = _public_cfg(model.pretrained_cfg, input_size=clip_size)
+    backbone = model.model if isinstance(model, VideoFeatureGetterNet) else model
+    for module in {model, backbone}:
+        module.pretrained_cfg = module.default_cfg = _public_cfg(module.pretrained_cfg, input_size=backbone.clip_size)
     return model
 
 

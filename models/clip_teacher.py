@@ -340,6 +340,9 @@ def build_clip_teacher(arch: str, pretrained: str | os.PathLike | bool | None = 
     if arch not in CLIP_ARCHS:
         raise ValueError(f"unknown CLIP architecture {arch!r}; choose one of {sorted(CLIP_ARCHS)}")
     variant = next(v for v, a in CLIP_VARIANTS.items() if a == arch)
+    if kwargs.get("features_only"):
+        raise ValueError(f"{variant} is a frozen CLIP teacher and has no features_only mode: its forward already "
+                         f"returns the features of its last clip_return_layer blocks, (K, B, N, output_dim)")
     cfg_arg = kwargs.pop("pretrained_cfg", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     filter_fn = None
@@ -353,7 +356,9 @@ def build_clip_teacher(arch: str, pretrained: str | os.PathLike | bool | None = 
     model = build_model_with_cfg(
         CLIPTeacher, variant, bool(pretrained), pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay,
         pretrained_filter_fn=filter_fn, kwargs_filter=("num_classes", "in_chans"), **{**CLIP_ARCHS[arch], **kwargs})
-    model.pretrained_cfg = model.default_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "state_dict"}
+    size = (3, model.input_resolution, model.input_resolution)  # the resolution its position table was built for
+    model.pretrained_cfg = model.default_cfg = {**{k: v for k, v in model.pretrained_cfg.items() if k != "state_dict"},
+                                                "input_size": size}
     return model.freeze() if frozen else model
 
 

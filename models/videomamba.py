@@ -5,8 +5,9 @@ frame; the sequence is [cls] + frame 0 patches + frame 1 patches + ... (spatial-
 Mamba blocks keep the residual stream in fp32; the classifier reads the final-normed cls token.
 
 The models follow timm's model API (``forward_features`` / ``forward_head`` / ``forward_intermediates``,
-``set_grad_checkpointing``, ``group_matcher``, ``get_classifier`` / ``reset_classifier``) and are built with
-``timm.create_model`` (see ``models/build.py`` for ``pretrained=True`` from a local file).
+``set_grad_checkpointing``, ``group_matcher``, ``get_classifier`` / ``reset_classifier``, per-block ``feature_info`` and
+``prune_intermediate_layers`` for ``features_only=True``) and are built with ``timm.create_model`` (see
+``models/build.py`` for ``pretrained=True`` from a local file).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from models.build import build_video_model, default_video_cfg
+from models.features import block_feature_info
 from models.mamba_mixer import BiMambaMixer
 
 class PatchEmbed(nn.Module):
@@ -121,6 +123,7 @@ class MambaVideoBackbone(nn.Module):
             for i in range(depth)
         ])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.feature_info = block_feature_info(depth, embed_dim, patch_size, kernel_size)
         self._norm_cls = RmsNormFp32 if rms_norm else nn.LayerNorm
         self._norm_epsilon = norm_epsilon
 
@@ -179,6 +182,11 @@ class MambaVideoBackbone(nn.Module):
 
     def get_num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def clip_size(self) -> tuple[int, int, int, int]:
+        """(C, T, H, W): the clip the model was built for (``pretrained_cfg["input_size"]``)."""
+        return (self.patch_embed.proj.in_channels, self.num_frames, *self.patch_embed.img_size)
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -248,6 +256,22 @@ class MambaVideoBackbone(nn.Module):
         norm = getattr(self, self.final_norm_name)
         weight = getattr(norm, "weight", None)
         return norm(x if weight is None else x.to(weight.dtype))
+
+    def prune_heads(self) -> None:
+        """Remove what the subclass adds after the final norm (classifier, decoders)."""
+        raise NotImplementedError
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / the heads, ``prune_heads``);
+        returns the kept indices (absolute), as timm's ``features_only`` wrapper expects."""
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            setattr(self, self.final_norm_name, nn.Identity())
+        if prune_head:
+            self.prune_heads()
+        return take
 
     def forward_intermediates(
         self,
@@ -338,16 +362,9 @@ class VideoMamba(MambaVideoBackbone):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop the blocks after the last of ``indices`` (and the final norm / head); returns the kept indices."""
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        if prune_norm:
-            self.norm_f = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0)
-        return take
+    def prune_heads(self) -> None:
+        """``prune_intermediate_layers``'s head removal: an identity classifier."""
+        self.reset_classifier(0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, T, H, W) -> final-normed tokens (B, 1 + T'*H'*W', embed_dim), cls first."""

@@ -75,6 +75,10 @@ class VideoMambaPretrain(MambaVideoBackbone):
         self.register_buffer("clip_pos_embed", sinusoid_table(num_tokens, decoder_dim), persistent=False)
         self.init_weights()
 
+    def prune_heads(self) -> None:
+        """``prune_intermediate_layers``'s head removal: no decoders (a ``features_only`` trunk)."""
+        self.clip_decoder = nn.ModuleList()
+
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Aligned student features before the decoders: (K, B, N_visible, embed_dim).
 

@@ -69,3 +69,27 @@ def test_two_processes_write_the_same_per_video_predictions_as_one(evaluated):
     assert (evaluated / "two" / "test_videos.csv").read_text() == one
     finals = [json.loads((evaluated / d / "log.txt").read_text().splitlines()[-1]) for d in ("one", "two")]
     assert finals[0]["Final top-1"] == finals[1]["Final top-1"] and finals[1]["test_missing"] == 4
+
+
+def test_per_class_report_of_the_merged_predictions(evaluated):
+    """``--eval`` writes ``test_per_class.json`` (and the PNG) from the merged per-video predictions on rank 0: the
+    confusion matrix and accuracies of ``test_videos.csv``'s label / pred columns, the same with two processes."""
+    rows = list(csv.DictReader(open(evaluated / "one" / "test_videos.csv")))
+    labels, preds = [int(r["label"]) for r in rows], [int(r["pred"]) for r in rows]
+    matrix = [[0] * 4 for _ in range(4)]
+    for label, pred in zip(labels, preds):
+        matrix[label][pred] += 1
+    accuracy = {c: 100.0 * matrix[c][c] / sum(matrix[c]) for c in set(labels)}
+    reports = []
+    for run_dir in (evaluated / "one", evaluated / "two"):
+        report = json.loads((run_dir / "test_per_class.json").read_text())
+        assert report["confusion_matrix"] == matrix and report["num_videos"] == 4
+        assert [c["accuracy"] for c in report["per_class"]] == [accuracy.get(c) for c in range(4)]
+        assert report["mean_class_accuracy"] == pytest.approx(sum(accuracy.values()) / len(accuracy))
+        final = json.loads((run_dir / "log.txt").read_text().splitlines()[-1])
+        assert final["test_mean_class_acc"] == report["mean_class_accuracy"]
+        assert report["top1"] == pytest.approx(final["Final top-1"])
+        assert (run_dir / "test_per_class.png").is_file()
+        reports.append(report)
+    assert reports[0] == reports[1]
+    assert "mean class accuracy" in (evaluated / "one" / "train.log").read_text()

@@ -78,6 +78,8 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     assert logged[-1]["test_acc1"] == test["acc1"]
     assert logged[-1]["Final top-1"] == test["acc1"] and logged[-1]["Final Top-5"] == test["acc5"]
     assert logged[-1]["test_weights"] == str(out / "checkpoint-best.pth")
+    per_class = json.loads((out / "test_per_class.json").read_text())  # the end-of-training test's report too
+    assert per_class["num_videos"] == 4 and logged[-1]["test_mean_class_acc"] == per_class["mean_class_accuracy"]
 
     evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
     assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
@@ -181,6 +183,7 @@ def test_regression_learns_a_real_valued_target(brightness_set, tmp_path):
     assert result["test"]["mse"] < 0.5 * _label_variance(brightness_set / "test.csv")
     last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
+    assert "test_mean_class_acc" not in last and not (tmp_path / "out" / "test_per_class.json").exists()
     assert result["best"] == min(val_mse)
     with pytest.raises(UsageError, match="--task classification needs --nb_classes >= 2"):
         _run(_argv(brightness_set, tmp_path / "bad", "--epochs", "1", "--task", "classification", "--nb_classes", "1"))

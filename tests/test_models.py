@@ -80,8 +80,8 @@ def test_create_and_forward_shape(name):
     assert torch.isfinite(out).all()
     cfg = model.pretrained_cfg
     assert not cfg["url"] and "state_dict" not in cfg
-    teacher_size = {"clip_b16": 224, "clip_l14": 224, "clip_l14_336": 336}.get(name)
-    assert cfg["input_size"] == ((3, 8, 224, 224) if name in BACKBONES else (3, teacher_size, teacher_size))
+    size = TINY[name].get("input_resolution")  # the clip size it was built for, not the registered default
+    assert cfg["input_size"] == ((3, FRAMES, IMG, IMG) if name in BACKBONES else (3, size, size))
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

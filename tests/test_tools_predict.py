@@ -165,3 +165,58 @@ def test_load_model_takes_the_patch_size_and_refuses_another_registered_size(tmp
     with pytest.raises(CheckpointError, match="a videomamba_tiny checkpoint \\(depth 24, width 192\\), not --model "
                                               "videomamba_middle"):
         load_model("videomamba_middle", tmp_path / "ti.pth")
+
+
+def test_per_class_report_of_a_labelled_list(files: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """``--list`` with true classes and ``--per_class``: the JSON (and PNG) holds the confusion matrix and
+    accuracies of the top-1 predictions, which equal a direct model call; unreadable videos are skipped."""
+    rng = np.random.default_rng(1)
+    for k in (1, 2):
+        write_video(tmp_path / f"v{k}.mp4", rng.integers(0, 256, size=(30, 48, 64, 3), dtype=np.uint8))
+    (tmp_path / "clip.mp4").write_bytes(files["video"].read_bytes())
+    (tmp_path / "bad.mp4").write_text("not a video")
+    names = ["clip.mp4", "v1.mp4", "v2.mp4"]
+    preds = [int(_expected_probs({**files, "video": tmp_path / n}, 1, 1).argmax()) for n in names]
+    other = (preds[0] + 1) % NUM_CLASSES
+    labels = [preds[0], preds[0] if preds[1] != preds[0] else other, (preds[2] + 1) % NUM_CLASSES]
+    lines = [f"{n} {label}" for n, label in zip(names, labels)] + ["bad.mp4 3"]
+    (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "report" / "per_class.json"
+    argv = ["--model", "videomamba_tiny", "--checkpoint", str(files["checkpoint"]), "--list",
+            str(tmp_path / "test.csv"), "--prefix", str(tmp_path), "--labels", str(files["labels"]),
+            "--test_num_segment", "1", "--test_num_crop", "1", "--video_backend", "pyav", "--device", "cpu",
+            "--per_class", str(out)]
+    assert main(argv) == 1  # one video could not be read
+    stderr = capsys.readouterr().err
+    report = json.loads(out.read_text())
+    matrix = [[0] * NUM_CLASSES for _ in range(NUM_CLASSES)]
+    for label, pred in zip(labels, preds):
+        matrix[label][pred] += 1
+    assert report["confusion_matrix"] == matrix
+    assert (report["num_videos"], report["skipped_videos"], report["num_classes"]) == (3, 1, NUM_CLASSES)
+    per_class = {c: [p == c for label, p in zip(labels, preds) if label == c] for c in set(labels)}
+    accuracy = {c: 100.0 * sum(hits) / len(hits) for c, hits in per_class.items()}
+    assert [c["name"] for c in report["per_class"]] == LABELS
+    assert [c["accuracy"] for c in report["per_class"]] == [accuracy.get(c) for c in range(NUM_CLASSES)]
+    assert report["mean_class_accuracy"] == pytest.approx(sum(accuracy.values()) / len(accuracy))
+    assert report["top1"] == pytest.approx(100.0 / 3)  # only the first video is right
+    assert out.with_suffix(".png").is_file()
+    assert f"mean class accuracy {report['mean_class_accuracy']:.2f}%" in stderr
+    assert "skipped" in stderr and "bad.mp4" in stderr
+
+
+@pytest.mark.parametrize("case", ["no_list", "no_labels", "label_range"])
+def test_per_class_needs_a_list_with_true_classes(files: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture, case: str) -> None:
+    lists = {"no_labels": "clip.mp4 0.5\n", "label_range": "clip.mp4 9\n"}
+    (tmp_path / "list.csv").write_text(lists.get(case, "clip.mp4 1\n"))
+    source = (["--video", str(files["video"])] if case == "no_list"
+              else ["--list", str(tmp_path / "list.csv"), "--prefix", str(files["root"])])
+    argv = ["--model", "videomamba_tiny", "--checkpoint", str(files["checkpoint"]), *source, "--device", "cpu",
+            "--per_class", str(tmp_path / "r.json")]
+    assert main(argv) == 2
+    needle = {"no_list": "--per_class scores the videos of a --list", "no_labels": "has no integer label field",
+              "label_range": "has label 9, not a class of the checkpoint (0 to 6)"}[case]
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -10,7 +10,10 @@ is averaged over those views. ``--timeline`` does this per sliding window (``--w
 
 One video (``--video``) prints a table (or one JSON object with ``--json``); a folder (``--folder``) or list
 (``--list``) prints one line per video (or one JSON object per line). Unreadable videos of a folder or list are
-reported on stderr and skipped, and the exit status is then 1.
+reported on stderr and skipped, and the exit status is then 1. ``--per_class OUT.json`` with a ``--list`` that holds
+the true classes (``path label`` or ``path label duration`` lines) writes per-class accuracy, mean class accuracy and
+the confusion matrix of the top-1 predictions (``engines/class_metrics.py``), and ``OUT.png`` where matplotlib is
+installed.
 
 Example:
     python tools/predict.py --model videomamba_small --checkpoint videomamba_s16_k400_f8_res224.pth \\
@@ -33,7 +36,9 @@ prefer_passive_wait()  # before torch starts its OpenMP runtime
 
 import torch
 
+from datasets.lists import guess_format, read_list
 from datasets.readers import BACKENDS, VideoDecodeError
+from engines.class_metrics import class_report, summary, write_class_report
 from tools import timeline as tl
 from tools.checkpoint_model import CheckpointError, load_model
 from tools.video_views import (VIDEO_SAMPLINGS, InputError, VideoResult, ViewPlan, add_video_source_args, map_videos,
@@ -54,6 +59,21 @@ def read_labels(path: str | None, num_classes: int) -> list[str]:
     if len(names) != num_classes:
         raise InputError(f"--labels {path}: {len(names)} class names for a checkpoint with {num_classes} classes")
     return names
+
+
+def true_classes(list_file: str, split: str, prefix: str, num_classes: int) -> dict[str, int]:
+    """The true class of each video of a ``--list`` (its label field), for ``--per_class``."""
+    fmt, regression = guess_format(Path(list_file).read_text(encoding="utf-8").splitlines(), split)
+    if fmt not in ("classification", "trimmed") or regression:
+        raise InputError(f"--per_class needs the true class of each video, but --list {list_file} has no integer "
+                         f"label field (lines 'path label' or 'path label duration')")
+    truth: dict[str, int] = {}
+    for entry in read_list(list_file, fmt, split, prefix):
+        if not 0 <= entry.label < num_classes:
+            raise InputError(f"--list {list_file}: {entry.path} has label {entry.label}, not a class of the "
+                             f"checkpoint (0 to {num_classes - 1})")
+        truth.setdefault(entry.path, int(entry.label))
+    return truth
 
 
 def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
@@ -93,7 +113,11 @@ def get_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--window_seconds", type=float, default=2.0, help="window length in seconds")
     timeline.add_argument("--stride_seconds", type=float, default=1.0, help="seconds between window starts")
     timeline.add_argument("--out", default=None, help="folder for <stem>.timeline.csv, .json and .png")
-    timeline.add_argument("--no_png", action="store_true", help="with --out: write no PNG (no matplotlib needed)")
+    timeline.add_argument("--no_png", action="store_true",
+                          help="with --out or --per_class: write no PNG (no matplotlib needed)")
+    parser.add_argument("--per_class", default=None, metavar="OUT.json",
+                        help="with a --list of 'path label' lines: per-class accuracy, mean class accuracy and the "
+                             "confusion matrix as JSON, and OUT.png (matplotlib)")
     return parser
 
 
@@ -104,6 +128,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--batch_size and --topk must be >= 1 and --num_workers >= 0")
     if args.out is not None and not args.timeline:
         raise InputError("--out writes timeline files: add --timeline")
+    if args.per_class is not None and (args.list is None or args.timeline):
+        raise InputError("--per_class scores the videos of a --list against its labels (without --timeline)")
 
 
 def _plan(args: argparse.Namespace, num_frames: int, size: int) -> ViewPlan:
@@ -135,9 +161,9 @@ def describe(result: VideoResult, args: argparse.Namespace, plan: ViewPlan, labe
             "windows": windows, "probabilities": probs.tolist()}
 
 
-def run(args: argparse.Namespace) -> tuple[list[str], Iterator[dict[str, Any]]]:
-    """Check the input and load the model; returns the videos and an iterator over their JSON-ready predictions
-    (in input order)."""
+def run(args: argparse.Namespace) -> tuple[list[str], list[str], Iterator[dict[str, Any]]]:
+    """Check the input and load the model; returns the videos, the class names and an iterator over the videos'
+    JSON-ready predictions (in input order)."""
     _check_args(args)
     videos = videos_from_args(args)
     if args.out is not None:
@@ -160,7 +186,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], Iterator[dict[str, Any]]]:
         return model(views.to(device)).float().softmax(dim=-1).cpu()
 
     results = map_videos(videos, plan, probabilities, args.batch_size, args.num_workers)
-    return videos, (describe(result, args, plan, labels) for result in results)
+    return videos, labels, (describe(result, args, plan, labels) for result in results)
 
 
 def write_timeline(result: dict[str, Any], out: Path, png: bool) -> None:
@@ -171,6 +197,17 @@ def write_timeline(result: dict[str, Any], out: Path, png: bool) -> None:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if png:
         tl.plot_png(result, out / f"{stem}.png")
+
+
+def write_per_class(args: argparse.Namespace, scored: list[tuple[int, int]], names: Sequence[str],
+                    skipped: int) -> None:
+    """``--per_class``: the report of the (true, top-1) classes of the readable videos, with the inputs named."""
+    labels, preds = zip(*scored) if scored else ((), ())
+    report = {"list": args.list, "checkpoint": args.checkpoint, "skipped_videos": skipped,
+              **class_report(labels, preds, len(names), names)}
+    png = write_class_report(report, Path(args.per_class), png=not args.no_png)
+    print(f"predict.py: {summary(report)}; written to {args.per_class}{f' and {png}' if png else ''}",
+          file=sys.stderr, flush=True)
 
 
 def print_result(result: dict[str, Any], args: argparse.Namespace, single: bool) -> None:
@@ -211,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     bad = []
     try:
-        videos, results = run(args)
+        videos, names, results = run(args)
+        truth = true_classes(args.list, args.split, args.prefix, len(names)) if args.per_class else None
+        scored: list[tuple[int, int]] = []
         single = args.video is not None
         for result in results:
             if "error" in result:
@@ -224,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             if args.out is not None:
                 write_timeline(result, Path(args.out), png)
+            if truth is not None:
+                scored.append((truth[result["video"]], result["predictions"][0]["index"]))
             print_result(result, args, single)
+        if truth is not None:
+            write_per_class(args, scored, names, len(bad))
     except (InputError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as err:
         print(f"predict.py: error: {err}", file=sys.stderr)
         return 2
