@@ -13,7 +13,7 @@ import torch
 import cuda_standins as stock
 from benchmarks import gpu_check
 from benchmarks.gpu_check_cases import ModelRun, agreement, check_mixer, run_model, tokens
-from models.ops import InnerParams, bimamba_cuda
+from models.ops import InnerParams, bimamba_cuda, bimamba_inner_ref
 from models.ops.cuda_glue import load_fused_kernels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +72,9 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 def broken_fused(hidden, params):
-    """The stand-in path with the gradient of the backward direction's A doubled."""
-    return standin_fused(hidden, params._replace(backward=params.backward._replace(A=_ScaleGrad.apply(
-        params.backward.A))))
+    """The composed path with the gradient of the backward direction's A doubled."""
+    broken = params._replace(backward=params.backward._replace(A=_ScaleGrad.apply(params.backward.A)))
+    return bimamba_inner_ref(hidden, broken, backend="torch")
 
 
 # d_model 16: d_inner 32, so the conv gets the channels-last view of the in_proj output, as at every real width.
@@ -113,8 +113,12 @@ def test_child_results_crashes_and_timeouts_become_rows():
                                        "sys.exit('RuntimeError: CUDA error: misaligned address')"), timeout=60)
     assert crash["status"] == "FAIL"
     assert crash["reason"] == "exit status 1: RuntimeError: CUDA error: misaligned address"
-    hang = gpu_check.run_child(python("import time; time.sleep(60)"), timeout=0.5)
+    # A hung check that started a worker (as torch.compile does) holding the output pipe: both are killed.
+    hang = gpu_check.run_child(python("import subprocess, sys, time; "
+                                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                                      "time.sleep(60)"), timeout=0.5)
     assert hang["status"] == "FAIL" and hang["reason"] == "timed out after 0.5 s"
+    assert hang["wall_s"] < 30  # not waited for
 
 
 def test_a_check_process_reports_an_exception_as_its_first_line(monkeypatch, capsys):
