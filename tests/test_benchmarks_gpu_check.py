@@ -221,3 +221,30 @@ def test_kernel_versions_from_a_source_folder(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert gpu_check.package_version("fake-kernel-pkg", "fake_kernel_pkg") == f"1.7.0 (from {package})"
     assert gpu_check.package_version("no-such-dist", "no_such_module") == "not found"
+
+
+def test_main_runs_every_check_in_a_child_and_exits_1_on_a_failure(monkeypatch, tmp_path, capsys):
+    commands = []
+
+    def child(cmd, timeout):
+        commands.append(cmd)
+        name = cmd[-1]
+        if name == "mixer-Ti-8x224-bf16":
+            return {"status": "FAIL", "reason": "RuntimeError: CUDA error: misaligned address"}
+        if name.startswith("mixer"):
+            return {"status": "PASS", "reason": "", "tol": 1e-4, "errors": {"out": 1e-7, "d hidden": 1e-6},
+                    "composed_errors": {"out": 1e-7}}
+        return {**model_result(50.0, 1000.0, [1.0, 2.0]), "grad": [1.0]}
+
+    monkeypatch.setattr(gpu_check, "skip_reason", lambda available, load: None)
+    monkeypatch.setattr(gpu_check, "header", lambda: HEAD)
+    monkeypatch.setattr(gpu_check, "run_child", child)
+    assert gpu_check.main(["--quick", "--json", str(tmp_path / "out.json"), "--timeout", "7"]) == 1
+    assert [c[-2:] for c in commands] == [["--one", gpu_check.check_id(c)] for c in gpu_check.plan(quick=True)]
+    assert commands[0][:2] == [sys.executable, str(REPO / "benchmarks" / "gpu_check.py")]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["exit_status"] == 1 and len(saved["results"]) == 5 and saved["header"] == HEAD
+    assert "logits" not in saved["results"][-1]
+    out = capsys.readouterr().out
+    assert "FAIL mixer-Ti-8x224-bf16: RuntimeError: CUDA error: misaligned address" in out
+    assert out.rstrip().endswith("1 of 5 checks failed: exit status 1")
