@@ -94,6 +94,9 @@ def test_a_wrong_gradient_fails_the_check_and_the_exit_status():
     assert result["status"] == "FAIL"
     assert result["reason"].startswith("d backward.A: rel err 1.00e+00 > 0.0001")
     assert result["errors"]["d forward.A"] < 1e-4  # the other gradients are still right
+    upcast = check_mixer(16, 23, 2, "bf16", CPU, fused=lambda h, p: bimamba_inner_ref(h, p, "torch").float())
+    assert upcast["status"] == "FAIL"
+    assert upcast["reason"] == "output dtype torch.float32, the composed path gives torch.bfloat16"
     rows = [{"id": "mixer-x", **result}]
     assert gpu_check.exit_status(rows) == 1
     assert "FAIL mixer-x: d backward.A: rel err 1.00e+00" in gpu_check.report(HEAD, rows, [])
