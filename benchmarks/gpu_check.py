@@ -348,6 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reason = skip_reason(torch.cuda.is_available(), _load_kernels)
     if reason:
         print(f"gpu_check: skipped: {reason}")
+        if args.json:
+            write_json(args.json, {"skipped": reason, "exit_status": 0})
         return 0
     if not checks:
         raise SystemExit(f"error: --only {' '.join(args.only)} matches no check; --list shows them")
@@ -358,11 +360,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(report(head, results, goals))
     status = exit_status(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         rows = [{k: v for k, v in r.items() if k not in ("logits", "grad")} for r in results]  # raw probes
-        args.json.write_text(json.dumps({"header": head, "results": rows, "goals": goals, "exit_status": status},
-                                        indent=1))
+        write_json(args.json, {"header": head, "results": rows, "goals": goals, "exit_status": status})
     return status
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=1))
 
 
 def _load_kernels() -> object:

@@ -20,12 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def test_without_a_gpu_it_prints_one_line_and_exits_0():
+def test_without_a_gpu_it_prints_one_line_and_exits_0(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--json", str(tmp_path / "r.json")], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["gpu_check: skipped: no CUDA device (torch.cuda.is_available() is False)"]
+    reason = "no CUDA device (torch.cuda.is_available() is False)"
+    assert run.stdout.splitlines() == [f"gpu_check: skipped: {reason}"]
+    assert json.loads((tmp_path / "r.json").read_text()) == {"skipped": reason, "exit_status": 0}
 
 
 def test_skip_names_the_missing_kernels_and_the_install_command():
