@@ -40,11 +40,10 @@ def test_skip_names_the_missing_kernels_and_the_install_command():
 # ---- the mixer check, on CPU through the CUDA glue over the stand-in kernels ------------------------------------
 
 class _StandinFused(torch.autograd.Function):
-    """bimamba_cuda's forward and backward over the stand-ins, the backward under the forward's autocast state
-    (as mamba_ssm's fused function runs its own)."""
+    """bimamba_cuda's forward and backward over the stand-ins, with the boundary the custom op has on a GPU: the
+    forward runs under the caller's autocast, the backward outside it (after the autocast region, as in training)."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, hidden, *flat):
         ctx.params = InnerParams.from_flat(flat)
         out, residuals = bimamba_cuda.forward(stock.fused_kernels(), hidden, ctx.params, save=True)
@@ -52,7 +51,6 @@ class _StandinFused(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dout):
         hidden, *residuals = ctx.saved_tensors
         d_hidden, grads = bimamba_cuda.backward(stock.fused_kernels(), hidden, ctx.params, residuals, dout)
