@@ -172,6 +172,18 @@ def test_scan_bwd_uses_the_out_and_dz_it_is_given():
     assert len(no_z) == 8 and no_z[7] is None and no_z[5] is not None  # out_z undefined without z
 
 
+def test_scan_outputs_take_the_layouts_the_cpp_gives_them():
+    """out = empty_like(delta), du = empty_like(u), ddelta = empty_like(delta) (selective_scan.cpp ~311, ~458):
+    a dim-major delta ("HBL", as the comment there says) gives a dim-major out, written at its strides."""
+    inputs, dout = scan_case(23)
+    want, want_grads = cached_reference(23)
+    inputs["delta"] = inputs["delta"].transpose(0, 1).contiguous().transpose(0, 1)  # strides (L, batch·L, 1)
+    out_z, grads = run_scan(inputs, dout, torch.float32)
+    out = stock.scan_fwd(*(inputs[k] for k in SCAN_KEYS), True)[0]
+    assert out.stride() == inputs["delta"].stride() and grads[1].stride() == inputs["delta"].stride()
+    assert rel_err(out_z, want) < 1e-5 and all(rel_err(g, w) < 1e-5 for g, w in zip(grads, want_grads))
+
+
 def test_entry_points_have_the_compiled_signatures():
     """pybind11 binds them without argument names: positional only, every optional argument passed."""
     for fn, count in ((stock.scan_fwd, 9), (stock.scan_bwd, 14), (stock.conv_fwd, 8), (stock.conv_bwd, 12)):
