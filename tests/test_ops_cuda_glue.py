@@ -23,45 +23,6 @@ def fresh_warnings(monkeypatch):
     ops.set_backend("auto")
 
 
-def test_standins_enforce_the_kernel_rules():
-    inputs = random_scan_inputs(1, 8, 6, 4, groups=1)
-    u, delta, A, B, C, D, z, bias = (inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
-    stock.scan_fwd(u, delta, A, B, C, D, z, bias, True)  # the valid call
-    bad = {
-        "state dimension <= 256": dict(A=torch.zeros(8, 257), B=torch.zeros(1, 1, 257, 6), C=torch.zeros(1, 1, 257, 6)),
-        "D must be fp32": dict(D=torch.randn(16)[::2]),
-        "delta_bias must be fp32": dict(delta_bias=bias.double()),
-        "delta, B, C in u's dtype": dict(B=B.double()),
-        "unit stride along L": dict(u=u.transpose(1, 2).contiguous().transpose(1, 2)),
-    }
-    for message, change in bad.items():
-        args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias) | change
-        with pytest.raises(stock.KernelRuleError, match=message):
-            stock.scan_fwd(*args.values(), True)
-    out, x = stock.scan_fwd(u, delta, A, B, C, D, None, bias, True)
-    with pytest.raises(stock.KernelRuleError, match="dout in u's dtype"):
-        stock.scan_bwd(u, delta, A, B, C, D, None, bias, out.double(), x, None, None, True, False)
-    with pytest.raises(stock.KernelRuleError, match="dout shape and unit stride"):
-        stock.scan_bwd(u, delta, A, B, C, D, None, bias, out.transpose(1, 2).contiguous().transpose(1, 2), x, None,
-                       None, True, False)
-    x_cl = torch.randn(2, 6, 12).transpose(1, 2)  # (batch, 12 channels, L) channels-last
-    w = torch.randn(12, 4)
-    with pytest.raises(stock.KernelRuleError, match="divisible by 8"):
-        stock.conv_fwd(x_cl, w, None, None, None, torch.empty_like(x_cl), None, True)
-    x16 = torch.randn(2, 6, 16).transpose(1, 2)
-    with pytest.raises(stock.KernelRuleError, match="bias in weight's dtype"):
-        stock.conv_fwd(x16, torch.randn(16, 4), torch.randn(16).double(), None, None, torch.empty(2, 16, 6), None,
-                       True)
-    with pytest.raises(stock.KernelRuleError, match="width between 2 and 4"):
-        stock.conv_fwd(x16, torch.randn(16, 5), None, None, None, torch.empty(2, 16, 6), None, True)
-    with pytest.raises(stock.KernelRuleError, match="dx must have x's layout"):
-        stock.conv_bwd(x16, torch.randn(16, 4), None, torch.randn(2, 16, 6), None, None, None, torch.empty(2, 16, 6),
-                       torch.zeros(16, 4), None, None, True)
-    with pytest.raises(stock.KernelRuleError, match="dweight fp32"):
-        stock.conv_bwd(x16, torch.randn(16, 4), None, torch.randn(2, 16, 6), None, None, None,
-                       torch.empty(2, 6, 16).transpose(1, 2), torch.zeros(16, 4).double(), None, None, True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_scan_glue_forward_and_backward_match_the_reference(dtype, monkeypatch):
     monkeypatch.setattr(cuda_glue, "load_mamba_scan", lambda: stock.selective_scan_fn)
