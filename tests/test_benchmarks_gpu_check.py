@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import cuda_standins as stock
 from benchmarks import gpu_check
 from benchmarks.gpu_check_cases import ModelRun, agreement, check_mixer, run_model, tokens
-from models.ops import InnerParams, bimamba_cuda, bimamba_inner_ref
+from models.ops import bimamba_inner_fn, bimamba_inner_ref
 from models.ops.cuda_glue import load_fused_kernels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,26 +38,10 @@ def test_skip_names_the_missing_kernels_and_the_install_command():
 
 # ---- the mixer check, on CPU through the CUDA glue over the stand-in kernels ------------------------------------
 
-class _StandinFused(torch.autograd.Function):
-    """bimamba_cuda's forward and backward over the stand-ins, with the boundary the custom op has on a GPU: the
-    forward runs under the caller's autocast, the backward outside it (after the autocast region, as in training)."""
-
-    @staticmethod
-    def forward(ctx, hidden, *flat):
-        ctx.params = InnerParams.from_flat(flat)
-        out, residuals = bimamba_cuda.forward(stock.fused_kernels(), hidden, ctx.params, save=True)
-        ctx.save_for_backward(hidden, *residuals)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        hidden, *residuals = ctx.saved_tensors
-        d_hidden, grads = bimamba_cuda.backward(stock.fused_kernels(), hidden, ctx.params, residuals, dout)
-        return (d_hidden, *grads.flat())
-
-
 def standin_fused(hidden, params):
-    return _StandinFused.apply(hidden, *params.flat())
+    """The fused op as a GPU runs it (the `cuda_glue_on_cpu` fixture routes it through the CUDA glue and the
+    stand-in kernels): autocast at its boundary, the backward outside autocast (after the region, as in training)."""
+    return bimamba_inner_fn(hidden, params, backend="cpp")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -79,7 +62,7 @@ def broken_fused(hidden, params):
 
 # d_model 16: d_inner 32, so the conv gets the channels-last view of the in_proj output, as at every real width.
 @pytest.mark.parametrize("length, precision, d_state", [(23, "fp32", 16), (23, "bf16", 16), (2049, "fp32", 4)])
-def test_mixer_check_passes_through_the_cuda_glue(length, precision, d_state):
+def test_mixer_check_passes_through_the_cuda_glue(length, precision, d_state, cuda_glue_on_cpu):
     result = check_mixer(16, length, 1 if length > 2048 else 2, precision, CPU, fused=standin_fused, d_state=d_state)
     assert result["status"] == "PASS", result["reason"]
     names = {"out", "d hidden", "d in_proj_weight", "d out_proj_weight"} | {

@@ -238,3 +238,35 @@ def test_compiled_tiny_videomamba_has_no_graph_break_and_matches_eager(ext):
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_op_computes_in_the_dtypes_it_is_given_even_under_autocast(ext):
+    """The custom op never autocasts (autocast applies at `bimamba_inner_fn`'s boundary): called directly under
+    bf16 autocast with fp32 arguments it computes, saves and differentiates in fp32 as outside autocast."""
+    args = random_inner(2, 30, 16, n_state=4, rank=2, dtype=torch.float32, proj_bias=True, seed=4)
+
+    def op(hidden, params):
+        return torch.ops.videomamba.bimamba_inner(hidden, *params.flat(), True)[0]
+
+    want, want_grads = output_and_grads(op, args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, grads = output_and_grads(op, args)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    for a, b in zip(grads, want_grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_cpu_path_under_autocast_matches_fp64(ext, dtype):
+    """bimamba_inner_fn on CPU under autocast: the output in the autocast dtype, as a Linear's would be, within the
+    dtype's rounding of the fp64 reference; every gradient in its parameter's dtype, as close."""
+    args64 = random_inner(2, 2 * SCAN_CHUNK + 5, 16, n_state=4, rank=2, proj_bias=True, seed=9)
+    want, want_grads = output_and_grads(fused, args64)
+    fresh = iter([t.detach().float().requires_grad_() for t in leaves(args64)])
+    args = (next(fresh), InnerParams.from_flat([None if t is None else next(fresh) for t in args64[1].flat()]))
+    with torch.autocast("cpu", dtype=dtype):
+        out, grads = output_and_grads(fused, args)
+    tolerance = {torch.bfloat16: (5e-2, 1e-1), torch.float16: (1e-2, 2e-2)}[dtype]
+    assert out.dtype == dtype and rel_err(out, want) < tolerance[0]
+    for got, expected in zip(grads, want_grads):
+        assert got.dtype == torch.float32 and rel_err(got, expected) < tolerance[1]

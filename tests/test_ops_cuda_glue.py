@@ -2,7 +2,6 @@
 stock kernels' rules (tests/cuda_standins.py): forward and backward against the references, both conv layouts,
 and the loud fallback when the stock packages cannot be imported."""
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -77,20 +76,6 @@ def test_conv_glue_forward_and_backward_in_both_layouts(layout, monkeypatch):
     assert rel_err(out, want) < 1e-5
     for got, expected in zip(got_grads, want_grads):
         assert rel_err(got, expected) < 1e-5
-
-
-@pytest.fixture
-def cuda_glue_on_cpu(monkeypatch):
-    """The fused op's CPU registration runs the CUDA glue (`bimamba_cuda`) over the stand-in kernels, so that a
-    call of `bimamba_inner_fn` on CPU tensors takes the GPU's whole route: the autocast boundary, the custom op and
-    its autograd registration, the glue and the kernels' rules."""
-    glue = SimpleNamespace(
-        forward=lambda ext, hidden, params, save: bimamba_cuda.forward(stock.fused_kernels(), hidden, params, save),
-        backward=lambda ext, hidden, params, residuals, dout: bimamba_cuda.backward(stock.fused_kernels(), hidden,
-                                                                                     params, residuals, dout),
-        compute_dtype=lambda dtype: dtype)
-    monkeypatch.setattr(bimamba_inner, "bimamba_cpu", glue)
-    monkeypatch.setattr(bimamba_inner, "load_cpu_kernel", lambda: SimpleNamespace(module=None))
 
 
 # batch, L (one, two and two scan chunks of 2048), d_inner (16: a multiple of 8; 12: not), conv width
