@@ -224,12 +224,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     steps_per_epoch = training_steps_per_epoch(train_loader, run, info, config.data.data_path)
     runtime = build_runtime(config.optim, run, model, info)
     ema = build_ema(config.ema, runtime.module)
-    state = resume(run, runtime, ema)
+    saved_args = checkpoint_args(args, config)
+    state = resume(run, runtime, ema, saved_args)
     validate = ((lambda: evaluate(runtime, task, val_loader, reduce=config.evaluation.dist_eval))
                 if val_loader is not None else None)
     state = fit(config.optim, run, runtime, task, train_loader, steps_per_epoch, info, ema=ema, validate=validate,
-                log_writer=writer, state=state,
-                saved_with={"args": checkpoint_args(args, config), "config": asdict(config)})
+                log_writer=writer, state=state, saved_with={"args": saved_args, "config": asdict(config)},
+                bad_input=train_set.tracker)
     results: dict[str, Any] = {"best": state.best, "history": state.history}
     best = None
     if config.evaluation.test_best:

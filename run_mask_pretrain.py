@@ -111,9 +111,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          collate_fn=dataset.collate)
     steps_per_epoch = training_steps_per_epoch(loader, run, info, config.data.data_path)
     runtime = build_runtime(config.optim, run, student, info, find_unused_parameters=True)
-    state = resume(run, runtime, None)
+    saved_args = checkpoint_args(args, config)
+    state = resume(run, runtime, None, saved_args)
     state = fit(config.optim, run, runtime, task, loader, steps_per_epoch, info, log_writer=writer, state=state,
-                saved_with={"args": checkpoint_args(args, config), "config": asdict(config)})
+                saved_with={"args": saved_args, "config": asdict(config)}, bad_input=dataset.tracker)
     if writer is not None:
         writer.close()
     return {"history": state.history}

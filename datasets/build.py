@@ -80,7 +80,8 @@ def build_video_dataset(mode: str, data: VideoSetConfig, augment: AugmentConfig,
     frames = kind.sampling == "ssv2" and data.frame_folders
     trimmed = kind.trimmed and data.trimmed > 0
     fmt = "frames" if frames else "trimmed" if trimmed else "regression" if data.regression else "classification"
-    entries = read_list(_list_path(data.data_path, mode), fmt, data.split, data.prefix, data.regression)
+    entries = read_list(_list_path(data.data_path, mode), fmt, data.split, data.prefix, data.regression,
+                        num_classes=None if data.regression else data.nb_classes)
     return VideoClsDataset(
         entries, mode, _transform(mode, augment, kind.flip),
         sampling="ssv2_frames" if frames else kind.sampling,

@@ -14,15 +14,20 @@ from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 
 
 def _stack(items: list[dict[str, Any]], num_sample: int) -> dict[str, Any]:
+    """The items' tensors stacked, and ``"bad"``: every item's unreadable files (path: reason) in one dict."""
     if num_sample < 1:
         raise ValueError(f"num_sample must be >= 1, got {num_sample}")
-    return multiple_samples_collate(items) if num_sample > 1 else default_collate(items)
+    bad = {path: reason for item in items for path, reason in item.get("bad", {}).items()}
+    items = [{k: v for k, v in item.items() if k != "bad"} for item in items]
+    out = multiple_samples_collate(items) if num_sample > 1 else default_collate(items)
+    return {**out, "bad": bad}
 
 
 def collate_train(items: list[dict[str, Any]], num_sample: int) -> TrainBatch:
-    """Training items ``{"video", "label", "index"}`` (each holding ``num_sample`` clips when > 1) → ``TrainBatch``."""
+    """Training items ``{"video", "label", "index"[, "bad"]}`` (each holding ``num_sample`` clips when > 1) →
+    ``TrainBatch``."""
     out = _stack(items, num_sample)
-    return TrainBatch(video=out["video"], label=out["label"], index=out["index"])
+    return TrainBatch(video=out["video"], label=out["label"], index=out["index"], bad=out["bad"])
 
 
 def collate_eval(items: list[dict[str, Any]]) -> EvalBatch:
@@ -34,9 +39,9 @@ def collate_eval(items: list[dict[str, Any]]) -> EvalBatch:
 
 
 def collate_masked(items: list[dict[str, Any]], num_sample: int) -> MaskedBatch:
-    """Pretraining items ``{"video"[, "mask"]}`` → ``MaskedBatch`` (mask None when the items have none)."""
+    """Pretraining items ``{"video"[, "mask"][, "bad"]}`` → ``MaskedBatch`` (mask None when the items have none)."""
     out = _stack(items, num_sample)
-    return MaskedBatch(video=out["video"], mask=out.get("mask"))
+    return MaskedBatch(video=out["video"], mask=out.get("mask"), bad=out["bad"])
 
 
 def multiple_samples_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,8 +6,10 @@ Formats (one sample per line, blank lines ignored, exactly these fields):
   trimmed         ``path label duration``         duration in seconds (label int, or float for regression)
   frames          ``folder total_frames label``   SSV2 extracted frames
   paths           ``path [anything ...]``         pretraining: the first field only (e.g. ``path 0 -1``)
-A malformed line raises ``ListFileError`` naming the file and the 1-based line number. ``read_list_lines`` is the
-lenient reader for checking tools: it keeps every line's exact bytes and reports malformed lines instead of raising.
+A malformed line, or a class label outside ``--nb_classes``, raises ``ListFileError`` naming the file and the 1-based
+line number; a line split into the wrong number of fields names the ``--split`` that would work, if one does.
+``read_list_lines`` is the lenient reader for checking tools: it keeps every line's exact bytes and reports malformed
+lines instead of raising.
 """
 from __future__ import annotations
 
@@ -77,8 +79,27 @@ def split_fields(line: str, split: str = " ") -> list[str]:
     return [p.strip() for p in (line.split() if split == " " else line.split(split))]
 
 
-def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regression: bool = False) -> ListEntry:
-    """Parse one stripped list line of format ``fmt``; raises ``ValueError`` describing what is wrong."""
+def label_error(label: int | float, num_classes: int | None) -> str | None:
+    """What is wrong with a class label for ``--nb_classes`` ``num_classes`` (None: not checked), or None."""
+    if num_classes is None or 0 <= label < num_classes:
+        return None
+    return f"label {label} is not a class of --nb_classes {num_classes} (labels 0 to {num_classes - 1})"
+
+
+def separator_hint(line: str, count: int, split: str) -> str:
+    """``"; with --split ',' it has 2"`` when another usual separator splits ``line`` into ``count`` non-empty
+    fields, else ""."""
+    for other in (",", "\t", " ", ";", "|"):
+        parts = split_fields(line, other)
+        if other != split and len(parts) == count and all(parts):
+            return f"; with --split {other!r} it has {count}"
+    return ""
+
+
+def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regression: bool = False,
+               num_classes: int | None = None) -> ListEntry:
+    """Parse one stripped list line of format ``fmt``; raises ``ValueError`` describing what is wrong. With
+    ``num_classes`` (classification), a label outside 0 .. ``num_classes`` - 1 is wrong too."""
     fields = FORMATS[fmt]
     parts = split_fields(line, split)
     if fmt == "paths":
@@ -86,7 +107,18 @@ def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regressi
             raise ValueError(f"expected a video path as the first field (fields separated by {split!r})")
         return ListEntry(join_prefix(prefix, parts[0]), 0)
     if len(parts) != len(fields) or not all(parts):
-        raise ValueError(f"expected {len(fields)} fields '{' '.join(fields)}' separated by {split!r}")
+        raise ValueError(f"expected {len(fields)} fields '{' '.join(fields)}' separated by {split!r}"
+                         f"{separator_hint(line, len(fields), split)}")
+    entry = _entry(parts, fmt, prefix, regression)
+    problem = None if regression or fmt == "regression" else label_error(entry.label, num_classes)
+    if problem:
+        raise ValueError(problem)
+    return entry
+
+
+def _entry(parts: list[str], fmt: str, prefix: str, regression: bool) -> ListEntry:
+    """The entry of a line's ``parts`` (the right number of fields)."""
+    fields = FORMATS[fmt]
     try:
         if fmt == "frames":
             total = int(parts[1])
@@ -105,8 +137,9 @@ def parse_line(line: str, fmt: str, split: str = " ", prefix: str = "", regressi
 
 
 def read_list_lines(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str = "",
-                    regression: bool = False) -> list[ListLine]:
-    """Every non-blank line of the list at ``path``, parsed or with its error (malformed lines do not raise).
+                    regression: bool = False, num_classes: int | None = None) -> list[ListLine]:
+    """Every non-blank line of the list at ``path``, parsed (``parse_line``) or with its error (malformed lines do
+    not raise).
 
     Lines are split as in text mode (``\\n``, ``\\r\\n`` or ``\\r``), so numbers match an editor's; a missing
     file raises ``ListFileError``.
@@ -126,16 +159,17 @@ def read_list_lines(path: str | os.PathLike, fmt: str, split: str = " ", prefix:
         if not line:
             continue
         try:
-            lines.append(ListLine(number, raw, parse_line(line, fmt, split, prefix, regression)))
+            lines.append(ListLine(number, raw, parse_line(line, fmt, split, prefix, regression, num_classes)))
         except ValueError as e:
             lines.append(ListLine(number, raw, None, f"{e}: {line!r}"))
     return lines
 
 
 def read_list(path: str | os.PathLike, fmt: str, split: str = " ", prefix: str = "",
-              regression: bool = False) -> list[ListEntry]:
-    """All entries of the list file at ``path`` in format ``fmt`` (see the module docstring)."""
-    lines = read_list_lines(path, fmt, split, prefix, regression)
+              regression: bool = False, num_classes: int | None = None) -> list[ListEntry]:
+    """All entries of the list file at ``path`` in format ``fmt`` (see the module docstring); with ``num_classes``
+    every class label must be below it."""
+    lines = read_list_lines(path, fmt, split, prefix, regression, num_classes)
     for line in lines:
         if line.entry is None:
             raise ListFileError(f"{path}:{line.number}: {line.error}")

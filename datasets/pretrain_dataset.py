@@ -1,5 +1,6 @@
-"""Masked-video pretraining clips: ``{"video": (C,T,H,W), "mask": bool (T'·H'·W',)}`` (True = masked, no cls
-column: the convention of ``utils.batch``); ``PretrainDataset.collate`` makes a ``utils.batch.MaskedBatch``.
+"""Masked-video pretraining clips: ``{"video": (C,T,H,W), "mask": bool (T'·H'·W',), "bad": {path: reason}}``
+(True = masked, no cls column: the convention of ``utils.batch``; ``bad``: the unreadable files replaced, see
+``datasets.video_dataset``); ``PretrainDataset.collate`` makes a ``utils.batch.MaskedBatch``.
 
 Frames follow the official pretraining loader (``datasets.sampling``): with ``num_segments`` > 1 one random frame
 from each of ``num_segments`` equal segments (``pretrain_segment_indices``; ``num_segments`` must equal
@@ -82,11 +83,12 @@ class PretrainDataset(Dataset):
         """``key``: ``(epoch, index)`` from ``utils.seeding.EpochSampler``, or an index (epoch 0)."""
         epoch, index = sample_key(key)
         rng = sample_rng(self.seed, epoch, index)
-        _, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(i, rng), self.tracker, rng)
+        _, frames, bad = load_with_replacement(index, len(self), lambda i: self.load_frames(i, rng), self.tracker,
+                                               rng)
         samples = draw_repeats(lambda: self._sample(frames), self.num_sample, self.seed, epoch, index)
         if self.num_sample == 1:
-            return samples[0]
-        return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
+            return {**samples[0], "bad": bad}
+        return {**{name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}, "bad": bad}
 
     def _sample(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
         item = {"video": self.transform(frames)}

@@ -1,19 +1,22 @@
 """Video classification / regression dataset (train, validation, test) and the bad-input policy.
 
 Items are dicts, which ``VideoClsDataset.collate`` turns into the batch types of ``utils.batch``:
-  train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int}`` → ``TrainBatch``
+  train       ``{"video": (C,T,H,W) or (S,C,T,H,W), "label": scalar or (S,), "index": int, "bad": {path: reason}}``
+              → ``TrainBatch``
   validation  ``{"video", "label", "video_id", "window", "segment", "crop", "valid"}`` (one view per item)
               → ``EvalBatch``
   test        the same; a video expands to window × segment × crop views.
 Training items are keyed ``(epoch, index)`` (``utils.seeding.EpochSampler``; a plain index means epoch 0): their
 frame indices, replacements and augmentations are a pure function of (seed, epoch, index, repeat), see
 ``utils.seeding``.
-Bad input (unreadable, truncated, zero-byte, missing or non-video files) is logged once per file and counted.
-Training replaces it by another random sample, at most ``max_retries`` times in a row, and raises
-``BadInputError`` naming the files when that budget runs out or more than ``max_bad_fraction`` of the files
-failed. Validation and test never replace: the view comes back as zeros with ``valid=False``. Counts are per
-process (each DataLoader worker holds its own copy of the dataset). Evaluation frames are deterministic, so the
-last decoded clip is kept and reused by the next views of the same window and segment (the other test crops).
+Bad input (unreadable, truncated, zero-byte, missing or non-video files) is logged once per file (per process:
+each DataLoader worker holds its own copy of the dataset). Training replaces it by another random sample, at most
+``max_retries`` times in a row (then ``BadInputError`` naming the files), and the item carries the files that
+failed (``"bad"``, then ``TrainBatch.bad``), which the training loop counts over the whole run, every worker and
+rank together: it raises ``BadInputError`` once more than ``max_bad_fraction`` of the list's files failed
+(``BadInputTracker.add``). Validation and test never replace: the view comes back as zeros with ``valid=False``.
+Evaluation frames are deterministic, so the last decoded clip is kept and reused by the next views of the same
+window and segment (the other test crops).
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ class BadInputError(UserError, RuntimeError):
 
 
 class BadInputTracker:
-    """Remembers every bad file with its reason; logs each one once."""
+    """Every bad file with its reason. ``record`` (where files are read: in each DataLoader worker) logs each file
+    once; ``add`` (the training loop, in the main process, with the files every rank's batches report) counts them
+    over the whole run and stops it once more than ``max_bad_fraction`` of the ``num_files`` files are bad."""
 
     def __init__(self, num_files: int, max_bad_fraction: float = 0.1, max_retries: int = 10) -> None:
         self.num_files = num_files
@@ -58,6 +63,16 @@ class BadInputTracker:
         if error.path not in self.bad:
             self.bad[error.path] = error.reason
             logger.warning("bad input %s: %s (%d bad so far)", error.path, error.reason, len(self.bad))
+
+    def add(self, bad: dict[str, str]) -> None:
+        """Count the files of ``bad`` (path: reason); ``BadInputError`` naming every bad file once more than
+        ``max_bad_fraction`` of the files are bad."""
+        for path, reason in bad.items():
+            self.bad.setdefault(path, reason)
+        if self.too_many:
+            raise BadInputError(
+                f"{len(self.bad)} of {self.num_files} files are unreadable, more than --max_bad_fraction "
+                f"{self.max_bad_fraction} allows; {CHECKER_HINT}, or raise --max_bad_fraction:\n{self.describe()}")
 
     @property
     def too_many(self) -> bool:
@@ -85,23 +100,20 @@ def draw_repeats(make: Callable[[], T], count: int, seed: int, epoch: int, index
 
 
 def load_with_replacement(index: int, num_items: int, load: Callable[[int], Any], tracker: BadInputTracker,
-                          rng: np.random.Generator) -> tuple[int, Any]:
-    """Training policy: ``(index, load(index))``, replacing a failing item by random others (see module doc)."""
-    failed: list[str] = []
+                          rng: np.random.Generator) -> tuple[int, Any, dict[str, str]]:
+    """Training policy: ``(index, load(index), bad)``, replacing a failing item by random others, at most
+    ``max_retries`` times in a row (then ``BadInputError``); ``bad`` holds the files that failed (path: reason),
+    which the item carries to the main process's run-wide count (``BadInputTracker.add``)."""
+    failed: dict[str, str] = {}
     for _ in range(tracker.max_retries + 1):
         try:
-            return index, load(index)
+            return index, load(index), failed
         except VideoDecodeError as e:
             tracker.record(e)
-            failed.append(e.path)
-            if tracker.too_many:
-                raise BadInputError(
-                    f"{len(tracker.bad)} of {tracker.num_files} files are unreadable, more than --max_bad_fraction "
-                    f"{tracker.max_bad_fraction} allows; {CHECKER_HINT}, or raise --max_bad_fraction:\n"
-                    f"{tracker.describe()}") from None
+            failed[e.path] = e.reason
             index = int(rng.integers(num_items))
     raise BadInputError(f"no readable sample after {tracker.max_retries} replacements in a row (--max_retries); "
-                        f"{CHECKER_HINT}; failed files:\n{tracker.describe(list(dict.fromkeys(failed)))}")
+                        f"{CHECKER_HINT}; failed files:\n{tracker.describe(list(failed))}")
 
 
 @dataclass(frozen=True)
@@ -200,8 +212,8 @@ class VideoClsDataset(Dataset):
 
     def _train_item(self, epoch: int, index: int) -> dict[str, Any]:
         rng = sample_rng(self.seed, epoch, index)
-        source, frames = load_with_replacement(index, len(self), lambda i: self.load_frames(self.views[i], rng),
-                                               self.tracker, rng)
+        source, frames, bad = load_with_replacement(index, len(self),
+                                                    lambda i: self.load_frames(self.views[i], rng), self.tracker, rng)
         label = self._label(self.views[source].video_id)
         clips = draw_repeats(lambda: self.transform(frames), self.num_sample, self.seed, epoch, index)
         if self.num_sample > 1:
@@ -209,7 +221,7 @@ class VideoClsDataset(Dataset):
             label = label.repeat(self.num_sample)
         else:
             video = clips[0]
-        return {"video": video, "label": label, "index": source}
+        return {"video": video, "label": label, "index": source, "bad": bad}
 
     def _apply_eval_transform(self, frames: np.ndarray, view: View) -> torch.Tensor:
         return self.transform(frames, view.crop) if self.mode == "test" else self.transform(frames)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -28,11 +28,13 @@ from engines.contracts import Runtime
 from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
 from utils.errors import BadFileError, MissingPathError, UsageError
+from utils.state_dicts import mismatch
 
 logger = logging.getLogger(__name__)
 
 _MARKER = "complete"
 DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"  # written by DeepSpeed for every checkpoint
+BEST_TAGS = ("checkpoint-best", "checkpoint-best_val")  # ours and the official regression script's
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -93,15 +95,36 @@ def recover_partial_saves(output_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read(path: Path) -> dict[str, Any]:
-    """Load a plain checkpoint file onto the CPU, with a one-line user error when it is missing or unreadable."""
+def read(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a plain checkpoint file onto the CPU, with a one-line user error when it is missing or unreadable.
+    ``mmap``: tensors stay on disk until used (a cheap look at the other entries: ``peek``)."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:
         raise BadFileError(f"checkpoint {path} cannot be read: {err}") from err
+
+
+def peek(path: Path) -> dict[str, Any]:
+    """The entries of a checkpoint (a file, or a DeepSpeed folder's model states) with its tensors memory-mapped,
+    not read: cheap however big the file."""
+    path = Path(path)
+    file = path / DEEPSPEED_MODEL_STATES if path.is_dir() else path
+    try:
+        return read(file, mmap=True)
+    except BadFileError:  # a file of the legacy (non-zip) format cannot be memory-mapped
+        return read(file)
+
+
+def check_fits(path: Path, weights: Mapping[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """``BadFileError`` naming ``path`` when ``weights`` do not load strictly into ``module``: which tensors differ
+    (shapes: checkpoint vs model) and which flags set them (``utils.state_dicts.mismatch``)."""
+    problem = mismatch(weights, module.state_dict())
+    if problem:
+        raise BadFileError(f"{path} does not fit the model (shapes: checkpoint vs model): {problem}. Use the flags "
+                           "of the run that wrote it (its args.json), or another --output_dir")
 
 
 def is_official_deepspeed(path: Path) -> bool:
@@ -119,11 +142,20 @@ def is_complete(path: Path) -> bool:
     return (path / _MARKER).is_file() or is_official_deepspeed(path)
 
 
-def _written_at(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_mtime_ns
-    marker = path / _MARKER
-    return (marker if marker.is_file() else path / DEEPSPEED_MODEL_STATES).stat().st_mtime_ns
+def position(path: Path) -> tuple[int, int]:
+    """Where the run stood when it wrote checkpoint ``path``: (last finished epoch, optimiser steps into the next).
+    ``checkpoint-{N}``: (N, 0), from the name; any other (``checkpoint-latest``): its stored ``epoch`` and
+    ``epoch_step``, read cheaply (``peek``); (-1, 0) when it has no epoch or cannot be read (with a warning)."""
+    tag = Path(path).name.removeprefix("checkpoint-").removesuffix(".pth")
+    if tag.isdigit():
+        return int(tag), 0
+    try:
+        state = peek(path)
+    except BadFileError as err:
+        logger.warning("%s; it counts as the oldest checkpoint", err)
+        return -1, 0
+    epoch = state.get("epoch")
+    return (int(epoch), int(state.get("epoch_step") or 0)) if isinstance(epoch, int) else (-1, 0)
 
 
 def recover_and_find_latest(output_dir: Path) -> Path | None:
@@ -136,14 +168,16 @@ def recover_and_find_latest(output_dir: Path) -> Path | None:
 
 
 def find_latest(output_dir: Path) -> Path | None:
-    """Newest complete ``checkpoint-*`` (file or DeepSpeed folder, ``-best`` excluded) by modification time."""
+    """The newest complete ``checkpoint-*`` (file or DeepSpeed folder; ``-best`` and ``-best_val`` excluded) by
+    the training position it holds (``position``), not by file times, which a copy or a touch changes; on a tie,
+    ``checkpoint-latest``."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
-    found = [p for p in output_dir.glob("checkpoint-*") if p.stem != "checkpoint-best" and is_complete(p)]
+    found = [p for p in output_dir.glob("checkpoint-*") if p.stem not in BEST_TAGS and is_complete(p)]
     if not found:
         return None
-    newest = max(found, key=_written_at)
+    newest = max(found, key=lambda p: (*position(p), p.stem == "checkpoint-latest"))
     if is_official_deepspeed(newest):
         logger.warning("%s has no completion marker (written by the official code?); using it", newest)
     return newest
@@ -152,7 +186,7 @@ def find_latest(output_dir: Path) -> Path | None:
 def best_checkpoint(checkpoint_path: Callable[[str], Path]) -> Path | None:
     """The complete ``checkpoint-best`` (the official regression script's ``checkpoint-best_val`` is accepted too)
     at ``checkpoint_path(tag)`` (``Runtime.checkpoint_path``: a file or a DeepSpeed folder), or None."""
-    for tag in ("checkpoint-best", "checkpoint-best_val"):
+    for tag in BEST_TAGS:
         path = checkpoint_path(tag)
         if is_complete(path):
             return path

@@ -1,7 +1,7 @@
 """What the loops call: ``Task`` / ``EvalTask`` (``engines.tasks``) and ``Runtime`` (``engines.runtime``).
 
-``train_one_epoch`` and ``fit`` need a ``Task``; ``evaluate`` and ``multiview_test`` an ``EvalTask``; all of them a
-``Runtime``. Batches are the types of ``utils.batch``.
+``train_one_epoch`` and ``fit`` need a ``Task`` (and take a ``BadInputCount``); ``evaluate`` and ``multiview_test`` an
+``EvalTask``; all of them a ``Runtime``. Batches are the types of ``utils.batch``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ class Task(Protocol):
 
 
 class EvalTask(Task, Protocol):
-    """A task that can also be evaluated: per-view outputs and summable statistics."""
+    """A task that can also be evaluated: per-view outputs and summable statistics (the keys ``stat_keys``)."""
+
+    stat_keys: tuple[str, ...]
 
     def predict(self, model: torch.nn.Module, batch: EvalBatch, device: torch.device,
                 dtype: torch.dtype | None) -> torch.Tensor:
@@ -37,6 +39,14 @@ class EvalTask(Task, Protocol):
 
     def batch_stats(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Sums over the rows of ``outputs`` (``n`` included), to be added up and divided by ``n``."""
+        ...
+
+
+class BadInputCount(Protocol):
+    """The run-wide count of unreadable training files (``datasets.video_dataset.BadInputTracker``)."""
+
+    def add(self, bad: dict[str, str]) -> None:
+        """Count the files of ``bad`` (path: reason); raise once more of the run's files are bad than allowed."""
         ...
 
 

@@ -20,7 +20,9 @@ def evaluate(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], redu
              print_freq: int = 50) -> dict[str, float]:
     """Mean metrics of ``task.batch_stats`` over the valid items; ``missing`` counts the invalid ones.
 
-    With ``reduce`` (distributed evaluation) the sums are added over all ranks.
+    With ``reduce`` (distributed evaluation) the sums of the fixed keys ``task.stat_keys`` are added over all
+    ranks, so a rank that scored nothing (every video of its shard unreadable) still sends the same list. Without
+    any valid item (``num_samples`` 0) the result holds only ``num_samples`` and ``missing``: no metric.
     """
     model = runtime.model
     model.eval()
@@ -33,10 +35,13 @@ def evaluate(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], redu
         if keep.any():
             with runtime.autocast():
                 outputs = task.predict(model, batch, runtime.device, runtime.input_dtype)
-            for k, v in task.batch_stats(outputs[keep.to(outputs.device)], batch.label[keep]).items():
+            stats = task.batch_stats(outputs[keep.to(outputs.device)], batch.label[keep])
+            if not set(stats) <= set(task.stat_keys):
+                raise ValueError(f"batch_stats returned {sorted(stats)}, not in task.stat_keys {task.stat_keys}")
+            for k, v in stats.items():
                 sums[k] += v
         progress.step(i, len(keep))
-    names = sorted(set(sums) | {"n", "missing"})
+    names = sorted({*task.stat_keys, "n", "missing"})
     values = [sums[k] for k in names]
     if reduce:
         values = all_reduce_sum(values, runtime.device)
@@ -45,6 +50,6 @@ def evaluate(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], redu
     missing = totals.pop("missing")
     if missing:
         logger.warning("validation: %d videos could not be decoded and were excluded", int(missing))
-    stats = {k: v / n if n else float("nan") for k, v in totals.items()}
+    stats = {k: v / n for k, v in totals.items()} if n else {}
     stats.update(num_samples=n, missing=missing)
     return stats

@@ -24,12 +24,12 @@ import torch
 from timm.utils import ModelEmaV2
 
 from engines import checkpoint as ckpt
-from engines.contracts import Runtime, Task
+from engines.contracts import BadInputCount, Runtime, Task
 from engines.optim import create_optimizer
 from engines.runtime import DeepSpeedRuntime, TorchRuntime, amp_dtype, deepspeed_config
 from engines.schedule import cosine_schedule
 from engines.train import train_one_epoch
-from utils.config import EmaConfig, OptimConfig, RuntimeConfig
+from utils.config import EmaConfig, OptimConfig, RuntimeConfig, changed_flags
 from utils.distributed import DistInfo, get_rank, get_world_size
 from utils.seeding import EpochSampler
 
@@ -86,17 +86,34 @@ def samples_per_step(run: RuntimeConfig) -> int:
     return run.batch_size * run.update_freq * get_world_size()
 
 
-def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None) -> RunState:
+def warn_changed_flags(path: Path, saved: Any, flags: dict[str, Any], chosen_by: str) -> dict[str, tuple[Any, Any]]:
+    """Warn when the checkpoint a run resumes was written with other flags (``utils.config.changed_flags``: the
+    checkpoint's ``args`` against this run's ``flags``); ``chosen_by`` says why this checkpoint. Returns them."""
+    changed = changed_flags(saved, flags)
+    if changed:
+        listed = ", ".join(f"--{name} {old!r} (now {new!r})" for name, (old, new) in changed.items())
+        logger.warning("%s was written with other flags than this run's: %s. Resuming it %s", path, listed, chosen_by)
+    return changed
+
+
+def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None,
+           flags: dict[str, Any] | None = None) -> RunState:
     """Load ``--resume``, or with ``--auto_resume`` the newest complete checkpoint in ``--output_dir``.
 
     Official checkpoints resume too: their EMA is under ``model_ema`` (ours before issue 12: ``ema``). A mid-epoch
     checkpoint resumes at its step when the samples per step are unchanged; otherwise its epoch starts over.
+    ``flags``: this run's ``args`` entry (``utils.config.checkpoint_args``); the flags that differ from the
+    checkpoint's are named in a warning.
     """
     path = Path(run.resume) if run.resume else None
     if path is None and run.auto_resume and run.output_dir:
         path = ckpt.recover_and_find_latest(Path(run.output_dir))
     if path is None:
         return RunState(start_epoch=run.start_epoch)
+    if flags is not None:
+        why = ("as --resume asks" if run.resume else f"as the newest checkpoint in --output_dir {run.output_dir} (to "
+               "start a new run instead, use another --output_dir or --no_auto_resume)")
+        warn_changed_flags(path, ckpt.peek(path).get("args"), flags, why)
     state = runtime.load(path)
     if "epoch" not in state:  # weights only, as the official auto_load_model accepts: no epoch, no optimiser state
         logger.warning("%s holds no epoch (weights only): loaded the weights, training starts at epoch %d", path,
@@ -149,11 +166,13 @@ def append_log(output_dir: str, record: dict[str, Any]) -> None:
 def fit(optim: OptimConfig, run: RuntimeConfig, runtime: Runtime, task: Task, train_loader: Any,
         steps_per_epoch: int, info: DistInfo, *, ema: ModelEmaV2 | None = None,
         validate: Callable[[], dict[str, float]] | None = None, log_writer: Any | None = None,
-        state: RunState | None = None, saved_with: dict[str, Any] | None = None) -> RunState:
+        state: RunState | None = None, saved_with: dict[str, Any] | None = None,
+        bad_input: BadInputCount | None = None) -> RunState:
     """Train from ``state.start_epoch`` to ``optim.epochs``; returns the final state (best metric, history).
 
     ``saved_with``: entries every checkpoint carries (the entry scripts: the official ``args`` and the typed
-    ``config``).
+    ``config``). ``bad_input``: the run-wide count of unreadable training files (the training set's tracker).
+    An epoch whose validation scored no video (all unreadable) has no validation: a warning, no best update.
     """
     state = state or RunState()
     lr_schedule, wd_schedule = schedules(optim, steps_per_epoch)
@@ -168,12 +187,17 @@ def fit(optim: OptimConfig, run: RuntimeConfig, runtime: Runtime, task: Task, tr
             runtime, task, train_loader, epoch, lr_schedule, wd_schedule, epoch * steps_per_epoch, steps_per_epoch,
             run.update_freq, ema, log_writer, run.print_freq, seed=run.seed, first_step=first,
             sums=state.train_sums if first else None,
-            after_step=lambda done, progress, e=epoch: saver.inside_epoch(e, done, progress.sums(), state.best))
+            after_step=lambda done, progress, e=epoch: saver.inside_epoch(e, done, progress.sums(), state.best),
+            bad_input=bad_input)
         rng = ckpt.rng_state()
         val_stats = validate() if validate is not None else {}
         ckpt.set_rng_state(rng)
         improved = False
-        if val_stats:
+        if val_stats and task.best_key not in val_stats:
+            logger.warning("epoch %d: no validation video could be decoded (%d missing), so this epoch has no "
+                           "validation: checkpoint-best and the best %s are left as they were", epoch,
+                           int(val_stats.get("missing", 0)), task.best_key)
+        elif val_stats:
             value = val_stats[task.best_key]
             improved = _improved(value, state.best, task.higher_is_better)
             if improved:

@@ -108,6 +108,7 @@ class TorchRuntime:
         state = ckpt.read(path)
         if "model" not in state:
             raise BadFileError(f"{path}: no 'model' entry in this checkpoint (keys: {sorted(map(str, state))[:10]})")
+        ckpt.check_fits(path, state["model"], self.module)
         if model_only:
             self.module.load_state_dict(state["model"])
         else:
@@ -195,6 +196,9 @@ class DeepSpeedRuntime:
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         path = Path(path)
+        weights = ckpt.peek(path).get("module")
+        if weights is not None:
+            ckpt.check_fits(path, weights, self.module)
         _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name,
                                                       load_optimizer_states=not model_only,
                                                       load_lr_scheduler_states=not model_only,

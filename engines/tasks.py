@@ -31,6 +31,7 @@ class ClassificationTask:
 
     name = "classification"
     best_key, higher_is_better = "acc1", True
+    stat_keys = ("loss", "acc1", "acc5", "n")  # of batch_stats
 
     def __init__(self, num_classes: int, smoothing: float = 0.0, mixup: Callable | None = None) -> None:
         self.num_classes = num_classes
@@ -77,6 +78,7 @@ class RegressionTask:
 
     name = "regression"
     best_key, higher_is_better = "mse", False
+    stat_keys = ("loss", "mse", "n")  # of batch_stats
 
     def training_loss(self, model: torch.nn.Module, batch: TrainBatch, device: torch.device,
                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -9,11 +9,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from engines.contracts import Runtime, Task
+from engines.contracts import BadInputCount, Runtime, Task
 from engines.optim import apply_schedule
 from engines.progress import Progress
 from utils.batch import MaskedBatch, TrainBatch
-from utils.distributed import all_reduce_sum, get_rank, get_world_size
+from utils.distributed import all_gather_objects, all_reduce_sum, get_rank, get_world_size
 from utils.seeding import seed_step
 
 logger = logging.getLogger(__name__)
@@ -23,14 +23,21 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the loss becomes NaN or inf; no checkpoint is written for the failing epoch."""
 
 
-def _check_finite(value: float, epoch: int, step: int, device: torch.device) -> None:
-    bad = 0.0 if math.isfinite(value) else 1.0
+def _check_step(value: float, bad: dict[str, str], bad_input: BadInputCount | None, epoch: int, step: int,
+                device: torch.device) -> None:
+    """Stop when the loss of any rank is not finite, or when ``bad_input`` (the run-wide count of unreadable files)
+    says too many are: the files every rank's batch replaced (``bad``) are counted together. One collective per
+    micro-batch, a second only when some rank met a bad file."""
+    flags = [0.0 if math.isfinite(value) else 1.0, float(len(bad))]
     if get_world_size() > 1:
-        bad = all_reduce_sum([bad], device)[0]
-    if bad:
+        flags = all_reduce_sum(flags, device)
+    if flags[0]:
         raise NonFiniteLossError(
             f"loss is {value} at epoch {epoch}, step {step}: stopping. The last saved checkpoint is left intact; "
             "lower --lr, set --clip_grad or use --bf16 instead of fp16, then resume from it")
+    if bad_input is not None and flags[1]:
+        for found in all_gather_objects(bad):
+            bad_input.add(found)
 
 
 def _decayed_weight_decay(optimizer: torch.optim.Optimizer) -> float | None:
@@ -57,6 +64,7 @@ def train_one_epoch(
     first_step: int = 0,
     sums: dict[str, tuple[float, float]] | None = None,
     after_step: Callable[[int, Progress], None] | None = None,
+    bad_input: BadInputCount | None = None,
 ) -> dict[str, float]:
     """Run optimiser updates ``first_step`` .. ``steps_per_epoch - 1`` of ``update_freq`` micro-batches each.
 
@@ -64,9 +72,10 @@ def train_one_epoch(
     weight decay ``wd_schedule[...]``. Micro-batch i of the epoch runs after ``seed_step(seed, epoch, i, rank)``.
     A resumed epoch (``first_step`` > 0) gets a ``loader`` that starts at micro-batch ``first_step * update_freq``
     and the meter ``sums`` of the steps already done. ``after_step(steps_done, progress)`` runs after every
-    optimiser step but the epoch's last (mid-epoch checkpoints). Returns the epoch's averages over all ranks: loss,
-    the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr), min_lr, weight_decay, grad_norm
-    and loss_scale.
+    optimiser step but the epoch's last (mid-epoch checkpoints). ``bad_input`` counts the unreadable files the
+    batches report (``batch.bad``) over the run and all ranks (``--max_bad_fraction``). Returns the epoch's
+    averages over all ranks: loss, the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr),
+    min_lr, weight_decay, grad_norm and loss_scale.
     """
     model = runtime.model
     model.train(True)
@@ -86,7 +95,7 @@ def train_one_epoch(
         with runtime.autocast():
             loss, extra = task.training_loss(model, batch, device, runtime.input_dtype)
         value = float(loss.detach())
-        _check_finite(value, epoch, step, device)
+        _check_step(value, batch.bad, bad_input, epoch, step, device)
         update = (i + 1) % update_freq == 0
         grad_norm = runtime.backward_step(loss, update, update_freq)
         if update and ema is not None:

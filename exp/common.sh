@@ -5,7 +5,8 @@
 #   DATA_PATH, PREFIX, MODEL_PATH, CLIP_TEACHER_PATH   paths (checked by require_paths)
 #   GPUS (default 8, or the launcher's published count), GPUS_PER_NODE (default min(GPUS, 8)),
 #   CPUS_PER_TASK (16), PARTITION (set: slurm srun; unset: torchrun), JOB_NAME, OUTPUT_DIR,
-#   NODE_RANK / MASTER_ADDR (multi-node torchrun), MASTER_PORT, PYTHON (python), TORCHRUN (torchrun).
+#   NODE_RANK / MASTER_ADDR (multi-node torchrun), MASTER_PORT, PYTHON and TORCHRUN (default: the repository's
+#   .venv/bin/python and .venv/bin/torchrun when .venv exists, so no venv needs activating; else from PATH).
 # Nothing is started while a required path is unset, still a placeholder, or missing.
 
 set -euo pipefail
@@ -19,6 +20,13 @@ GPUS="${GPUS:-8}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-$(( GPUS < 8 ? GPUS : 8 ))}"
 CPUS_PER_TASK="${CPUS_PER_TASK:-16}"
 PARTITION="${PARTITION:-}"
+VENV_BIN="$REPO_ROOT/.venv/bin"
+if [[ -x "$VENV_BIN/python" ]]; then
+    PYTHON="${PYTHON:-$VENV_BIN/python}"
+fi
+if [[ -x "$VENV_BIN/torchrun" ]]; then
+    TORCHRUN="${TORCHRUN:-$VENV_BIN/torchrun}"
+fi
 PYTHON="${PYTHON:-python}"
 TORCHRUN="${TORCHRUN:-torchrun}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from models.pos_embed import resample_abs_pos_embed, resample_temporal_pos_embed
 from utils.errors import BadFileError, MissingPathError, UserError
+from utils.state_dicts import DEPTH_FLAGS, WIDTH_FLAGS, num_blocks, width
 
 _logger = logging.getLogger(__name__)
 
@@ -273,14 +274,33 @@ def load_finetune_checkpoint(
     {"path", "missing_keys", "unexpected_keys"}.
     """
     state_dict = read_state_dict(path, model_key, model_prefix)
+    theirs, ours = width(state_dict), width(model.state_dict())
+    if theirs is not None and ours is not None and theirs != ours:
+        raise BadFileError(f"{path}: the checkpoint is {theirs} wide, the model {ours}, so none of its blocks fits "
+                           f"(set by {WIDTH_FLAGS})")
     state_dict = checkpoint_filter_fn(state_dict, model, delete_head=delete_head, orig_t_size=orig_t_size,
                                       inflate=inflate, label_map=label_map, source=os.fspath(path))
     result = model.load_state_dict(state_dict, strict=False)
     report = {"path": str(path), "missing_keys": list(result.missing_keys),
               "unexpected_keys": list(result.unexpected_keys)}
     _logger.info("loaded %d tensors from %s", len(state_dict) - len(report["unexpected_keys"]), path)
-    if report["missing_keys"]:
-        _logger.info("missing keys (left as initialised): %s", ", ".join(report["missing_keys"]))
-    if report["unexpected_keys"]:
-        _logger.info("unexpected keys (ignored): %s", ", ".join(report["unexpected_keys"]))
+    missing, unexpected = report["missing_keys"], report["unexpected_keys"]
+    depth_saved, depth_model = num_blocks(state_dict), num_blocks(model.state_dict())
+    if depth_saved != depth_model:
+        shared, last = min(depth_saved, depth_model), max(depth_saved, depth_model) - 1
+        one = shared == last
+        blocks = f"block {last}" if one else f"blocks {shared}..{last}"
+        _logger.warning("%s has %d blocks, the model %d (set by %s): %s", path, depth_saved, depth_model, DEPTH_FLAGS,
+                        f"{blocks} of the checkpoint {'is' if one else 'are'} not loaded" if depth_saved > depth_model
+                        else f"the model's {blocks} {'keeps its' if one else 'keep their'} initialisation")
+        missing, unexpected = (_below_depth(keys, shared) for keys in (missing, unexpected))
+    if missing:
+        _logger.info("missing keys (left as initialised): %s", ", ".join(missing))
+    if unexpected:
+        _logger.info("unexpected keys (ignored): %s", ", ".join(unexpected))
     return report
+
+
+def _below_depth(keys: list[str], depth: int) -> list[str]:
+    """``keys`` without those of blocks ``layers.{i}.`` with i >= ``depth`` (reported as a depth mismatch)."""
+    return [k for k in keys if num_blocks([k]) <= depth]

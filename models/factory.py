@@ -15,7 +15,9 @@ import torch
 from models.build import check_model_name
 from models.checkpoint import load_finetune_checkpoint, read_label_map
 from models.clip_teacher import CLIP_VARIANTS, build_clip_teacher, default_clip_weights
-from utils.config import ClassifierConfig, ModelConfig, StudentConfig, TeacherConfig
+from models.ops import BACKENDS
+from utils.config import SCAN_BACKEND_ENV, ClassifierConfig, ModelConfig, StudentConfig, TeacherConfig
+from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 def _backbone_kwargs(model: ModelConfig) -> dict[str, Any]:
     """Constructor arguments shared by the classifier and the student; every mixer gets the run's scan backend
     (``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own ``backend``."""
+    if model.scan_backend not in BACKENDS:  # the flag has choices: only the environment variable can get here
+        raise UsageError(f"{SCAN_BACKEND_ENV}={model.scan_backend!r} is not a scan backend; set it to one of "
+                         f"{', '.join(BACKENDS)}, or unset it")
     kwargs: dict[str, Any] = dict(ssm_cfg={"backend": model.scan_backend},
                                   img_size=model.input_size, num_frames=model.num_frames,
                                   kernel_size=model.tubelet_size, drop_path_rate=model.drop_path,

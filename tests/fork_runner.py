@@ -3,7 +3,9 @@ line runs in a forked child exactly as ``python SCRIPT ARGV...`` would (``SCRIPT
 stdout and stderr in files, the process's exit status the script's). The error tests use it to spare a 4-second
 torch/timm import per case.
 
-    python tests/fork_runner.py SPEC.json     (SPEC: [{"script", "argv", "stdout", "stderr"}, ...])
+    python tests/fork_runner.py SPEC.json     (SPEC: [{"script", "argv", "stdout", "stderr"[, "env"]}, ...])
+
+``env``: variables set in that child only (read by the code the script runs, not by the shared imports).
 
 prints the list of exit statuses as JSON.
 """
@@ -26,6 +28,7 @@ def _child(case: dict) -> int:
         target = os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
+    os.environ.update(case.get("env", {}))
     sys.argv = [case["script"], *case["argv"]]
     try:
         runpy.run_path(str(REPO / case["script"]), run_name="__main__")

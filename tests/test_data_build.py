@@ -269,8 +269,13 @@ def test_bad_input_training_replaces_and_counts(media, tmp_path, raw_transforms,
 def test_bad_input_training_limits(media, tmp_path, raw_transforms):
     lines = ["v60.mp4 0", "missing_a.mp4 1", "missing_b.mp4 2", "v9.mp4 3"]
     train, _ = build_dataset(True, False, make_args(media, tmp_path, lines))
-    with pytest.raises(BadInputError, match="missing_a.mp4.*file not found"):
-        train[1]  # 1 bad of 4 is more than the default fraction 0.1
+    replaced, good = train[1], train[0]
+    assert replaced["bad"] == {f"{media}/missing_a.mp4": "file not found"} and good["bad"] == {}
+    batch = train.collate([good, replaced])
+    assert batch.bad == replaced["bad"]  # what the training loop counts over the run (every worker and rank)
+    with pytest.raises(BadInputError, match=r"1 of 4 files are unreadable, more than --max_bad_fraction 0.1 "
+                                            r"(.|\n)*missing_a.mp4 \(file not found\)"):
+        train.tracker.add(batch.bad)  # 1 bad of 4 is more than the default fraction 0.1
     all_bad = ["missing_a.mp4 1", "missing_b.mp4 2"]
     train, _ = build_dataset(True, False, make_args(media, tmp_path, all_bad, max_bad_fraction=1.0,
                                                     max_retries=3))
@@ -309,7 +314,7 @@ def test_pretraining_dataset(media, tmp_path, raw_transforms):
                             num_segments=1)
     ds = pretraining(args.pretraining)
     item = ds[0]
-    assert set(item) == {"video"}
+    assert set(item) == {"video", "bad"} and item["bad"] == {}  # no mask: the task draws it
     idx = indices_of(item["video"])[0]
     assert idx == [idx[0] + 4 * k for k in range(8)] and 0 <= idx[0] <= 60 - 32  # stride 4 from a random start
     # --num_sample 2: two clips of one decode, each with its own mask, flattened by the collate

@@ -154,7 +154,7 @@ def test_eval_weights_best_resume_newest_then_none(tmp_path):
     with pytest.raises(FileNotFoundError, match="--eval --test_best: no complete checkpoint-best"):
         checkpoint_to_evaluate(str(tmp_path), layout, "", True, search=True)
     for i, name in enumerate(("checkpoint-best.pth", "checkpoint-4.pth", "checkpoint-latest.pth")):
-        (tmp_path / name).write_bytes(b"x")
+        torch.save({"epoch": 4}, tmp_path / name)
         os.utime(tmp_path / name, ns=(10**18 + i * 10**9,) * 2)
     assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=True) == tmp_path / "checkpoint-latest.pth"
     assert checkpoint_to_evaluate(str(tmp_path), layout, "", False, search=False) is None  # --no_auto_resume

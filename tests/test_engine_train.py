@@ -1,6 +1,8 @@
 """The training loop, runtime, checkpoints and validation on a tiny fake model and in-memory data."""
 import json
+import os
 import random
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +18,9 @@ from engines.evaluate import evaluate
 from engines.fit import fit, resume
 from engines.runtime import TorchRuntime
 from engines.tasks import ClassificationTask, RegressionTask
-from engines.train import NonFiniteLossError, train_one_epoch
+from engines import train as train_module
+from engines.train import NonFiniteLossError, _check_step, train_one_epoch
+from datasets.video_dataset import BadInputError, BadInputTracker
 from datasets.mixup import VideoMixup
 from utils.distributed import DistInfo
 from utils.errors import BadFileError, UsageError
@@ -266,11 +270,42 @@ def test_resume_finds_the_checkpoint_a_killed_save_left_staged(tmp_path):
     ckpt.save_atomic({"epoch": 0}, tmp_path / "checkpoint-0.pth")
     staged = ckpt.staging_folder(tmp_path, "checkpoint-latest")
     staged.mkdir()
-    (staged / ckpt.DEEPSPEED_MODEL_STATES).write_text("epoch 8")
+    torch.save({"module": {}, "epoch": 8}, staged / ckpt.DEEPSPEED_MODEL_STATES)
     (staged / "complete").write_text("ok\n")
     assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-0.pth"
     assert ckpt.recover_and_find_latest(tmp_path) == tmp_path / "checkpoint-latest"
-    assert (tmp_path / "checkpoint-latest" / ckpt.DEEPSPEED_MODEL_STATES).read_text() == "epoch 8"
+    assert ckpt.peek(tmp_path / "checkpoint-latest")["epoch"] == 8
+
+
+def test_the_newest_checkpoint_is_the_furthest_in_training_whatever_the_file_times(tmp_path):
+    """Copying or touching an output folder changes file times; the choice follows the epoch (and the step inside
+    the next epoch) each checkpoint holds: from the name for checkpoint-{N}, stored in it for checkpoint-latest."""
+    def write(name, age, **state):
+        ckpt.save_atomic(state, tmp_path / name)
+        os.utime(tmp_path / name, ns=(10**18 + age * 10**9,) * 2)  # larger age: a later file time
+
+    write("checkpoint-latest.pth", 0, epoch=3, epoch_step=2)  # 2 steps into epoch 4
+    write("checkpoint-3.pth", 5, epoch=3)
+    write("checkpoint-1.pth", 9, epoch=1)  # touched last
+    write("checkpoint-best.pth", 10, epoch=7)
+    write("checkpoint-best_val.pth", 10, epoch=7)
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
+    write("checkpoint-4.pth", 0, epoch=4)  # killed after checkpoint-4, before checkpoint-latest, at the end of epoch 4
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-4.pth"
+    write("checkpoint-latest.pth", 0, epoch=4)  # the same position: checkpoint-latest
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-latest.pth"
+    write("checkpoint-latest.pth", 20, model={})  # weights only: no position, the oldest
+    assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoint-4.pth"
+    assert ckpt.position(tmp_path / "checkpoint-latest.pth") == (-1, 0)
+
+    deepspeed = tmp_path / "deepspeed"
+    for tag, age, epoch in (("checkpoint-latest", 0, 6), ("checkpoint-5", 9, 5)):
+        folder = deepspeed / tag
+        folder.mkdir(parents=True)
+        torch.save({"module": {}, "epoch": epoch, "epoch_step": 0}, folder / ckpt.DEEPSPEED_MODEL_STATES)
+        (folder / "complete").write_text("ok\n")
+        os.utime(folder / "complete", ns=(10**18 + age * 10**9,) * 2)
+    assert ckpt.find_latest(deepspeed) == deepspeed / "checkpoint-latest"
 
 
 def test_checkpoint_files_atomic_latest_and_rng(tmp_path):
@@ -321,3 +356,56 @@ def test_regression_task_loss_and_metric():
     assert stats["mse"] == pytest.approx(((pred - torch.arange(6.0)) ** 2).mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="nb_classes 1"):
         RegressionTask().predict(ToyNet(out=3), collate_eval(data[:1]), CPU)
+
+
+class _TwoRanks:
+    """The collectives ``engines.train`` calls, between two threads standing for ranks 0 and 1."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=30)
+        self.slots: list = [None, None]
+        self.local = threading.local()
+
+    def _exchange(self, value):
+        self.slots[self.local.rank] = value
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()
+        return out
+
+    def all_reduce_sum(self, values, device):
+        return [sum(column) for column in zip(*self._exchange(values))]
+
+    def all_gather_objects(self, obj):
+        return self._exchange(obj)
+
+
+def test_bad_files_are_counted_over_every_rank(monkeypatch):
+    """--max_bad_fraction over the run and the ranks: step 0 finds a bad file on rank 0 only (1 of 4 allowed),
+    step 1 another on rank 1 only; each rank counts both and the two stop together with the same error."""
+    ranks = _TwoRanks()
+    monkeypatch.setattr(train_module, "get_world_size", lambda: 2)
+    monkeypatch.setattr(train_module, "all_reduce_sum", ranks.all_reduce_sum)
+    monkeypatch.setattr(train_module, "all_gather_objects", ranks.all_gather_objects)
+    seen: dict[int, list] = {}
+
+    def rank(number: int) -> None:
+        ranks.local.rank = number
+        tracker, seen[number] = BadInputTracker(num_files=4, max_bad_fraction=0.25), []
+        steps = ({"/v/a.mp4": "zero-byte file"} if number == 0 else {}, {"/v/b.mp4": "truncated"} if number else {})
+        try:
+            for step, bad in enumerate(steps):
+                _check_step(1.0, bad, tracker, 0, step, torch.device("cpu"))
+                seen[number].append(sorted(tracker.bad))
+        except BadInputError as err:
+            seen[number].append(str(err))
+
+    threads = [threading.Thread(target=rank, args=(number,)) for number in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for number in range(2):
+        assert seen[number][0] == ["/v/a.mp4"]  # after step 0: rank 1 counts rank 0's file too
+        assert seen[number][1].startswith("2 of 4 files are unreadable, more than --max_bad_fraction 0.25 allows")
+        assert seen[number][1].endswith("  /v/a.mp4 (zero-byte file)\n  /v/b.mp4 (truncated)")

@@ -19,17 +19,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import models  # noqa: F401  (registers the models)
+import run_class_finetuning
 from datasets.video_dataset import BadInputError
 from engines.cli import user_message
 from entry_runs import REPO, environment
 from tools.make_synthetic_dataset import make_dataset
+from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError, is_placeholder, require_path
 
 DIRECT = ("malformed_list", "placeholder_data_path")
+WARNINGS = ("changed_flags",)  # runs that go on, with a warning
+ENV = {"no_cuda": {"CUDA_VISIBLE_DEVICES": ""}, "bad_scan_backend": {"VIDEOMAMBA_SCAN_BACKEND": "triton"}}
 BASE = ["--depth", "1", "--embed_dim", "32", "--num_frames", "4", "--tubelet_size", "1", "--input_size", "32",
         "--short_side_size", "32", "--device", "cpu", "--num_workers", "0", "--nb_classes", "4", "--data_set",
         "Kinetics_sparse", "--eval", "--disable_eval_during_finetuning", "--test_num_segment", "1",
         "--test_num_crop", "1", "--batch_size", "1"]
+TRAIN = [arg for arg in BASE if arg != "--eval"]
 
 
 def _cases(root: Path) -> dict[str, tuple[str, list[str], int, str]]:
@@ -61,8 +66,32 @@ def _cases(root: Path) -> dict[str, tuple[str, list[str], int, str]]:
         "unreadable_finetune": ("run_class_finetuning.py", [*BASE, *good, "--finetune", str(root / "garbage.pth")],
                                 1, f"{root / 'garbage.pth'} is not a checkpoint"),
         "shape_mismatch": ("run_class_finetuning.py", [*BASE, *good, "--finetune", str(root / "width16.pth")],
-                           1, f"{root / 'width16.pth'}: tensor 'cls_token' has shape (1, 1, 16) but the model "
-                              "expects (1, 1, 32)"),
+                           1, f"{root / 'width16.pth'}: the checkpoint is 16 wide, the model 32, so none of its "
+                              "blocks fits (set by --model / --embed_dim)"),
+        "resume_does_not_fit": ("run_class_finetuning.py", [*TRAIN, *good, "--resume", str(root / "f8c5.pth")],
+                                1, f"{root / 'f8c5.pth'} does not fit the model (shapes: checkpoint vs model): "
+                                   "temporal_pos_embedding (1, 8, 32) vs (1, 4, 32) (set by --num_frames / "
+                                   "--tubelet_size); head.weight (5, 32) vs (4, 32), head.bias (5,) vs (4,) (set by "
+                                   "--nb_classes). Use the flags of the run that wrote it"),
+        "changed_flags": ("run_class_finetuning.py", [*TRAIN, *good, "--epochs", "1", "--resume",
+                                                      str(root / "other_flags.pth")],
+                          0, f"{root / 'other_flags.pth'} was written with other flags than this run's: --epochs 30 "
+                             "(now 1), --lr 0.5 (now 7.8125e-06), --smoothing 0.3 (now 0.1). Resuming it as --resume "
+                             "asks"),
+        "no_cuda": ("run_class_finetuning.py", [*[a for a in BASE if a not in ("--device", "cpu")], *good],
+                    2, "--device cuda: CUDA is not available on this machine; pass --device cpu"),
+        "dist_on_itp": ("run_class_finetuning.py", [*BASE, *good, "--dist_on_itp"],
+                        2, "--dist_on_itp takes rank and world size from OpenMPI, but OMPI_COMM_WORLD_RANK, "
+                           "OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK are not set: launch with mpirun"),
+        "bad_scan_backend": ("run_class_finetuning.py", [*BASE, *good],
+                             2, "VIDEOMAMBA_SCAN_BACKEND='triton' is not a scan backend; set it to one of auto, "
+                                "cuda, cpp, torch, ref, or unset it"),
+        "label_outside_nb_classes": ("run_class_finetuning.py", [*BASE, *good, "--data_path", str(root / "label7")],
+                                     1, f"{root / 'label7' / 'test.csv'}:2: label 7 is not a class of --nb_classes 4 "
+                                        "(labels 0 to 3): "),
+        "wrong_separator": ("run_class_finetuning.py", [*BASE, *good, "--data_path", str(root / "commas")],
+                            1, f"{root / 'commas' / 'test.csv'}:1: expected 2 fields 'path label' separated by ' '; "
+                               "with --split ',' it has 2: "),
         "missing_resume": ("run_class_finetuning.py", [*BASE, *good, "--resume", str(root / "gone.pth")],
                            2, f"--resume {root / 'gone.pth'}: no such file or folder"),
         "unreadable_resume": ("run_class_finetuning.py", [*BASE, *good, "--resume", str(root / "garbage.pth")],
@@ -87,12 +116,24 @@ def results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, in
     (root / "malformed" / "test.csv").write_text(f"{lines[0]}\n\n{lines[1].split()[0]}\n")  # line 3: no label
     (root / "no_test").mkdir()
     (root / "garbage.pth").write_bytes(b"this is not a checkpoint\n" * 10)
+    cases = _cases(root)
+    for name, label, split in (("label7", "7", " "), ("commas", "1", ",")):
+        (root / name).mkdir()
+        (root / name / "test.csv").write_text(f"{lines[0].split()[0]}{split}0\n{lines[1].split()[0]}{split}{label}\n")
+    other = timm.create_model("videomamba_tiny", depth=1, embed_dim=32, num_frames=8, kernel_size=1, img_size=32,
+                              num_classes=5)
+    torch.save({"model": other.state_dict(), "epoch": 3}, root / "f8c5.pth")
+    same = timm.create_model("videomamba_tiny", depth=1, embed_dim=32, num_frames=4, kernel_size=1, img_size=32,
+                             num_classes=4)
+    args = run_class_finetuning.get_args_parser().parse_args(cases["changed_flags"][1])
+    flags = checkpoint_args(args, finetune_config(args))  # what a run with the same flags saves
+    flags.update(epochs=30, lr=0.5, smoothing=0.3, num_workers=7, output_dir="/elsewhere")
+    torch.save({"model": same.state_dict(), "epoch": 0, "args": flags}, root / "other_flags.pth")
     narrow = timm.create_model("videomamba_tiny", depth=1, embed_dim=16, num_frames=4, kernel_size=1, img_size=32,
                                num_classes=4)
     torch.save({"model": narrow.state_dict()}, root / "width16.pth")
-    cases = _cases(root)
     spec = [{"script": cases[name][0], "argv": cases[name][1], "stdout": str(root / f"{name}.out"),
-             "stderr": str(root / f"{name}.err")} for name in cases if name not in DIRECT]
+             "stderr": str(root / f"{name}.err"), "env": ENV.get(name, {})} for name in cases if name not in DIRECT]
     (root / "spec.json").write_text(json.dumps(spec))
 
     def run(argv: list[str]) -> subprocess.CompletedProcess:
@@ -111,13 +152,24 @@ def results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, in
     return {name: (done[name], cases[name][2], cases[name][3], root) for name in cases}
 
 
-@pytest.mark.parametrize("name", [n for n in _cases(Path("/r")) if not n.endswith("_debug")])
+@pytest.mark.parametrize("name", [n for n in _cases(Path("/r")) if not n.endswith("_debug") and n not in WARNINGS])
 def test_user_error_is_one_line_with_its_exit_status(results, name):
     result, status, text, _ = results[name]
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.splitlines()[-1]
     assert last.startswith("error: ") and text in last, last
+
+
+def test_resuming_a_checkpoint_of_other_flags_names_them(results):
+    """A rerun in the same --output_dir (or --resume) with changed flags goes on, with one warning naming each flag
+    that changes what is trained, its old and new value; flags that do not (--num_workers, --output_dir) are left
+    out. Here the checkpoint ends epoch 0 and --epochs 1: nothing to train, the multi-view test runs."""
+    result, status, text, _ = results["changed_flags"]
+    assert result.returncode == status, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "was written with other flags" in line]
+    assert len(warnings) == 1 and text in warnings[0] and "WARNING" in warnings[0], warnings
+    assert "--num_workers" not in warnings[0] and "--output_dir" not in warnings[0]
 
 
 def test_debug_prints_the_traceback_and_the_log_file_always_keeps_it(results):

@@ -296,3 +296,38 @@ def test_every_launcher_sets_the_published_recipe(sandbox: Path) -> None:
         args = parsers[words[0]].parse_args(words[1:] + ["--output_dir", "out"])
         views = None if words[0] == "run_mask_pretrain.py" else (args.test_num_segment, args.test_num_crop)
         assert (args.lr, args.epochs, args.batch_size, args.num_frames, views) == PUBLISHED[rel], rel
+
+
+def test_launchers_use_the_repository_venv_without_activation(sandbox: Path, tmp_path: Path) -> None:
+    """With the repository's .venv present, torchrun and (slurm) python are its own: nothing needs activating, no
+    torchrun on PATH is needed. TORCHRUN / PYTHON still override."""
+    repo = tmp_path / "repo"
+    shutil.copytree(sandbox / "repo", repo)
+    venv = repo / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    for tool in ("torchrun", "python"):
+        (venv / tool).write_text(FAKE_TOOL.replace("$(basename \"$0\")", f"venv_{tool}"))
+        (venv / tool).chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text('#!/usr/bin/env bash\nexec "${@: -$(( $# - 7 ))}"\n')  # runs its command
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    rel = "k400/videomamba_tiny/run_f8x224.sh"
+    base = {**_paths(sandbox), "HOME": os.environ.get("HOME", "/tmp"), "RECORD_DIR": str(tmp_path),
+            "OUTPUT_DIR": str(tmp_path / "out"), "GPUS": "1", "PATH": f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin"}
+    if shutil.which("torchrun", path=base["PATH"]) is not None:
+        pytest.skip("this machine has a torchrun in /usr/bin or /bin")
+
+    def launch(**extra: str) -> subprocess.CompletedProcess:
+        for record in tmp_path.glob("*.args"):
+            record.unlink()
+        return subprocess.run(["bash", str(repo / "exp" / rel)], env={**base, **extra}, capture_output=True,
+                              text=True, timeout=30)
+
+    result = launch()
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "venv_torchrun.args").read_text().splitlines()[5] == _launch_words(rel, base)[0]
+    result = launch(PARTITION="p")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "venv_python.args").read_text().splitlines()[:2] == ["-u", _launch_words(rel, base)[0]]
+    assert launch(TORCHRUN="torchrun").returncode != 0  # an explicit TORCHRUN wins: none on this PATH
+    assert not (tmp_path / "venv_torchrun.args").exists()

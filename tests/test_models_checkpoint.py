@@ -210,6 +210,34 @@ def test_unfixable_shape_mismatch_names_key_and_shapes():
         checkpoint_filter_fn(state, _model())
 
 
+def test_depth_mismatch_is_one_warning_and_width_mismatch_one_error(tmp_path, caplog):
+    """A 4-block checkpoint into a 2-block model loads blocks 0..1 and says so in one warning (not a list of every
+    key of blocks 2..3 at INFO); the other way the model's extra blocks keep their initialisation. Different widths
+    cannot load at all: one error naming the widths and the flags."""
+    deep = tmp_path / "deep.pth"
+    deep_state = _randomised_state(_model(depth=4))
+    torch.save({"model": deep_state}, deep)
+    shallow = _model(depth=2)
+    with caplog.at_level(logging.INFO, logger="models.checkpoint"):
+        report = load_finetune_checkpoint(shallow, deep)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{deep} has 4 blocks, the model 2 (set by --model / --depth): blocks 2..3 of the "
+                        "checkpoint are not loaded"]
+    assert "layers.2." not in caplog.text and "unexpected keys" not in caplog.text
+    assert any(k.startswith("layers.3.") for k in report["unexpected_keys"])  # the report keeps every key
+    assert torch.equal(shallow.state_dict()["layers.1.mixer.A_log"], deep_state["layers.1.mixer.A_log"])
+    caplog.clear()
+    shallow_file = tmp_path / "shallow.pth"
+    torch.save({"model": _randomised_state(_model(depth=2))}, shallow_file)
+    with caplog.at_level(logging.INFO, logger="models.checkpoint"):
+        load_finetune_checkpoint(_model(depth=3), shallow_file)
+    assert f"{shallow_file} has 2 blocks, the model 3 (set by --model / --depth): the model's block 2 keeps its " \
+           "initialisation" in caplog.text and "missing keys" not in caplog.text
+    with pytest.raises(ValueError, match=r"the checkpoint is 16 wide, the model 32, so none of its blocks fits "
+                                         r"\(set by --model / --embed_dim\)"):
+        load_finetune_checkpoint(_model(embed_dim=32), shallow_file)
+
+
 def test_missing_file_and_non_checkpoint_errors(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):

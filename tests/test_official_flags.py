@@ -19,6 +19,7 @@ import run_mask_pretrain
 import run_regression_finetuning
 from engines.cli import IGNORED, report_ignored
 from utils.distributed import launcher_env
+from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = json.loads((REPO / "tests" / "data" / "official_flags.json").read_text())
@@ -160,7 +161,7 @@ def test_dist_on_itp_reads_openmpi_variables(monkeypatch):
     assert launcher_env(openmpi=True) == (5, 16, 1)
     assert launcher_env() is None  # only with --dist_on_itp
     monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
-    with pytest.raises(RuntimeError, match="--dist_on_itp needs .*OMPI_COMM_WORLD_LOCAL_RANK"):
+    with pytest.raises(UsageError, match="--dist_on_itp .* OpenMPI, but OMPI_COMM_WORLD_LOCAL_RANK is not set"):
         launcher_env(openmpi=True)
 
 

@@ -127,7 +127,7 @@ def test_list_problems_clean_list_and_workers(dataset, tmp_path, backend):
     assert f"train.csv:8: {dataset / 'videos/missing.mp4'}: missing: file not found" in stdout
     assert "train.csv:9: malformed: bad value in 'path label'" in stdout
     table = stdout.splitlines()[-1].split()
-    assert table == [str(dataset / "train.csv"), "12", "4", "1", "1", "1", "3", "1", "0", "0", "1"]
+    assert table == [str(dataset / "train.csv"), "12", "4", "1", "1", "1", "3", "1", "0", "0", "1", "0"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -150,7 +150,7 @@ def test_all_good_list_folder_scan_and_several_inputs(dataset, tmp_path):
     rc, stdout, stderr = run_tool(dataset / "good.csv", "--prefix", dataset, "--out", tmp_path / "good.csv")
     assert rc == 0, stderr
     assert (tmp_path / "good.csv").read_bytes() == (dataset / "good.csv").read_bytes()
-    assert stdout.splitlines()[-1].split() == [str(dataset / "good.csv"), "2", "2"] + ["0"] * 8
+    assert stdout.splitlines()[-1].split() == [str(dataset / "good.csv"), "2", "2"] + ["0"] * 9
 
     rc, stdout, stderr = run_tool(dataset / "videos", "--out", tmp_path / "clean", "--num_workers", "2",
                                   dataset / "good.csv", "--prefix", dataset)
@@ -161,7 +161,24 @@ def test_all_good_list_folder_scan_and_several_inputs(dataset, tmp_path):
                    "empty.mp4": "empty", "notes.mp4": "not_video", "zero.avi": "no_frames"}
     assert (tmp_path / "clean" / "videos.txt").read_text() == "a.mp4\nb.mp4\nc.mp4\n"
     assert (tmp_path / "clean" / "good.csv").read_bytes() == (dataset / "good.csv").read_bytes()
-    assert stdout.splitlines()[-1].split() == ["total", "11", "5", "0", "1", "1", "3", "1", "0", "0", "0"]
+    assert stdout.splitlines()[-1].split() == ["total", "11", "5", "0", "1", "1", "3", "1", "0", "0", "0", "0"]
+
+
+def test_nb_classes_reports_labels_training_would_refuse(dataset, tmp_path):
+    listed = tmp_path / "labels.csv"
+    listed.write_text("videos/a.mp4,3\nvideos/c.mp4,4\nvideos/missing.mp4,9\n")
+    rc, stdout, stderr = run_tool(listed, "--prefix", dataset, "--split", ",", "--nb_classes", "4", "--out",
+                                  tmp_path / "clean.csv")
+    assert rc == 1, stderr
+    reported = [line for line in stdout.splitlines() if line.startswith(f"{listed}:")]
+    assert reported == [f"{listed}:2: {dataset / 'videos/c.mp4'}: label: label 4 is not a class of --nb_classes 4 "
+                        "(labels 0 to 3)",
+                        f"{listed}:3: {dataset / 'videos/missing.mp4'}: label: label 9 is not a class of "
+                        "--nb_classes 4 (labels 0 to 3)"]
+    assert (tmp_path / "clean.csv").read_text() == "videos/a.mp4,3\n"
+    assert stdout.splitlines()[-1].split() == [str(listed), "3", "1"] + ["0"] * 8 + ["2"]
+    rc, stdout, _ = run_tool(listed, "--prefix", dataset, "--split", ",")  # without the flag: labels unchecked
+    assert [line.split(": ")[-2] for line in stdout.splitlines() if line.startswith(f"{listed}:")] == ["missing"]
 
 
 def test_usage_errors_exit_2(dataset, tmp_path):

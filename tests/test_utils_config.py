@@ -1,5 +1,6 @@
 """The typed configuration: every derived value computed once from the parsed flags, the environment variables as
 fallbacks of real flags, the official ``args`` entry of checkpoints, and the batch types' contract."""
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -15,8 +16,8 @@ from models.clip_teacher import default_clip_weights
 from models.factory import build_classifier
 from models.ops import get_backend
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
-from utils.config import (CLIP_DIR_ENV, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig, checkpoint_args,
-                          finetune_config, pretrain_config)
+from utils.config import (CLIP_DIR_ENV, RUN_ONLY_FLAGS, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig,
+                          changed_flags, checkpoint_args, finetune_config, pretrain_config)
 from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +132,23 @@ def test_checkpoint_args_are_the_official_namespace_and_the_config_a_plain_dict(
     json.dumps(plain)  # plain values only
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_changed_flags_are_those_that_change_what_is_trained():
+    parser = run_class_finetuning.get_args_parser()
+    before = parser.parse_args(["--num_frames", "8", "--train_crop_scale", "0.5", "1", "--num_workers", "4"])
+    now = parser.parse_args(["--num_frames", "16", "--train_crop_scale", "0.5", "1.0", "--num_workers", "8",
+                             "--output_dir", "elsewhere", "--eval", "--resume", "x.pth"])
+    saved = checkpoint_args(before, finetune_config(before))
+    current = checkpoint_args(now, finetune_config(now))
+    assert changed_flags(saved, current) == {"num_frames": (8, 16)}
+    official = argparse.Namespace(**saved)  # the official checkpoints hold the Namespace (scaled lr written back)
+    assert changed_flags(official, current) == {"num_frames": (8, 16)}
+    saved["tuple_as_list"] = current["tuple_as_list"] = None
+    saved["train_crop_scale"] = list(saved["train_crop_scale"])  # a list and a tuple of equal values are equal
+    assert changed_flags(saved, current) == {"num_frames": (8, 16)}
+    assert changed_flags(None, current) == {} and changed_flags({"only_old": 1}, current) == {}
+    assert RUN_ONLY_FLAGS <= set(current)  # every flag left out is a real flag of the script
 
 
 def test_every_official_launcher_command_line_converts():

@@ -9,7 +9,8 @@ are decoded. Problems, one line each (``list:line: path: problem: reason``):
   missing, empty (zero bytes), not_video (no video container or stream), truncated (the file ends inside the
   container, or late frames cannot be decoded), no_frames, undecodable (anything else the backend cannot read;
   a decoder crash too), duration (the list's duration column disagrees with frames / fps by more than
-  ``--duration_tolerance`` seconds), malformed (a list line that does not parse).
+  ``--duration_tolerance`` seconds), malformed (a list line that does not parse), label (with ``--nb_classes``: a
+  class label outside 0 .. nb_classes - 1, which training refuses).
 
 The cleaned list (``--out``) holds the lines whose video is readable, byte-for-byte and in order; ``duration``
 lines decode and are kept. Exit status: 0 all good, 1 anything reported, 2 usage error.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python t
 
 from tqdm import tqdm
 
-from datasets.lists import ListEntry, ListFileError, ListLine, guess_format, read_list_lines
+from datasets.lists import ListEntry, ListFileError, ListLine, guess_format, label_error, read_list_lines
 from datasets.readers import BACKENDS, PyAVReader, VideoDecodeError, is_url, open_video, resolve_backend
 from datasets.sampling import VIDEO_SAMPLINGS, clip_indices
 from tools.build_list import VIDEO_EXTENSIONS
@@ -45,7 +46,8 @@ from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-PROBLEMS = ("missing", "empty", "not_video", "truncated", "no_frames", "undecodable", "duration", "malformed")
+PROBLEMS = ("missing", "empty", "not_video", "truncated", "no_frames", "undecodable", "duration", "malformed",
+            "label")
 LIST_FORMATS = ("auto", "classification", "regression", "trimmed", "paths")
 # First bytes of the containers FFmpeg reads for video data sets (offset, signature).
 _SIGNATURES = {
@@ -98,6 +100,7 @@ class Source:
     name: str
     lines: list[ListLine]
     is_folder: bool = False
+    regression: bool = False
     rows: list[dict] = field(default_factory=list)
 
 
@@ -295,11 +298,13 @@ def read_source(path: Path, fmt: str, split: str, prefix: str) -> Source:
     if fmt == "auto":
         fmt, regression = guess_format(path.read_bytes().decode("utf-8", "replace").splitlines(), split)
         logger.info("%s: %s list%s", path, fmt, " (regression)" if regression else "")
-    return Source(str(path), read_list_lines(path, fmt, split, prefix, regression))
+    return Source(str(path), read_list_lines(path, fmt, split, prefix, regression), regression=regression)
 
 
-def report_rows(source: Source, videos: dict[str, VideoReport], tolerance: float) -> list[dict]:
-    """One row per line: ``{"line", "path", "problem", "reason", "keep"}`` plus the video's measurements."""
+def report_rows(source: Source, videos: dict[str, VideoReport], tolerance: float,
+                num_classes: int | None = None) -> list[dict]:
+    """One row per line: ``{"line", "path", "problem", "reason", "keep"}`` plus the video's measurements; with
+    ``num_classes``, a class label it does not cover is the line's problem (``label``), whatever the video."""
     rows = []
     for line in source.lines:
         if line.entry is None:
@@ -311,7 +316,10 @@ def report_rows(source: Source, videos: dict[str, VideoReport], tolerance: float
                "keep": video.problem is None, "num_frames": video.num_frames, "fps": video.fps,
                "duration": video.duration}
         listed = line.entry.duration
-        if video.problem is None and listed is not None and abs(video.duration - listed) > tolerance:
+        wrong_label = None if source.is_folder or source.regression else label_error(line.entry.label, num_classes)
+        if wrong_label:
+            row.update(problem="label", reason=wrong_label, keep=False)
+        elif video.problem is None and listed is not None and abs(video.duration - listed) > tolerance:
             row.update(problem="duration", reason=f"the list says {listed:g} s, the video lasts {video.duration:.3f} s "
                                                   f"({video.num_frames} frames at {video.fps:g} fps)")
         rows.append(row)
@@ -381,12 +389,16 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampling_rate", type=int, default=4, help="frame stride of dense sampling")
     parser.add_argument("--duration_tolerance", type=float, default=1.0,
                         help="seconds the list's duration column may differ from frames / fps")
+    parser.add_argument("--nb_classes", type=int, default=None,
+                        help="report class labels outside 0 .. nb_classes - 1 (as training would refuse them)")
     return parser
 
 
 def _validate(args: argparse.Namespace) -> ScanConfig:
     if min(args.num_workers, args.num_frames, args.test_num_segment, args.sampling_rate) < 1:
         raise UsageError("--num_workers, --num_frames, --test_num_segment and --sampling_rate must be >= 1")
+    if args.nb_classes is not None and args.nb_classes < 1:
+        raise UsageError(f"--nb_classes must be >= 1, got {args.nb_classes}")
     if not args.duration_tolerance >= 0:
         raise UsageError(f"--duration_tolerance must be >= 0, got {args.duration_tolerance}")
     try:
@@ -411,7 +423,7 @@ def run(args: argparse.Namespace) -> tuple[list[Source], dict[str, VideoReport]]
     with tqdm(total=len(paths), desc="checking", unit="video", file=sys.stderr) as bar:
         videos = scan(paths, partial(check_video, config=config), args.num_workers, bar)
     for source in sources:
-        source.rows = report_rows(source, videos, args.duration_tolerance)
+        source.rows = report_rows(source, videos, args.duration_tolerance, args.nb_classes)
     for source, target in zip(sources, targets):
         write_clean(source, target)
         logger.info("wrote %d of %d lines to %s", sum(r["keep"] for r in source.rows), len(source.rows), target)

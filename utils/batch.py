@@ -10,7 +10,7 @@ Masks follow one convention end to end: bool (B, T'·H'·W') over the patch toke
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -29,11 +29,14 @@ class TrainBatch(_Pinnable):
 
     video: float (B, C, T, H, W), normalised. label: (B,) int64 class ids, or float32 targets for regression.
     index: (B,) int64, the list entry each clip was read from (another than asked when a bad video was replaced).
+    bad: the unreadable files met while reading the batch (path: reason), for the run-wide count of
+    ``--max_bad_fraction`` in the main process.
     """
 
     video: torch.Tensor
     label: torch.Tensor
     index: torch.Tensor
+    bad: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,7 +59,9 @@ class EvalBatch(_Pinnable):
 @dataclass
 class MaskedBatch(_Pinnable):
     """Masked-pretraining batch. video: float (B, C, T, H, W). mask: bool (B, T'·H'·W') (the convention above),
-    or None for ``--mask_type attention``, whose mask the task draws from the teacher's attention."""
+    or None for ``--mask_type attention``, whose mask the task draws from the teacher's attention. bad: as
+    ``TrainBatch.bad``."""
 
     video: torch.Tensor
     mask: torch.Tensor | None
+    bad: dict[str, str] = field(default_factory=dict)

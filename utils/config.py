@@ -371,3 +371,30 @@ def checkpoint_args(args: Namespace, config: FinetuneConfig | PretrainConfig) ->
         minmax = list(augment.cutmix_minmax) if augment.cutmix_minmax is not None else None
         out.update(mixup=augment.mixup, cutmix=augment.cutmix, cutmix_minmax=minmax, smoothing=augment.smoothing)
     return out
+
+
+# Flags that may change between runs of one experiment without changing what it trains: where outputs go, how it is
+# launched, read and reported, when checkpoints are written, what is evaluated at the end, and the resume itself.
+RUN_ONLY_FLAGS = frozenset({
+    "output_dir", "log_dir", "resume", "auto_resume", "start_epoch", "device", "dist_url", "dist_on_itp",
+    "world_size", "local_rank", "num_workers", "pin_mem", "print_freq", "debug", "save_ckpt", "save_ckpt_freq",
+    "save_ckpt_steps", "save_ckpt_minutes", "max_bad_fraction", "max_retries", "video_backend", "scan_backend",
+    "use_checkpoint", "checkpoint_num", "eval", "test_best", "dist_eval", "test_num_segment", "test_num_crop",
+    "ignored_flags",
+})
+
+
+def _comparable(value: Any) -> Any:
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def changed_flags(saved: Any, current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{flag: (value in the checkpoint, value now)}`` for the flags that differ between a checkpoint's ``args``
+    (``checkpoint_args``: a dict, or the official scripts' Namespace) and this run's, leaving out ``RUN_ONLY_FLAGS``
+    and flags only one of them knows."""
+    if isinstance(saved, Namespace):
+        saved = vars(saved)
+    if not isinstance(saved, dict):
+        return {}
+    return {name: (saved[name], value) for name, value in current.items()
+            if name in saved and name not in RUN_ONLY_FLAGS and _comparable(saved[name]) != _comparable(value)}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,9 @@ def launcher_env(openmpi: bool = False) -> tuple[int, int, int] | None:
         names = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")
         missing = [n for n in names if n not in env]
         if missing:
-            raise RuntimeError(f"--dist_on_itp needs the OpenMPI variables {', '.join(missing)} (launch with mpirun)")
+            raise UsageError(f"--dist_on_itp takes rank and world size from OpenMPI, but {', '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set: launch with mpirun, or leave "
+                             "--dist_on_itp out (torchrun and slurm are detected without it)")
         return int(env[names[0]]), int(env[names[1]]), int(env[names[2]])
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
@@ -70,8 +74,11 @@ def init_distributed(device: str = "cuda", dist_url: str = "env://", need_group:
     uses ``MASTER_ADDR`` (default 127.0.0.1) and ``MASTER_PORT`` (default 29500).
     """
     use_cuda = device.startswith("cuda")
+    if not use_cuda and device != "cpu":
+        raise UsageError(f"--device {device}: expected cuda or cpu")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available; pass --device cpu")
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; pass --device cpu (the default "
+                         "is cuda, as in the official scripts)")
     found = launcher_env(openmpi)
     rank, world_size, local_rank = found if found is not None else (0, 1, 0)
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
