@@ -236,3 +236,72 @@ def test_traced_scan_is_chunked_not_unrolled():
     steps = [node for node in program.graph.nodes if node.target == torch.ops.aten.addcmul.default]
     assert len(steps) == 19
     torch.testing.assert_close(program.module()(a, x), selective_scan_torch.linear_scan(a, x))
+
+
+# ---- time-invariant B and C (mamba_ssm's non-"variable" B, C of shape (d_inner, N)) -----------------------------
+
+def _scan_by_hand(u, delta, A, B, C, D, delta_bias):
+    """h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B(t), y_t = C(t)·h_t + D u_t, Δ = softplus(delta + bias), where B(t),
+    C(t) is the (d_inner, N) matrix itself when 2-D, else the group's (N,) column of step t: written out without
+    `check_scan_args`."""
+    dt = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    batch, dim, length = u.shape
+
+    def at(M, t):  # (batch, d_inner, N) of step t
+        if M.dim() == 2:
+            return M.expand(batch, dim, M.shape[1])
+        M = M.unsqueeze(1) if M.dim() == 3 else M
+        return M[..., t].repeat_interleave(dim // M.shape[1], dim=1)
+
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * at(B, t)
+        ys.append((h * at(C, t)).sum(-1) + D * u[:, :, t])
+    return torch.stack(ys, dim=-1)
+
+
+def _cuda_glue_scan(**kwargs):
+    return cuda_glue.selective_scan_cuda(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["ref", "torch", "cpp", "cuda glue"])
+@pytest.mark.parametrize("shapes", ["B fixed", "B and C fixed", "C fixed, B in 2 groups"])
+def test_time_invariant_B_and_C_on_every_backend(backend, shapes, monkeypatch):
+    """selective_scan_fn takes mamba_ssm's time-invariant (d_inner, N) B and C on every backend (the CUDA one
+    through its glue, over the stand-in kernel): output and every gradient against the scan written out by hand."""
+    inputs = random_scan_inputs(2, 8, 19, 4, groups=2 if "2 groups" in shapes else None, with_z=False, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    if shapes.startswith("B"):
+        inputs["B"] = torch.randn(8, 4, generator=gen)
+    if "C" in shapes.split(",")[0]:
+        inputs["C"] = torch.randn(8, 4, generator=gen)
+    names = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    ref = {k: inputs[k].double().requires_grad_() for k in names}
+    want = _scan_by_hand(**ref)
+    weight = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    want_grads = torch.autograd.grad((want * weight).sum(), [ref[k] for k in names])
+    if backend == "cuda glue":
+        monkeypatch.setattr(cuda_glue, "load_mamba_scan", lambda: cuda_standins.selective_scan_fn)
+        fn = _cuda_glue_scan
+    else:
+        fn = lambda **kw: selective_scan_fn(**kw, backend=backend)  # noqa: E731
+    leaves = {k: inputs[k].clone().requires_grad_() for k in names}
+    out = fn(**leaves, delta_softplus=True)
+    grads = torch.autograd.grad((out.double() * weight).sum(), [leaves[k] for k in names])
+    assert rel_err(out, want) < 1e-5
+    for name, got, expected in zip(names, grads, want_grads):
+        assert got.shape == inputs[name].shape, name
+        assert rel_err(got, expected) < 1e-4, name
+
+
+def test_cuda_glue_passes_time_invariant_B_in_fp32_with_bf16_inputs(monkeypatch):
+    """The stock kernel takes a time-invariant B, C in A's dtype (fp32) and time-varying ones in u's: with bf16
+    activations the glue must not cast the fixed matrix to bf16."""
+    monkeypatch.setattr(cuda_glue, "load_mamba_scan", lambda: cuda_standins.selective_scan_fn)
+    inputs = random_scan_inputs(2, 8, 19, 4, with_z=False, seed=8)
+    inputs["B"] = torch.randn(8, 4, generator=torch.Generator().manual_seed(9))
+    want = _scan_by_hand(**{k: inputs[k].double() for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")})
+    bf16 = {k: v.to(torch.bfloat16) if k in ("u", "delta", "C") else v for k, v in inputs.items()}
+    out = cuda_glue.selective_scan_cuda(**bf16, delta_softplus=True)
+    assert out.dtype == torch.bfloat16 and rel_err(out, want) < 3e-2

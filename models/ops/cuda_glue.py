@@ -77,9 +77,12 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     check_scan_args(u, delta, A, B, C, D, z, delta_bias)  # the kernel does not check the group count
     kernel = load_mamba_scan()
     dtype = u.dtype
+
+    def bc(t: Tensor) -> Tensor:  # time-invariant (d_inner, N) in fp32, as A; time-varying in u's dtype
+        return t.float().contiguous() if t.dim() == 2 else _unit_stride(t, dtype)
+
     return kernel(
-        _unit_stride(u), _unit_stride(delta, dtype), A.float().contiguous(),
-        _unit_stride(B, dtype), _unit_stride(C, dtype),
+        _unit_stride(u), _unit_stride(delta, dtype), A.float().contiguous(), bc(B), bc(C),
         D=None if D is None else D.float().contiguous(),
         z=_unit_stride(z, dtype),
         delta_bias=None if delta_bias is None else delta_bias.float().contiguous(),

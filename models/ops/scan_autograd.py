@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan_args import check_scan_args
+from .scan_args import check_scan_args, reduce_group_grad
 
 
 def _time_major(BC: Tensor) -> Tensor:
@@ -48,8 +48,6 @@ class SelectiveScanFunction(torch.autograd.Function):
         out = y if z is None else F.silu(z.float()).mul_(y)
         ctx.kernel = kernel
         ctx.softplus = softplus
-        ctx.squeeze_b = B.dim() == 3
-        ctx.squeeze_c = C.dim() == 3
         ctx.delta_dtype = delta.dtype  # delta itself is not needed again: dt holds what backward uses
         ctx.save_for_backward(u, A, B, C, D, z, delta_bias, dt, None if z is None else y)
         ctx.mark_non_differentiable(last_state)
@@ -58,8 +56,7 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dout: Tensor, _dlast: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         u, A, B, C, D, z, delta_bias, dt, y = ctx.saved_tensors
-        B4 = B.unsqueeze(1) if ctx.squeeze_b else B
-        C4 = C.unsqueeze(1) if ctx.squeeze_c else C
+        B4, C4 = check_scan_args(u, dt, A, B, C)
         uf = u.float().contiguous()
         dy = dout.float()
         dz = None
@@ -81,12 +78,8 @@ class SelectiveScanFunction(torch.autograd.Function):
             # threshold (where softplus(x) = x and sigmoid(x) rounds to 1).
             ddt = ddt * -torch.expm1(-dt)
         ddelta_bias = ddt.sum((0, 2)) if delta_bias is not None else None
-        dB = dBt.transpose(-1, -2)
-        dC = dCt.transpose(-1, -2)
-        if ctx.squeeze_b:
-            dB = dB.squeeze(1)
-        if ctx.squeeze_c:
-            dC = dC.squeeze(1)
+        dB = reduce_group_grad(dBt.transpose(-1, -2), B)
+        dC = reduce_group_grad(dCt.transpose(-1, -2), C)
         return (None, _cast(du, u), ddt.to(ctx.delta_dtype), _cast(dA, A), _cast(dB, B), _cast(dC, C),
                 _cast(dD, D), _cast(dz, z), _cast(ddelta_bias, delta_bias), None)
 

@@ -71,8 +71,8 @@ def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       backend: Optional[str] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Selective scan with mamba_ssm's signature and semantics (see `selective_scan_ref`).
 
-    u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L) or (batch, G, N, L);
-    D, delta_bias: (d_inner,). Accumulates in fp32 (fp64 for fp64 inputs on the "ref" backend), returns u's
+    u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L), (batch, G, N, L) or time-invariant
+    (d_inner, N); D, delta_bias: (d_inner,). Accumulates in fp32 (fp64 for fp64 inputs on the "ref" backend), returns u's
     dtype (and the fp32 last state (batch, d_inner, N) with return_last_state, which carries no gradient).
     `backend`: one of `BACKENDS`, None for the process default.
     """
