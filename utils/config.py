@@ -109,6 +109,7 @@ class ModelConfig:
     use_checkpoint: bool
     checkpoint_num: int
     scan_backend: str  # selective-scan backend of the run (models.ops.BACKENDS)
+    mamba_dt_init: bool  # keep Mamba's dt_proj init (official: the blanket Linear init overwrites it)
 
 
 @dataclass(frozen=True)
