@@ -56,9 +56,10 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
         return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
                                 run.output_dir)
     dtype = amp_dtype(info.device, run.no_amp, run.bf16)
-    logger.info("plain PyTorch runtime, autocast dtype %s%s", dtype, ", DDP" if info.distributed else "")
+    logger.info("plain PyTorch runtime, autocast dtype %s, grad scaler %s%s", dtype,
+                "on" if run.loss_scaler else "off", ", DDP" if info.distributed else "")
     return TorchRuntime(model, optimizer, info.device, dtype, optim.clip_grad, info.distributed,
-                        find_unused_parameters, run.output_dir)
+                        find_unused_parameters, run.output_dir, loss_scaling=run.loss_scaler)
 
 
 def build_ema(ema: EmaConfig | None, model: torch.nn.Module) -> ModelEmaV2 | None:
