@@ -187,9 +187,10 @@ def fit(optim: OptimConfig, run: RuntimeConfig, runtime: Runtime, task: Task, tr
         state.history.append(record)
         if info.is_main:
             append_log(run.output_dir, record)
-            if log_writer is not None:
-                for k, v in val_stats.items():
-                    log_writer.add_scalar(f"val/{k}", v, epoch)
+            if log_writer is not None:  # the official epoch-level scalars
+                for k in ("acc1", "acc5", "loss"):
+                    if k in val_stats:
+                        log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
                 log_writer.flush()
     logger.info("training finished in %.1f s", time.time() - started)
     return state

@@ -170,6 +170,43 @@ def test_grad_scaler_skips_a_step_with_non_finite_gradients_and_training_goes_on
     assert stats["loss_scale"] == pytest.approx((65536 + 3 * 32768) / 4) and stats["grad_norm"] == float("inf")
 
 
+class RecordingWriter:
+    """Records ``add_scalar`` calls as {tag: [(step, value), ...]} (a stand-in for tensorboardX's SummaryWriter)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, float(value)))
+
+    def flush(self):
+        pass
+
+
+def test_tensorboard_scalars_have_the_official_names_and_steps(tmp_path):
+    """The official loops log every micro-batch at its global index (``set_step()`` after each, ``set_step(epoch ×
+    steps × update_freq)`` at each epoch's start), ``grad_norm`` only when it steps, and per epoch the validation's
+    ``perf/val_*`` at step = epoch."""
+    data = ToyVideos(n=16)
+    loader = DataLoader(data, batch_size=2, collate_fn=data.collate)  # 8 micro-batches: 4 steps of 2
+    net = ToyNet()
+    runtime = _runtime(net, lr=0.1, opt="adamw", out=tmp_path, loss_scaling=True)
+    runtime.optimizer.param_groups[0]["weight_decay"] = 0.05  # a decayed group: opt/weight_decay is logged
+    writer = RecordingWriter()
+    optim, run = _args(tmp_path, epochs=2, update_freq=2, weight_decay=0.05, lr=0.1, min_lr=0.1)
+    val = {"loss": 1.5, "acc1": 40.0, "acc5": 90.0, "missing": 0.0}
+    fit(optim, run, runtime, ClassificationTask(3), loader, 4, INFO, validate=lambda: val, log_writer=writer)
+    per_micro_batch = {"loss/loss", "loss/class_acc", "opt/loss_scale", "opt/lr", "opt/min_lr", "opt/weight_decay"}
+    assert set(writer.scalars) == per_micro_batch | {"opt/grad_norm", "perf/val_loss", "perf/val_acc1",
+                                                     "perf/val_acc5"}
+    for tag in per_micro_batch:
+        assert [step for step, _ in writer.scalars[tag]] == list(range(16)), tag
+    assert [step for step, _ in writer.scalars["opt/grad_norm"]] == list(range(1, 16, 2))
+    assert writer.scalars["perf/val_acc1"] == [(0, 40.0), (1, 40.0)] and writer.scalars["perf/val_loss"][1] == (1, 1.5)
+    assert {v for _, v in writer.scalars["opt/loss_scale"]} == {65536.0}
+    assert [v for _, v in writer.scalars["opt/lr"]] == pytest.approx([0.1] * 16)
+
+
 def test_resume_continues_exactly(tmp_path):
     data = ToyVideos(n=12)
 

@@ -12,6 +12,7 @@ import torch
 
 import run_class_finetuning
 from models.factory import build_classifier
+from tensorboard_events import read_scalars
 from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError
 
@@ -48,7 +49,7 @@ def _run(argv: list[str]) -> dict:
 
 def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_path):
     out = tmp_path / "run"
-    argv = _argv(video_set, out, "--epochs", "4", "--test_best")
+    argv = _argv(video_set, out, "--epochs", "4", "--test_best", "--log_dir", str(tmp_path / "tb"))
     result = _run(argv)
     losses = [r["train_loss"] for r in result["history"]]
     assert losses[-1] < losses[0]
@@ -76,6 +77,13 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     assert logged[-1]["test_acc1"] == test["acc1"]
     assert logged[-1]["Final top-1"] == test["acc1"] and logged[-1]["Final Top-5"] == test["acc5"]
     assert logged[-1]["test_weights"] == str(out / "checkpoint-best.pth")
+    # TensorBoard: the official fine-tuning scalars, every step (4 per epoch), validation per epoch
+    scalars = read_scalars(tmp_path / "tb")
+    per_step = {"loss/loss", "loss/class_acc", "opt/loss_scale", "opt/lr", "opt/min_lr", "opt/weight_decay",
+                "opt/grad_norm"}
+    assert set(scalars) == per_step | {"perf/val_acc1", "perf/val_acc5", "perf/val_loss"}
+    assert all([step for step, _ in scalars[tag]] == list(range(16)) for tag in per_step)
+    assert scalars["perf/val_acc1"] == [(e, pytest.approx(r["val_acc1"])) for e, r in enumerate(epochs)]
 
     evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
     assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
