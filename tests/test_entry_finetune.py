@@ -12,6 +12,7 @@ import torch
 
 import run_class_finetuning
 from models.factory import build_classifier
+from official_merge import official_merge
 from tensorboard_events import read_scalars
 from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError
@@ -64,6 +65,9 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     test = result["test"]
     assert test["num_videos"] == 4 and test["missing"] == 0 and test["duplicates"] == 0
     assert len((out / "test_videos.csv").read_text().splitlines()) == 1 + 4
+    # the official per-rank file: a first line, then 4 videos × 2 segments × 2 crops; the official merge agrees
+    assert len((out / "0.txt").read_text().splitlines()) == 1 + 16
+    assert official_merge(out, 1) == (pytest.approx(test["acc1"]), pytest.approx(test["acc5"]))
     logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     epochs = [r for r in logged if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
@@ -168,6 +172,7 @@ def test_regression_learns_a_real_valued_target(brightness_set, tmp_path):
     assert result["test"]["mse"] < 0.5 * _label_variance(brightness_set / "test.csv")
     last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
+    assert official_merge(tmp_path / "out", 1, "regression") == (pytest.approx(result["test"]["mse"], rel=1e-5),)
     assert result["best"] == min(val_mse)
     with pytest.raises(UsageError, match="--task classification needs --nb_classes >= 2"):
         _run(_argv(brightness_set, tmp_path / "bad", "--epochs", "1", "--task", "classification", "--nb_classes", "1"))
