@@ -187,7 +187,7 @@ class DeepSpeedRuntime:
         optimizer = self.optimizer
         try:
             return float(optimizer.loss_scale if hasattr(optimizer, "loss_scale") else optimizer.cur_scale)
-        except Exception:  # noqa: BLE001 - DeepSpeed's optimisers differ; the official code logs 0 then
+        except Exception:  # DeepSpeed's optimisers differ; the official code logs 0 then
             return 0.0
 
     def checkpoint_path(self, tag: str) -> Path:

@@ -80,9 +80,8 @@ def train_one_epoch(
     optimiser step but the epoch's last (mid-epoch checkpoints). ``log_writer`` (TensorBoard) gets, as the official
     loops, every micro-batch's values under the official names (``TENSORBOARD_HEADS``) at step
     ``start_step * update_freq + i`` (``grad_norm`` on optimiser steps only). Returns the epoch's averages over all
-    ranks: loss,
-    the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr), min_lr, weight_decay, grad_norm
-    and loss_scale.
+    ranks: loss, the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr), min_lr,
+    weight_decay, grad_norm and loss_scale.
     """
     model = runtime.model
     model.train(True)
