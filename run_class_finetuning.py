@@ -33,7 +33,7 @@ from engines.cli import (add_data_args, add_ignored, add_model_size_args, add_op
 from engines.contracts import EvalTask, Runtime
 from engines.evaluate import evaluate
 from engines.fit import append_log, build_ema, build_runtime, fit, resume
-from engines.multiview import multiview_test
+from engines.multiview import multiview_test, official_video_name
 from engines.session import make_loader, start_run, training_steps_per_epoch
 from engines.tasks import ClassificationTask, RegressionTask
 from models.factory import build_classifier
@@ -139,7 +139,8 @@ def final_record(task_name: str, result: dict[str, Any], weights: str) -> dict[s
 def run_test(config: FinetuneConfig, runtime: Runtime, task: EvalTask, info: DistInfo, dataset: VideoClsDataset,
              weights: Path | None, description: str) -> dict | None:
     """Multi-view test (``--test_num_segment`` × ``--test_num_crop`` views per window) of ``weights`` (None: the
-    weights the runtime holds, named by ``description``) on the test ``dataset``; unreadable videos are named."""
+    weights the runtime holds, named by ``description``) on the test ``dataset``; unreadable videos are named. With
+    ``--output_dir``, each rank also writes the official ``{rank}.txt`` there."""
     if weights is not None:
         runtime.load(weights, model_only=True)
         description = str(weights)
@@ -148,8 +149,9 @@ def run_test(config: FinetuneConfig, runtime: Runtime, task: EvalTask, info: Dis
     loader = make_loader(dataset, run, info, train=False, batch_size=run.batch_size, shard=True,
                          collate_fn=dataset.collate)
     out = Path(run.output_dir) if run.output_dir else None
+    names = [official_video_name(entry.path) for entry in dataset.entries]  # the ids of the official {rank}.txt
     result = multiview_test(runtime, task, loader, info.world_size, info.rank,
-                            config.data.test_num_segment * config.augment.test_num_crop, out)
+                            config.data.test_num_segment * config.augment.test_num_crop, out, names)
     if result is not None:
         key = "acc1" if task.name == "classification" else "mse"
         summary = (f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%" if key == "acc1" and key in result

@@ -271,7 +271,8 @@ def build_train_transform(augment: AugmentConfig, flip: bool) -> Callable[[np.nd
         rand_augment = VideoRandAugment(augment.aa, augment.input_size, augment.train_interpolation)
     erasing = None
     if augment.reprob > 0:
-        erasing = ClipRandomErasing(augment.reprob, mode=augment.remode, max_count=augment.recount)
+        erasing = ClipRandomErasing(augment.reprob, mode=augment.remode, max_count=augment.recount,
+                                    num_splits=augment.recount)
     return TrainTransform(augment.input_size, flip, jitter_range(augment.input_size), rand_augment, erasing,
                           augment.train_crop_scale)
 

@@ -62,14 +62,18 @@ def report_ignored(args: argparse.Namespace) -> list[str]:
 
 
 def add_model_size_args(parser: argparse.ArgumentParser, scan_backends: tuple[str, ...]) -> None:
-    """``--depth`` / ``--embed_dim`` overrides and ``--scan_backend`` (one of ``scan_backends``:
-    ``models.ops.BACKENDS``)."""
-    group = parser.add_argument_group("model size overrides (tiny configs for tests and demos) and kernels")
+    """``--depth`` / ``--embed_dim`` overrides, ``--scan_backend`` (one of ``scan_backends``:
+    ``models.ops.BACKENDS``) and ``--mamba_dt_init``."""
+    group = parser.add_argument_group("model size overrides (tiny configs for tests and demos), kernels, init")
     group.add_argument("--depth", type=int, default=None, help="number of blocks, overrides the model's default")
     group.add_argument("--embed_dim", type=int, default=None, help="width, overrides the model's default")
     group.add_argument("--scan_backend", default=None, choices=scan_backends,
                        help="selective-scan and causal-conv implementation (default: $VIDEOMAMBA_SCAN_BACKEND, "
                             "else auto: the CUDA kernels on GPU, the fused C++ kernel on CPU)")
+    group.add_argument("--mamba_dt_init", action="store_true", default=False,
+                       help="from scratch, keep Mamba's init of the SSM dt projections (dt_proj bias = "
+                            "softplus^-1 of a dt in [1e-3, 0.1]); default: the official init, whose blanket Linear "
+                            "init gives them std 0.02 weights and zero biases")
 
 
 def add_optim_args(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int,

@@ -56,9 +56,10 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
         return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
                                 run.output_dir)
     dtype = amp_dtype(info.device, run.no_amp, run.bf16)
-    logger.info("plain PyTorch runtime, autocast dtype %s%s", dtype, ", DDP" if info.distributed else "")
+    logger.info("plain PyTorch runtime, autocast dtype %s, grad scaler %s%s", dtype,
+                "on" if run.loss_scaler else "off", ", DDP" if info.distributed else "")
     return TorchRuntime(model, optimizer, info.device, dtype, optim.clip_grad, info.distributed,
-                        find_unused_parameters, run.output_dir)
+                        find_unused_parameters, run.output_dir, loss_scaling=run.loss_scaler)
 
 
 def build_ema(ema: EmaConfig | None, model: torch.nn.Module) -> ModelEmaV2 | None:
@@ -210,9 +211,10 @@ def fit(optim: OptimConfig, run: RuntimeConfig, runtime: Runtime, task: Task, tr
         state.history.append(record)
         if info.is_main:
             append_log(run.output_dir, record)
-            if log_writer is not None:
-                for k, v in val_stats.items():
-                    log_writer.add_scalar(f"val/{k}", v, epoch)
+            if log_writer is not None:  # the official epoch-level scalars
+                for k in ("acc1", "acc5", "loss"):
+                    if k in val_stats:
+                        log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
                 log_writer.flush()
     logger.info("training finished in %.1f s", time.time() - started)
     return state

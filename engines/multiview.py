@@ -2,7 +2,8 @@
 
 A view is identified by the tuple (video_id, window, segment, crop). The merge keeps each view once (the
 distributed sampler pads the last batch with repeats), takes a softmax per view (classification), averages
-the views of each video (all windows of a trimmed video together) and scores the videos.
+the views of each video (all windows of a trimmed video together) and scores the videos. Each rank also writes its
+views in the official text format, ``{rank}.txt`` (``official_prediction_lines``), for scripts that read those.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import csv
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ _KEYS = ("video_id", "window", "segment", "crop")
 def predict_views(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch],
                   print_freq: int = 50) -> dict[str, np.ndarray]:
     """Run the model on every view of this rank's shard; returns arrays keyed by the view tuple fields plus
-    ``outputs`` (V, C) float32, ``label`` (V,) and ``valid`` (V,) bool (invalid views have zero outputs)."""
+    ``outputs`` (V, C) float32, ``label`` (V,), ``valid`` (V,) bool (invalid views have zero outputs) and ``batch``
+    (V,), the index of the loader batch."""
     model = runtime.model
     model.eval()
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -44,6 +46,7 @@ def predict_views(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch],
         parts["outputs"].append(outputs.numpy())
         parts["label"].append(batch.label.numpy())
         parts["valid"].append(keep.numpy())
+        parts["batch"].append(np.full(len(keep), i))
         for name, values in zip(_KEYS, (batch.video_id, batch.window, batch.segment, batch.crop)):
             parts[name].append(values.long().numpy())
         progress.step(i, len(keep))
@@ -150,19 +153,65 @@ def write_video_csv(result: dict[str, Any], path: Path) -> None:
             writer.writerow([v["video_id"], v["label"], v["pred"], v["views"], scores])
 
 
+def official_video_name(path: str) -> str:
+    """The official test's video id: the file name up to its first dot (``a/b/clip.x.mp4`` -> ``clip``)."""
+    return path.split("/")[-1].split(".")[0]
+
+
+def _official_first_line(outputs: np.ndarray, labels: np.ndarray, task: str) -> str:
+    """The first line of an official ``{rank}.txt``: the last batch's top-1 and top-5 accuracy in % as the tensors
+    the official code formats (``tensor(50.), tensor(100.)``; top-5 is top-1 below 5 classes), or its MSE."""
+    if not len(labels):
+        return "nan, nan" if task == "classification" else "nan"
+    if task == "regression":
+        return str(float(np.mean((outputs[:, 0] - labels) ** 2)))
+    order = np.argsort(-outputs, axis=1, kind="stable")
+    topk = (1, 5 if outputs.shape[1] >= 5 else 1)
+    return ", ".join(str(torch.tensor(100.0 * float(np.mean((order[:, :k] == labels[:, None]).any(axis=1)))))
+                     for k in topk)
+
+
+def official_prediction_lines(preds: dict[str, np.ndarray], task: str, names: Sequence[str]) -> list[str]:
+    """This rank's views (``predict_views``) as the official final test writes them to ``{rank}.txt``.
+
+    The first line (which its ``merge`` skips) holds the last batch's accuracies (``_official_first_line``); then one
+    line per valid view in loader order, ``{name} {scores} {label} {segment} {crop}``: ``names[video_id]``, the
+    logits as a Python list (regression: the output), the label (an int; regression a float) and the view's temporal
+    and spatial index. The window of a trimmed video is not part of the format (the official merge keeps one window
+    per video); unreadable views are left out (the official dataset replaced them by another random video).
+    """
+    valid = preds["valid"].astype(bool)
+    last = valid & (preds["batch"] == preds["batch"].max()) if len(valid) else valid
+    lines = [_official_first_line(preds["outputs"][last], preds["label"][last], task)]
+    for i in np.flatnonzero(valid):
+        if task == "classification":
+            scores, label = str(preds["outputs"][i].astype(np.float32).tolist()), str(int(preds["label"][i]))
+        else:
+            scores, label = str(np.float32(preds["outputs"][i][0])), str(float(np.float32(preds["label"][i])))
+        name = names[int(preds["video_id"][i])]
+        lines.append(f"{name} {scores} {label} {int(preds['segment'][i])} {int(preds['crop'][i])}")
+    return lines
+
+
 def multiview_test(runtime: Runtime, task: EvalTask, loader: Iterable[EvalBatch], world_size: int, rank: int,
-                   views_per_window: int, output_dir: Path | None) -> dict[str, Any] | None:
+                   views_per_window: int, output_dir: Path | None,
+                   names: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Predict this rank's views, write them, and on rank 0 merge all ranks' files.
 
     Rank 0 returns the merged result (``videos`` dropped) and writes ``test_videos.csv`` (classification also
     ``test_per_class.json`` / ``.png``, ``engines.class_metrics``; ``mean_class_acc`` is added); other ranks return
-    None. Without ``output_dir`` (single process only) the merge happens in memory.
+    None. Without ``output_dir`` (single process only) the merge happens in memory. With ``names`` (the official id
+    of each video, ``official_video_name``) and ``output_dir``, every rank also writes ``output_dir/{rank}.txt``
+    in the official format.
     """
     if output_dir is None and world_size > 1:
         raise ValueError("the distributed multi-view test needs --output_dir to exchange predictions")
     preds = predict_views(runtime, task, loader)
     if output_dir is not None:
         save_rank_predictions(preds, Path(output_dir) / "test_predictions", rank)
+        if names is not None:
+            lines = official_prediction_lines(preds, task.name, names)
+            (Path(output_dir) / f"{rank}.txt").write_text("".join(f"{line}\n" for line in lines))
         barrier()
     if rank != 0:
         return None

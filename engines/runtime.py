@@ -38,19 +38,28 @@ def _output_path(output_dir: Path | None, name: str) -> Path:
 
 
 class TorchRuntime:
-    """Plain PyTorch: optional DDP, autocast, GradScaler for fp16, clipping, gradient accumulation; checkpoints
-    ``output_dir/{tag}.pth`` (``output_dir`` None: none)."""
+    """Plain PyTorch: optional DDP, autocast, clipping, gradient accumulation; checkpoints ``output_dir/{tag}.pth``
+    (``output_dir`` None: none).
+
+    ``loss_scaling``: every step goes through a ``torch.amp.GradScaler``, as the official
+    ``NativeScalerWithGradNormCount`` (whatever the dtype): the loss is scaled, the gradients unscaled before clipping
+    and the norm; a step whose gradients are not finite is skipped (weights and optimiser state unchanged) and the
+    scale halves; 2000 finite steps in a row double it. fp16 autocast needs it.
+    """
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  dtype: torch.dtype | None, clip_grad: float | None, distributed: bool,
-                 find_unused_parameters: bool = False, output_dir: str | Path | None = None) -> None:
+                 find_unused_parameters: bool = False, output_dir: str | Path | None = None,
+                 loss_scaling: bool = False) -> None:
+        if dtype == torch.float16 and not loss_scaling:
+            raise ValueError("fp16 autocast needs loss scaling (loss_scaling=True)")
         self.output_dir = Path(output_dir) if output_dir else None
         self.module = module.to(device)
         self.device = device
         self.optimizer = optimizer
         self.dtype = dtype
         self.clip_grad = clip_grad
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
         self.input_dtype: torch.dtype | None = None
         if distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -64,7 +73,8 @@ class TorchRuntime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward_step(self, loss: torch.Tensor, update: bool, accumulation: int) -> float | None:
-        """Backward ``loss / accumulation``; on ``update`` unscale, clip, step and zero grads. Returns the grad norm."""
+        """Backward ``loss / accumulation``; on ``update`` unscale, clip, step (skipped by the scaler when a gradient
+        is not finite) and zero grads. Returns the grad norm (inf or nan for a skipped step)."""
         sync = update or not isinstance(self.model, DistributedDataParallel)
         ctx = contextlib.nullcontext() if sync else self.model.no_sync()
         with ctx:
@@ -82,7 +92,8 @@ class TorchRuntime:
 
     @property
     def loss_scale(self) -> float:
-        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        """The scaler's current scale; 0 without one (the official value without a scaler)."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -173,8 +184,12 @@ class DeepSpeedRuntime:
 
     @property
     def loss_scale(self) -> float:
-        scaler = getattr(self.optimizer, "cur_scale", None)
-        return float(scaler) if scaler is not None else 1.0
+        """The optimiser's ``loss_scale``, else its ``cur_scale``; 0 when neither can be read (the official rule)."""
+        optimizer = self.optimizer
+        try:
+            return float(optimizer.loss_scale if hasattr(optimizer, "loss_scale") else optimizer.cur_scale)
+        except Exception:  # DeepSpeed's optimisers differ; the official code logs 0 then
+            return 0.0
 
     def checkpoint_path(self, tag: str) -> Path:
         return _output_path(self.output_dir, tag)

@@ -40,6 +40,19 @@ def _check_step(value: float, bad: dict[str, str], bad_input: BadInputCount | No
             bad_input.add(found)
 
 
+# The official TensorBoard heads: a scalar ``name`` is logged as ``{head}/{name}`` (the official
+# ``TensorboardLogger.update(head=...)`` of its fine-tuning and pretraining loops); other task values go under "loss".
+TENSORBOARD_HEADS = {"loss": "loss", "class_acc": "loss", "loss_pixel": "loss_pixel", "loss_clip": "loss_clip",
+                     "loss_scale": "opt", "lr": "opt", "min_lr": "opt", "weight_decay": "opt", "grad_norm": "opt"}
+
+
+def log_scalars(writer: Any, step: int, values: dict[str, float | None]) -> None:
+    """``writer.add_scalar("{head}/{name}", value, step)`` for every value that is not None."""
+    for name, value in values.items():
+        if value is not None:
+            writer.add_scalar(f"{TENSORBOARD_HEADS.get(name, 'loss')}/{name}", value, step)
+
+
 def _decayed_weight_decay(optimizer: torch.optim.Optimizer) -> float | None:
     """The weight decay of the decayed groups (the official ``weight_decay`` log value), None without any."""
     values = [g["weight_decay"] for g in optimizer.param_groups if g["weight_decay"] > 0]
@@ -73,9 +86,11 @@ def train_one_epoch(
     A resumed epoch (``first_step`` > 0) gets a ``loader`` that starts at micro-batch ``first_step * update_freq``
     and the meter ``sums`` of the steps already done. ``after_step(steps_done, progress)`` runs after every
     optimiser step but the epoch's last (mid-epoch checkpoints). ``bad_input`` counts the unreadable files the
-    batches report (``batch.bad``) over the run and all ranks (``--max_bad_fraction``). Returns the epoch's
-    averages over all ranks: loss, the task's extra terms (class_acc, loss_clip, ...), lr (the largest group lr),
-    min_lr, weight_decay, grad_norm and loss_scale.
+    batches report (``batch.bad``) over the run and all ranks (``--max_bad_fraction``). ``log_writer``
+    (TensorBoard) gets, as the official loops, every micro-batch's values under the official names
+    (``TENSORBOARD_HEADS``) at step ``start_step * update_freq + i`` (``grad_norm`` on optimiser steps only).
+    Returns the epoch's averages over all ranks: loss, the task's extra terms (class_acc, loss_clip, ...), lr (the
+    largest group lr), min_lr, weight_decay, grad_norm and loss_scale.
     """
     model = runtime.model
     model.train(True)
@@ -101,17 +116,14 @@ def train_one_epoch(
         if update and ema is not None:
             ema.update(runtime.module)
         lrs = [g["lr"] for g in runtime.optimizer.param_groups]
-        lr = max(lrs)
+        opt_values = dict(loss_scale=runtime.loss_scale, lr=max(lrs), min_lr=min(lrs),
+                          weight_decay=_decayed_weight_decay(runtime.optimizer), grad_norm=grad_norm)
         n = len(batch.video)
         progress.update(n=n, loss=value, **extra)
         if update:
-            progress.update(lr=lr, min_lr=min(lrs), weight_decay=_decayed_weight_decay(runtime.optimizer),
-                            grad_norm=grad_norm, loss_scale=runtime.loss_scale)
-            if log_writer is not None:
-                log_writer.add_scalar("train/loss", value, step)
-                log_writer.add_scalar("train/lr", lr, step)
-                if grad_norm is not None:
-                    log_writer.add_scalar("train/grad_norm", grad_norm, step)
+            progress.update(**opt_values)
+        if log_writer is not None:  # every micro-batch, at its global index (the official step)
+            log_scalars(log_writer, start_step * update_freq + i, {"loss": value, **extra, **opt_values})
         progress.step(i, n * get_world_size())
         if update and after_step is not None and (i + 1) // update_freq < steps_per_epoch:
             after_step((i + 1) // update_freq, progress)

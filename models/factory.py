@@ -24,14 +24,16 @@ logger = logging.getLogger(__name__)
 
 def _backbone_kwargs(model: ModelConfig) -> dict[str, Any]:
     """Constructor arguments shared by the classifier and the student; every mixer gets the run's scan backend
-    (``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own ``backend``."""
+    (``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own ``backend``; ``--mamba_dt_init``
+    keeps Mamba's dt projection init instead of the official blanket Linear init."""
     if model.scan_backend not in BACKENDS:  # the flag has choices: only the environment variable can get here
         raise UsageError(f"{SCAN_BACKEND_ENV}={model.scan_backend!r} is not a scan backend; set it to one of "
                          f"{', '.join(BACKENDS)}, or unset it")
     kwargs: dict[str, Any] = dict(ssm_cfg={"backend": model.scan_backend},
                                   img_size=model.input_size, num_frames=model.num_frames,
                                   kernel_size=model.tubelet_size, drop_path_rate=model.drop_path,
-                                  use_checkpoint=model.use_checkpoint, checkpoint_num=model.checkpoint_num)
+                                  use_checkpoint=model.use_checkpoint, checkpoint_num=model.checkpoint_num,
+                                  mamba_dt_init=model.mamba_dt_init)
     if model.depth is not None:
         kwargs["depth"] = model.depth
     if model.embed_dim is not None:

@@ -98,6 +98,7 @@ class MambaVideoBackbone(nn.Module):
         num_frames: int = 8,
         use_checkpoint: bool = False,
         checkpoint_num: int = 0,
+        mamba_dt_init: bool = False,
     ) -> None:
         super().__init__()
         if num_frames % kernel_size:
@@ -109,6 +110,8 @@ class MambaVideoBackbone(nn.Module):
         # Blocks 0..checkpoint_num-1 run under activation checkpointing when use_checkpoint (official flags).
         self.use_checkpoint = use_checkpoint
         self.checkpoint_num = checkpoint_num
+        # False: the official init (the blanket Linear init also covers dt_proj); True: keep Mamba's dt init.
+        self.mamba_dt_init = mamba_dt_init
         self.num_features = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.patch_embed = PatchEmbed(img_size, patch_size, kernel_size, channels, embed_dim)
@@ -134,14 +137,18 @@ class MambaVideoBackbone(nn.Module):
     def init_weights(self) -> None:
         """Official initialisation, run by subclasses once all modules exist.
 
-        Linear: trunc_normal(.02) weights and zero biases, except the SSM dt projections (Mamba's dt init);
-        LayerNorm: 1/0; pos_embed trunc_normal(.02); out_proj: kaiming_uniform(a=sqrt 5) / sqrt(depth)
-        (Mamba's prenorm-residual rescale with one residual per layer). Patch embed keeps Conv3d's default.
-        Unlike the official code, whose blanket Linear init also overwrote dt_proj, the dt projections keep
-        Mamba's initialisation (log-uniform dt bias), as the SSM needs a sensible time-step range.
+        Every Linear (the mixers' ``dt_proj`` / ``dt_proj_b``, the head and the decoders included):
+        trunc_normal(.02) weight, zero bias; LayerNorm: 1 / 0; ``pos_embed`` trunc_normal(.02); ``out_proj``:
+        kaiming_uniform(a=sqrt 5) / sqrt(depth) (Mamba's prenorm-residual rescale, one residual per layer). The rest
+        keeps its construction init: ``cls_token`` / ``temporal_pos_embedding`` zero, RMSNorm weights 1, Conv1d /
+        Conv3d PyTorch's default, ``A_log`` = log 1..N, ``D`` = 1. The official code thereby overwrites Mamba's dt
+        init (dt_proj weight std .02, bias 0); ``mamba_dt_init`` keeps it instead (weights uniform in
+        +-dt_rank^-0.5, bias softplus^-1 of a dt log-uniform in the mixers' [dt_min, dt_max], 1e-3 to 0.1).
         """
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and not name.rsplit(".", 1)[-1].startswith("dt_proj"):
+            if isinstance(module, nn.Linear):
+                if self.mamba_dt_init and name.rsplit(".", 1)[-1] in ("dt_proj", "dt_proj_b"):
+                    continue
                 trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

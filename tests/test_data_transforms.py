@@ -123,14 +123,21 @@ def test_val_centre_crop_offset():
 
 
 def test_identical_frames_stay_identical_through_full_train_augmentation():
+    """Every draw is shared by the frames except the random-erasing fill: ``rand`` / ``pixel`` noise is drawn per
+    frame inside a box that is the same in every frame (the official cube erasing)."""
     frames = textured_clip()
     for remode in ("pixel", "rand", "const"):
         transform = build_train_transform(make_args(aa="rand-m9-n4-mstd0.5-inc1", reprob=1.0, remode=remode), True)
+        clean = build_train_transform(make_args(aa="rand-m9-n4-mstd0.5-inc1", reprob=0.0), True)
         for seed in range(6):
             seed_all(seed)
             out = transform(frames)
+            seed_all(seed)
+            erased = (out != clean(frames)).any(dim=0)  # (T, H, W); erasing is the last draw
+            assert erased.any() and all(torch.equal(erased[t], erased[0]) for t in range(out.shape[1]))
             for t in range(1, out.shape[1]):
-                assert torch.equal(out[:, t], out[:, 0]), (remode, seed, t)
+                assert torch.equal(out[:, t][:, ~erased[0]], out[:, 0][:, ~erased[0]]), (remode, seed, t)
+                assert torch.equal(out[:, t], out[:, 0]) is (remode == "const"), (remode, seed, t)
     # the const erasing box is visible (exact zeros on every channel) and identical across frames
     seed_all(3)
     out = build_train_transform(make_args(reprob=1.0, remode="const"), False)(textured_clip())
@@ -256,19 +263,66 @@ def test_pretrain_colour_jitter_is_drawn_per_frame_after_the_crop():
         build_pretrain_transform(pretrain_args(color_jitter=-0.1))
 
 
-def test_random_erasing_shared_box_and_validation():
+def test_random_erasing_one_box_for_all_frames_noise_drawn_per_frame():
     seed_all(1)
-    clip = torch.zeros(3, 4, 20, 20)
-    ClipRandomErasing(1.0, mode="pixel", max_count=3)(clip)
-    touched = clip != 0
-    assert touched.any()
-    assert all(torch.equal(clip[:, t], clip[:, 0]) for t in range(4))
+    clip = torch.full((3, 4, 20, 20), 7.0)
+    ClipRandomErasing(1.0, mode="pixel", max_count=1)(clip)
+    erased = clip != 7.0
+    rows, cols = erased[0, 0].any(1).nonzero().flatten(), erased[0, 0].any(0).nonzero().flatten()
+    box = torch.zeros(20, 20, dtype=torch.bool)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    assert box.any() and torch.equal(erased, box.expand(3, 4, 20, 20))  # one rectangle, the same in every frame
+    noise = [clip[:, t][:, box] for t in range(4)]
+    assert all(not torch.equal(noise[0], noise[t]) for t in range(1, 4))  # pixel noise drawn per frame
+    seed_all(1)
+    rand = ClipRandomErasing(1.0, mode="rand", max_count=1)(torch.full((3, 4, 20, 20), 7.0))
+    colours = [rand[:, t][:, box] for t in range(4)]  # same draws: the same box; one colour per frame
+    assert all(torch.equal(c, c[:, :1].expand_as(c)) for c in colours)
+    assert len({tuple(c[:, 0].tolist()) for c in colours}) == 4
     untouched = torch.ones(3, 2, 8, 8)
     assert torch.equal(ClipRandomErasing(0.0)(untouched.clone()), untouched)
     with pytest.raises(ValueError, match="remode"):
         ClipRandomErasing(0.5, mode="noise")
     with pytest.raises(ValueError, match="reprob"):
         ClipRandomErasing(1.5)
+
+
+def test_random_erasing_num_splits_leaves_the_first_frames_untouched():
+    for seed in range(5):
+        seed_all(seed)
+        clip = torch.full((3, 9, 20, 20), 7.0)
+        ClipRandomErasing(1.0, mode="const", max_count=3, num_splits=3)(clip)
+        erased = clip != 7.0
+        assert not erased[:, :3].any()  # frames 0 .. 9 // 3 - 1
+        assert erased[:, 3].any() and all(torch.equal(erased[:, t], erased[:, 3]) for t in range(4, 9))
+
+
+@pytest.mark.parametrize("mode", ["pixel", "rand", "const"])
+@pytest.mark.parametrize("recount", [1, 3])
+def test_random_erasing_makes_the_official_draws(mode, recount):
+    """The official cube erasing (``RandomErasing(reprob, mode, max_count=recount, num_splits=recount)`` on the
+    (T, C, H, W) clip), replayed draw by draw: probability, box count, then per box up to 100 (area, aspect) tries,
+    top, left and a fill for each erased frame."""
+    frames, size = 8, 24
+    seed_all(3)  # 3 boxes with --recount 3
+    clip = ClipRandomErasing(0.9, mode=mode, max_count=recount, num_splits=recount)(torch.zeros(3, frames, size, size))
+    seed_all(3)
+    expected = torch.zeros(3, frames, size, size)
+    assert random.random() <= 0.9  # erased (this seed)
+    count = 1 if recount == 1 else random.randint(1, recount)
+    for _ in range(count):
+        for _ in range(100):
+            area = random.uniform(0.02, 1 / 3) * size * size / count
+            aspect = math.exp(random.uniform(math.log(0.3), math.log(1 / 0.3)))
+            h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if w < size and h < size:
+                top, left = random.randint(0, size - h), random.randint(0, size - w)
+                for t in range(frames // recount if recount > 1 else 0, frames):
+                    shape = (3, h, w) if mode == "pixel" else (3, 1, 1)
+                    fill = torch.zeros(shape) if mode == "const" else torch.empty(shape).normal_()
+                    expected[:, t, top:top + h, left:left + w] = fill
+                break
+    assert torch.equal(clip, expected)
 
 
 def test_bad_frames_raise_clear_errors():

@@ -4,7 +4,9 @@ import logging
 import numpy as np
 import pytest
 
-from engines.multiview import load_rank_predictions, merge_views, save_rank_predictions, write_video_csv
+from engines.multiview import (load_rank_predictions, merge_views, official_prediction_lines, official_video_name,
+                               save_rank_predictions, write_video_csv)
+from official_merge import official_merge
 
 
 def _views(rows):
@@ -13,7 +15,7 @@ def _views(rows):
         "video_id": np.array([r[0] for r in rows]), "window": np.array([r[1] for r in rows]),
         "segment": np.array([r[2] for r in rows]), "crop": np.array([r[3] for r in rows]),
         "outputs": np.array([r[4] for r in rows], dtype=np.float32), "label": np.array([r[5] for r in rows]),
-        "valid": np.array([r[6] for r in rows], dtype=bool),
+        "valid": np.array([r[6] for r in rows], dtype=bool), "batch": np.arange(len(rows)) // 4,
     }
 
 
@@ -107,3 +109,37 @@ def test_rank_files_round_trip_and_csv(tmp_path):
                                                            ["2", "1", "0", "1"]]
     with pytest.raises(FileNotFoundError, match="rank2"):
         load_rank_predictions(tmp_path, 3)
+
+
+def _write_official(views, folder, rank, task="classification"):
+    names = [f"clip_{i}" for i in range(int(views["video_id"].max()) + 1)]
+    lines = official_prediction_lines(views, task, names)
+    (folder / f"{rank}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return lines
+
+
+def test_official_rank_files_have_the_official_lines_and_merge_to_our_numbers(tmp_path):
+    views = _views(TOY)
+    lines = _write_official(views, tmp_path, 0)
+    # first line: the last batch's (rows 8, 9: one right of two) top-1 and top-5 (3 classes: top-1) as tensors
+    assert lines[0] == "tensor(50.), tensor(50.)"
+    logits = np.log([0.6, 0.3, 0.1]).astype(np.float32)  # as the model outputs them: float32
+    assert lines[1] == f"clip_0 [{', '.join(repr(float(x)) for x in logits)}] 0 0 0"  # id [scores] label chunk split
+    assert len(lines) == 1 + sum(row[6] for row in TOY)  # the undecodable views are left out
+    ours = merge_views(views, "classification", views_per_window=2)
+    assert official_merge(tmp_path, 1) == (pytest.approx(ours["acc1"]), pytest.approx(ours["acc5"]))
+    half = len(TOY) // 2  # two ranks, the padding repeats in the second: the official merge drops them too
+    _write_official({k: v[:half] for k, v in views.items()}, tmp_path, 0)
+    _write_official({k: v[half:] for k, v in views.items()}, tmp_path, 1)
+    assert official_merge(tmp_path, 2) == (pytest.approx(100 / 3), pytest.approx(100.0))
+
+
+def test_official_rank_files_for_regression(tmp_path):
+    rows = [(0, 0, 0, 0, [1.0], 2.0, True), (0, 0, 1, 0, [3.0], 2.0, True), (1, 0, 0, 0, [0.25], 1.5, True),
+            (1, 0, 1, 0, [0.75], 1.5, True), (2, 0, 0, 0, [0.0], 0.1, False)]
+    lines = _write_official(_views(rows), tmp_path, 0, "regression")
+    assert lines[0] == "nan"  # the last batch (row 4) has no valid view
+    assert lines[1:] == ["clip_0 1.0 2.0 0 0", "clip_0 3.0 2.0 1 0", "clip_1 0.25 1.5 0 0", "clip_1 0.75 1.5 1 0"]
+    ours = merge_views(_views(rows), "regression", views_per_window=2)
+    assert official_merge(tmp_path, 1, "regression") == (pytest.approx(ours["mse"]),)
+    assert official_video_name("videos/abc/-x1.mp4") == "-x1" and official_video_name("a/b.c.avi") == "b"

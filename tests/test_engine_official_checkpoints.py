@@ -108,6 +108,7 @@ def test_official_checkpoint_latest_resumes_optimizer_ema_and_epoch(tmp_path):
     state = resume(config.runtime, runtime, ema_model)
 
     assert state.start_epoch == 12
+    assert runtime.scaler.state_dict() == scaler  # the official NativeScaler state, resumed
     saved = optimizer.state_dict()
     by_name = {name: saved["state"][i] for i, name in enumerate(index_names)}
     ours = dict(runtime.module.named_parameters())

@@ -63,10 +63,11 @@ class ToyNet(nn.Module):
         return self.head(x.mean(dim=(2, 3, 4)))
 
 
-def _runtime(model, lr=0.5, opt="sgd", out=None):
+def _runtime(model, lr=0.5, opt="sgd", out=None, loss_scaling=False):
     params = [{"params": list(model.parameters()), "weight_decay": 0.0, "lr_scale": 1.0}]
     optimizer = torch.optim.SGD(params, lr=lr) if opt == "sgd" else torch.optim.AdamW(params, lr=lr)
-    return TorchRuntime(model, optimizer, CPU, None, clip_grad=None, distributed=False, output_dir=out)
+    return TorchRuntime(model, optimizer, CPU, None, clip_grad=None, distributed=False, output_dir=out,
+                        loss_scaling=loss_scaling)
 
 
 def _args(tmp_path, **kw):
@@ -124,11 +125,13 @@ class NaNAfter:
         return (loss * float("nan") if self.calls >= self.n else loss), extra
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, loss_scaling):
+    """A non-finite loss stops the run (the official loops exit), with or without the grad scaler."""
     torch.manual_seed(0)
     data = ToyVideos(n=12)
     loader = DataLoader(data, batch_size=4, collate_fn=data.collate)
-    runtime = _runtime(ToyNet(), out=tmp_path)
+    runtime = _runtime(ToyNet(), out=tmp_path, loss_scaling=loss_scaling)
     task = NaNAfter(ClassificationTask(3), n=5)  # epoch 0 = calls 1..3, NaN in epoch 1
     with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 4"):
         fit(*_args(tmp_path), runtime, task, loader, len(loader), INFO)
@@ -138,6 +141,74 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0.pth", "checkpoint-latest.pth"]
     assert not list(tmp_path.glob(".*tmp"))
     assert [json.loads(line)["epoch"] for line in (tmp_path / "log.txt").read_text().splitlines()] == [0]
+
+
+def test_grad_scaler_skips_a_step_with_non_finite_gradients_and_training_goes_on():
+    """A finite loss whose gradients are not finite: the scaler skips that step (weights and AdamW state unchanged),
+    halves the scale and the next steps train again (the official NativeScalerWithGradNormCount)."""
+    torch.manual_seed(0)
+    data = ToyVideos(n=16)
+    loader = DataLoader(data, batch_size=4, collate_fn=data.collate)
+    net = ToyNet()
+    runtime = _runtime(net, lr=0.1, opt="adamw", loss_scaling=True)
+    backward_passes = []
+
+    def inf_on_second_pass(grad):
+        backward_passes.append(1)
+        return torch.full_like(grad, float("inf")) if len(backward_passes) == 2 else grad
+
+    net.head.weight.register_hook(inf_on_second_pass)
+    snapshots = [({k: v.clone() for k, v in net.state_dict().items()}, runtime.loss_scale, 0)]
+
+    def after_step(done, progress):
+        step = runtime.optimizer.state[net.head.weight]["step"]
+        snapshots.append(({k: v.clone() for k, v in net.state_dict().items()}, runtime.loss_scale, int(step)))
+
+    stats = train_one_epoch(runtime, ClassificationTask(3), loader, 0, np.full(8, 0.1), np.zeros(8), 0, 4,
+                            after_step=after_step)
+    changed = [any(not torch.equal(a[k], b[k]) for k in a) for (a, *_), (b, *_) in zip(snapshots, snapshots[1:])]
+    assert changed == [True, False, True]  # step 2 (inf gradient) skipped, steps 1 and 3 applied
+    assert [scale for _, scale, _ in snapshots] == [65536.0, 65536.0, 32768.0, 32768.0]
+    assert [step for *_, step in snapshots[1:]] == [1, 1, 2]  # AdamW did not count the skipped step
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert stats["loss_scale"] == pytest.approx((65536 + 3 * 32768) / 4) and stats["grad_norm"] == float("inf")
+
+
+class RecordingWriter:
+    """Records ``add_scalar`` calls as {tag: [(step, value), ...]} (a stand-in for tensorboardX's SummaryWriter)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, float(value)))
+
+    def flush(self):
+        pass
+
+
+def test_tensorboard_scalars_have_the_official_names_and_steps(tmp_path):
+    """The official loops log every micro-batch at its global index (``set_step()`` after each, ``set_step(epoch ×
+    steps × update_freq)`` at each epoch's start), ``grad_norm`` only when it steps, and per epoch the validation's
+    ``perf/val_*`` at step = epoch."""
+    data = ToyVideos(n=16)
+    loader = DataLoader(data, batch_size=2, collate_fn=data.collate)  # 8 micro-batches: 4 steps of 2
+    net = ToyNet()
+    runtime = _runtime(net, lr=0.1, opt="adamw", out=tmp_path, loss_scaling=True)
+    runtime.optimizer.param_groups[0]["weight_decay"] = 0.05  # a decayed group: opt/weight_decay is logged
+    writer = RecordingWriter()
+    optim, run = _args(tmp_path, epochs=2, update_freq=2, weight_decay=0.05, lr=0.1, min_lr=0.1)
+    val = {"loss": 1.5, "acc1": 40.0, "acc5": 90.0, "missing": 0.0}
+    fit(optim, run, runtime, ClassificationTask(3), loader, 4, INFO, validate=lambda: val, log_writer=writer)
+    per_micro_batch = {"loss/loss", "loss/class_acc", "opt/loss_scale", "opt/lr", "opt/min_lr", "opt/weight_decay"}
+    assert set(writer.scalars) == per_micro_batch | {"opt/grad_norm", "perf/val_loss", "perf/val_acc1",
+                                                     "perf/val_acc5"}
+    for tag in per_micro_batch:
+        assert [step for step, _ in writer.scalars[tag]] == list(range(16)), tag
+    assert [step for step, _ in writer.scalars["opt/grad_norm"]] == list(range(1, 16, 2))
+    assert writer.scalars["perf/val_acc1"] == [(0, 40.0), (1, 40.0)] and writer.scalars["perf/val_loss"][1] == (1, 1.5)
+    assert {v for _, v in writer.scalars["opt/loss_scale"]} == {65536.0}
+    assert [v for _, v in writer.scalars["opt/lr"]] == pytest.approx([0.1] * 16)
 
 
 def test_resume_continues_exactly(tmp_path):

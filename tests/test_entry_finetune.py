@@ -14,6 +14,8 @@ import torch
 import run_class_finetuning
 from models.factory import build_classifier
 from models.ops import bimamba_cpu
+from official_merge import official_merge
+from tensorboard_events import read_scalars
 from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError
 
@@ -50,7 +52,7 @@ def _run(argv: list[str]) -> dict:
 
 def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_path):
     out = tmp_path / "run"
-    argv = _argv(video_set, out, "--epochs", "4", "--test_best")
+    argv = _argv(video_set, out, "--epochs", "4", "--test_best", "--log_dir", str(tmp_path / "tb"))
     result = _run(argv)
     losses = [r["train_loss"] for r in result["history"]]
     assert losses[-1] < losses[0]
@@ -65,6 +67,9 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     test = result["test"]
     assert test["num_videos"] == 4 and test["missing"] == 0 and test["duplicates"] == 0
     assert len((out / "test_videos.csv").read_text().splitlines()) == 1 + 4
+    # the official per-rank file: a first line, then 4 videos × 2 segments × 2 crops; the official merge agrees
+    assert len((out / "0.txt").read_text().splitlines()) == 1 + 16
+    assert official_merge(out, 1) == (pytest.approx(test["acc1"]), pytest.approx(test["acc5"]))
     logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     epochs = [r for r in logged if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
@@ -80,6 +85,13 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     assert logged[-1]["test_weights"] == str(out / "checkpoint-best.pth")
     per_class = json.loads((out / "test_per_class.json").read_text())  # the end-of-training test's report too
     assert per_class["num_videos"] == 4 and logged[-1]["test_mean_class_acc"] == per_class["mean_class_accuracy"]
+    # TensorBoard: the official fine-tuning scalars, every step (4 per epoch), validation per epoch
+    scalars = read_scalars(tmp_path / "tb")
+    per_step = {"loss/loss", "loss/class_acc", "opt/loss_scale", "opt/lr", "opt/min_lr", "opt/weight_decay",
+                "opt/grad_norm"}
+    assert set(scalars) == per_step | {"perf/val_acc1", "perf/val_acc5", "perf/val_loss"}
+    assert all([step for step, _ in scalars[tag]] == list(range(16)) for tag in per_step)
+    assert scalars["perf/val_acc1"] == [(e, pytest.approx(r["val_acc1"])) for e, r in enumerate(epochs)]
 
     evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
     assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
@@ -184,6 +196,7 @@ def test_regression_learns_a_real_valued_target(brightness_set, tmp_path):
     last = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert last["Final MSE Loss"] == result["test"]["mse"] and "Final top-1" not in last
     assert "test_mean_class_acc" not in last and not (tmp_path / "out" / "test_per_class.json").exists()
+    assert official_merge(tmp_path / "out", 1, "regression") == (pytest.approx(result["test"]["mse"], rel=1e-5),)
     assert result["best"] == min(val_mse)
     with pytest.raises(UsageError, match="--task classification needs --nb_classes >= 2"):
         _run(_argv(brightness_set, tmp_path / "bad", "--epochs", "1", "--task", "classification", "--nb_classes", "1"))

@@ -11,6 +11,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 import run_class_finetuning
+from tensorboard_events import read_scalars
 from models.factory import build_classifier
 from utils.config import finetune_config
 import run_mask_pretrain
@@ -48,7 +49,7 @@ def test_mask_pretraining_lowers_loss_and_feeds_finetuning(video_set, tmp_path, 
     out = tmp_path / "pt"
     argv = _pretrain_argv(video_set, out, mask_type)
     if mask_type == "tube":  # the official warm-up: from 0, whatever --warmup_lr says (2 steps per epoch here)
-        argv += ["--warmup_epochs", "1", "--warmup_lr", "1e-3"]
+        argv += ["--warmup_epochs", "1", "--warmup_lr", "1e-3", "--log_dir", str(tmp_path / "tb")]
     args = run_mask_pretrain.get_args_parser().parse_args(argv)
     history = run_mask_pretrain.main(args)["history"]
     losses = [r["train_loss"] for r in history]
@@ -64,6 +65,11 @@ def test_mask_pretraining_lowers_loss_and_feeds_finetuning(video_set, tmp_path, 
         assert record["train_min_lr"] == record["train_lr"]  # no layer decay in pretraining
     if mask_type == "tube":
         assert logged[0]["train_lr"] == pytest.approx(0.5 * (0.0 + 2e-3))  # mean of linspace(0, lr, 2)
+        scalars = read_scalars(tmp_path / "tb")  # the official pretraining scalars, every step (2 per epoch)
+        assert set(scalars) == {"loss/loss", "loss_pixel/loss_pixel", "loss_clip/loss_clip", "opt/loss_scale",
+                                "opt/lr", "opt/min_lr", "opt/weight_decay", "opt/grad_norm"}
+        assert all([step for step, _ in values] == list(range(8)) for values in scalars.values())
+        assert scalars["opt/lr"][:2] == [(0, 0.0), (1, pytest.approx(2e-3))]
     if mask_type != "attention":
         return
     ft_argv = ["--model", "videomamba_tiny", "--depth", "2", "--embed_dim", "32", "--data_set", "Kinetics_sparse",

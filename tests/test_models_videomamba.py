@@ -3,8 +3,13 @@ drop-path / gradient checkpointing, and the timm registry."""
 import pytest
 import timm
 import torch
+from timm.layers import RmsNormFp32
+from torch import nn
 
+from configs import finetune
 import models  # noqa: F401  (registers the models with timm)
+from models.factory import build_classifier
+from models.mamba_mixer import BiMambaMixer
 from models.videomamba import VideoMamba
 
 pytestmark = pytest.mark.usefixtures("torch_backend")
@@ -121,17 +126,76 @@ def test_no_weight_decay_and_layers():
     assert m.get_num_layers() == 2
 
 
-def test_init_follows_official_scheme():
+def _official_init_rules(model, mamba_dt_init: bool) -> dict:
+    """{parameter name: (rule, value)} from the official code's init order: its blanket Linear init (trunc_normal
+    .02, bias 0: ``segm_init_weights``) over every module, pos_embed trunc_normal .02, then Mamba's
+    ``_init_weights`` (out_proj: kaiming_uniform(a=sqrt 5) / sqrt(depth)); the rest keeps its construction init."""
+    rules = {"pos_embed": ("normal", 0.02), "cls_token": ("const", 0.0), "temporal_pos_embedding": ("const", 0.0)}
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, BiMambaMixer):
+            s4d = torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32)).expand(module.d_inner, -1)
+            rules.update({f"{name}.A_log": ("equal", s4d), f"{name}.A_b_log": ("equal", s4d),
+                          f"{name}.D": ("const", 1.0), f"{name}.D_b": ("const", 1.0)})
+        elif isinstance(module, nn.Linear) and leaf == "out_proj":
+            rules[f"{name}.weight"] = ("uniform", module.in_features ** -0.5 / len(model.layers) ** 0.5)
+        elif isinstance(module, nn.Linear) and mamba_dt_init and leaf in ("dt_proj", "dt_proj_b"):
+            rules[f"{name}.weight"] = ("uniform", module.in_features ** -0.5)
+            rules[f"{name}.bias"] = ("softplus_in", (1e-3, 0.1))
+        elif isinstance(module, nn.Linear):  # in_proj, x_proj, dt_proj (official), head, decoders
+            rules[f"{name}.weight"] = ("normal", 0.02)
+            if module.bias is not None:
+                rules[f"{name}.bias"] = ("const", 0.0)
+        elif isinstance(module, (nn.Conv1d, nn.Conv3d)):  # PyTorch's default: bound 1/sqrt(fan_in) for both
+            bound = module.weight[0].numel() ** -0.5
+            rules[f"{name}.weight"] = rules[f"{name}.bias"] = ("uniform", bound)
+        elif isinstance(module, nn.LayerNorm):
+            rules[f"{name}.weight"], rules[f"{name}.bias"] = ("const", 1.0), ("const", 0.0)
+        elif isinstance(module, RmsNormFp32):
+            rules[f"{name}.weight"] = ("const", 1.0)
+    return rules
+
+
+def _check_init(name: str, p: torch.Tensor, rule: str, value) -> None:
+    n = p.numel()
+    tol = 5 * 0.71 / n ** 0.5  # 5 sigma of a sample std (normal: 0.71/sqrt(n) relative; uniform: less)
+    if rule == "const":
+        assert torch.equal(p, torch.full_like(p, value)), name
+    elif rule == "equal":
+        assert torch.equal(p, value), name
+    elif rule == "normal":  # trunc_normal_(std) truncates at +-2 absolute
+        assert p.abs().max() <= 2 and abs(float(p.mean())) <= 5 * value / n ** 0.5, name
+        assert float(p.std()) == pytest.approx(value, rel=tol), name
+    elif rule == "uniform":
+        assert p.abs().max() <= value, name
+        assert float(p.std()) == pytest.approx(value / 3 ** 0.5, rel=tol), name
+    else:  # softplus(bias) = a dt log-uniform in [dt_min, dt_max]
+        dt = torch.nn.functional.softplus(p)
+        assert dt.min() >= value[0] * (1 - 1e-4) and dt.max() <= value[1] * (1 + 1e-4), name
+        assert float(dt.log().std()) > 0.5, name  # spread over the log range (its uniform std is 1.33)
+
+
+@pytest.mark.parametrize("variant,kwargs", [("videomamba_tiny", {"num_classes": 64}),
+                                            ("videomamba_tiny_pretrain", {"clip_output_dim": 64})])
+@pytest.mark.parametrize("mamba_dt_init", [False, True])
+def test_init_of_every_parameter_follows_the_official_rule(variant, kwargs, mamba_dt_init):
     torch.manual_seed(0)
-    m = VideoMamba(**{**TINY, "embed_dim": 64, "depth": 4}).requires_grad_(False)
-    assert torch.equal(m.cls_token, torch.zeros_like(m.cls_token))
-    assert m.pos_embed.std() == pytest.approx(0.02, rel=0.3)
-    assert m.head.weight.std() == pytest.approx(0.02, rel=0.3) and not m.head.bias.any()
-    # out_proj: kaiming_uniform(a=sqrt 5) bound 1/sqrt(fan_in), then / sqrt(depth)
-    bound = (1 / 128 ** 0.5) / 4 ** 0.5
-    w = m.layers[0].mixer.out_proj.weight
-    assert w.abs().max() <= bound and w.abs().max() > 0.8 * bound
-    assert torch.nn.functional.softplus(m.layers[0].mixer.dt_proj.bias).min() >= 1e-4
+    size = dict(img_size=64, patch_size=16, depth=3, embed_dim=64, num_frames=4)
+    m = timm.create_model(variant, mamba_dt_init=mamba_dt_init, **size, **kwargs).requires_grad_(False)
+    rules = _official_init_rules(m, mamba_dt_init)
+    params = dict(m.named_parameters())
+    assert set(rules) == set(params)  # every parameter family has its rule
+    for name, p in params.items():
+        _check_init(name, p, *rules[name])
+    dt_bias = m.layers[0].mixer.dt_proj.bias
+    assert bool(dt_bias.any()) is mamba_dt_init  # official: zero (the blanket Linear init), flag: Mamba's
+
+
+def test_mamba_dt_init_flag_reaches_the_model():
+    torch.manual_seed(0)
+    flags = dict(depth=2, embed_dim=32, input_size=32, num_frames=4, tubelet_size=1, nb_classes=4)
+    assert not build_classifier(finetune(**flags).model).layers[1].mixer.dt_proj_b.bias.any()
+    assert build_classifier(finetune(**flags, mamba_dt_init=True).model).layers[1].mixer.dt_proj_b.bias.all()
 
 
 def test_reset_classifier():

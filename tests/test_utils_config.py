@@ -13,11 +13,13 @@ import run_mask_pretrain
 import run_regression_finetuning
 from datasets.collate import collate_eval, collate_masked, collate_train
 from models.clip_teacher import default_clip_weights
+from engines.fit import build_runtime
 from models.factory import build_classifier
 from models.ops import get_backend
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 from utils.config import (CLIP_DIR_ENV, RUN_ONLY_FLAGS, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig,
                           changed_flags, checkpoint_args, finetune_config, pretrain_config)
+from utils.distributed import DistInfo
 from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +86,18 @@ def test_aa_spellings_and_frame_folders():
     assert finetune("--no_use_decord").data.frame_folders and not finetune().data.frame_folders
     # the parser's values, not a builder's own fallback: --reprob 0.25, --test_num_crop 3
     assert (finetune().augment.reprob, finetune().augment.test_num_crop) == (0.25, 3)
+
+
+def test_grad_scaler_as_the_official_scripts_fine_tuning_unless_no_amp_pretraining_always():
+    assert finetune().runtime.loss_scaler and finetune("--bf16").runtime.loss_scaler
+    assert not finetune("--no_amp").runtime.loss_scaler
+    assert pretrain().runtime.loss_scaler and pretrain("--no_amp").runtime.loss_scaler
+    cpu = DistInfo(0, 1, 0, torch.device("cpu"))
+    for config, enabled in ((finetune("--bf16", "--device", "cpu"), True), (finetune("--no_amp"), False),
+                            (pretrain("--no_amp"), True)):
+        runtime = build_runtime(config.optim, config.runtime, torch.nn.Linear(2, 2), cpu)
+        assert runtime.scaler.is_enabled() is enabled
+        assert runtime.loss_scale == (65536.0 if enabled else 0.0)  # the official log value without a scaler: 0
 
 
 def test_scan_backend_flag_with_the_environment_as_fallback(monkeypatch):

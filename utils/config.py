@@ -8,8 +8,10 @@ mixup/cutmix/label smoothing for regression, the ``--aa`` spellings of "off", th
 total batch × ``--num_sample`` / 256 unless ``--no_lr_scale``; the world size comes from the launcher's variables, as
 ``utils.distributed.init_distributed`` reads them), the first lr of the warm-up (pretraining: 0, as the official
 script), ``--weight_decay_end`` (default: ``--weight_decay``), the teacher's attention (``--mask_type attention``
-needs it), and the two environment variables that are fallbacks of real flags: ``--scan_backend``
-(``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``) and ``--clip_teacher_path`` (``$VIDEOMAMBA_CLIP_DIR``).
+needs it), the grad scaler of the plain PyTorch runtime (as the official scripts: fine-tuning unless ``--no_amp``,
+pretraining always; on every device, bf16 included), and the two environment variables that are fallbacks of real
+flags: ``--scan_backend`` (``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``) and ``--clip_teacher_path``
+(``$VIDEOMAMBA_CLIP_DIR``).
 ``checkpoint_args`` gives the official ``args`` entry of checkpoints; ``dataclasses.asdict`` the typed one.
 This module imports nothing from ``datasets/``, ``models/`` or ``engines/``, which all import it.
 """
@@ -109,6 +111,7 @@ class ModelConfig:
     use_checkpoint: bool
     checkpoint_num: int
     scan_backend: str  # selective-scan backend of the run (models.ops.BACKENDS)
+    mamba_dt_init: bool  # keep Mamba's dt_proj init (official: the blanket Linear init overwrites it)
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ class RuntimeConfig:
     pin_mem: bool
     no_amp: bool
     bf16: bool
+    loss_scaler: bool  # plain PyTorch runtime: every step through a GradScaler (skips steps with non-finite grads)
     enable_deepspeed: bool
     zero_stage: int
     output_dir: str
@@ -305,8 +309,8 @@ def world_size(args: Namespace) -> int:
     return 1 if found is None else found[1]
 
 
-def runtime_config(args: Namespace) -> RuntimeConfig:
-    return _fields(RuntimeConfig, args, world_size=world_size(args))
+def runtime_config(args: Namespace, *, loss_scaler: bool) -> RuntimeConfig:
+    return _fields(RuntimeConfig, args, world_size=world_size(args), loss_scaler=loss_scaler)
 
 
 def optim_config(args: Namespace, *, lr_scale: float, warmup_from_zero: bool) -> OptimConfig:
@@ -331,7 +335,7 @@ def finetune_config(args: Namespace) -> FinetuneConfig:
     """The typed configuration of ``run_class_finetuning.py`` (``UsageError`` on contradicting flags)."""
     task = task_of(args)
     regression = task == "regression"
-    runtime = runtime_config(args)
+    runtime = runtime_config(args, loss_scaler=not args.no_amp)
     data = _fields(VideoSetConfig, args, regression=regression, frame_folders=not args.use_decord)
     no_mix = dict(mixup=0.0, cutmix=0.0, cutmix_minmax=None, smoothing=0.0) if regression else dict(
         cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax is not None else None)
@@ -346,8 +350,8 @@ def finetune_config(args: Namespace) -> FinetuneConfig:
 
 def pretrain_config(args: Namespace) -> PretrainConfig:
     """The typed configuration of ``run_mask_pretrain.py``: as the official pretraining script, the warm-up
-    starts from 0 (``--warmup_lr`` is not used)."""
-    runtime = runtime_config(args)
+    starts from 0 (``--warmup_lr`` is not used) and the grad scaler runs also with ``--no_amp``."""
+    runtime = runtime_config(args, loss_scaler=True)
     teacher = _fields(TeacherConfig, args, clip_dir=os.environ.get(CLIP_DIR_ENV) or None,
                       clip_return_attn=args.clip_return_attn or args.mask_type == "attention")
     return PretrainConfig(
