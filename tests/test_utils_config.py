@@ -11,12 +11,12 @@ import run_class_finetuning
 import run_mask_pretrain
 import run_regression_finetuning
 from datasets.collate import collate_eval, collate_masked, collate_train
-from models.clip_teacher import default_clip_weights
-from models.factory import build_classifier
+from models.clip_teacher import CLIP_DIR_ENV, default_clip_weights
+from models.factory import build_classifier, build_student, build_teacher
 from models.ops import get_backend
+from models.ops.backend import ENV_VAR as SCAN_BACKEND_ENV
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
-from utils.config import (CLIP_DIR_ENV, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig, checkpoint_args,
-                          finetune_config, pretrain_config)
+from utils.config import FinetuneConfig, PretrainConfig, checkpoint_args, finetune_config, pretrain_config
 from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,19 +85,27 @@ def test_aa_spellings_and_frame_folders():
     assert (finetune().augment.reprob, finetune().augment.test_num_crop) == (0.25, 3)
 
 
+TINY = ("--depth", "2", "--embed_dim", "16", "--num_frames", "2", "--input_size", "32")
+
+
 def test_scan_backend_flag_with_the_environment_as_fallback(monkeypatch):
-    assert finetune().model.scan_backend == "auto"
+    """Every mixer gets ``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND`` (read by models.ops only), else auto."""
+    def backends(*argv: str) -> set[str]:
+        classifier = build_classifier(finetune(*TINY, "--nb_classes", "3", *argv).model)
+        student = build_student(pretrain(*TINY, *argv).model)
+        return {layer.mixer.backend for model in (classifier, student) for layer in model.layers}
+
+    assert finetune().model.scan_backend is None and backends() == {"auto"}
     monkeypatch.setenv(SCAN_BACKEND_ENV, "ref")
-    assert finetune().model.scan_backend == "ref" and pretrain().model.scan_backend == "ref"
-    assert finetune("--scan_backend", "torch").model.scan_backend == "torch"
+    assert backends() == {"ref"}
+    assert backends("--scan_backend", "torch") == {"torch"}
     with pytest.raises(SystemExit):
         run_class_finetuning.get_args_parser().parse_args(["--scan_backend", "gpu"])
 
 
 def test_the_run_gives_its_scan_backend_to_every_mixer_not_to_the_process():
     previous = get_backend()
-    config = finetune("--scan_backend", "ref", "--depth", "2", "--embed_dim", "16", "--num_frames", "2",
-                      "--input_size", "32", "--nb_classes", "3")
+    config = finetune("--scan_backend", "ref", *TINY, "--nb_classes", "3")
     model = build_classifier(config.model)
     assert [layer.mixer.backend for layer in model.layers] == ["ref", "ref"]
     assert get_backend() == previous
@@ -105,13 +113,13 @@ def test_the_run_gives_its_scan_backend_to_every_mixer_not_to_the_process():
 
 def test_clip_teacher_path_with_the_clip_folder_as_fallback(monkeypatch, tmp_path):
     assert pretrain("--clip_teacher_path", "/w/b16.pth").teacher.clip_teacher_path == "/w/b16.pth"
-    assert pretrain().teacher.clip_dir is None
     with pytest.raises(FileNotFoundError, match="--clip_teacher_path.*VIDEOMAMBA_CLIP_DIR"):
-        default_clip_weights("ViT-B/16", pretrain().teacher.clip_dir)
+        build_teacher(pretrain().teacher)
     monkeypatch.setenv(CLIP_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"weights not found at {tmp_path / 'vit_b16.pth'}"):
+        build_teacher(pretrain().teacher)
+    assert default_clip_weights("ViT-L/14") == tmp_path / "vit_l14.pth"
     teacher = pretrain().teacher
-    assert teacher.clip_dir == str(tmp_path)
-    assert default_clip_weights("ViT-L/14", teacher.clip_dir) == tmp_path / "vit_l14.pth"
     assert not teacher.clip_return_attn and pretrain("--mask_type", "attention").teacher.clip_return_attn
 
 

@@ -8,14 +8,14 @@ mixup/cutmix/label smoothing for regression, the ``--aa`` spellings of "off", th
 total batch × ``--num_sample`` / 256 unless ``--no_lr_scale``; the world size comes from the launcher's variables, as
 ``utils.distributed.init_distributed`` reads them), the first lr of the warm-up (pretraining: 0, as the official
 script), ``--weight_decay_end`` (default: ``--weight_decay``), the teacher's attention (``--mask_type attention``
-needs it), and the two environment variables that are fallbacks of real flags: ``--scan_backend``
-(``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``) and ``--clip_teacher_path`` (``$VIDEOMAMBA_CLIP_DIR``).
+needs it). The environment variables that are fallbacks of flags are read where they take effect, once each:
+``models.ops.get_backend`` (``$VIDEOMAMBA_SCAN_BACKEND``, when ``--scan_backend`` is not given) and
+``models.clip_teacher.default_clip_weights`` (``$VIDEOMAMBA_CLIP_DIR``, when ``--clip_teacher_path`` is not given).
 ``checkpoint_args`` gives the official ``args`` entry of checkpoints; ``dataclasses.asdict`` the typed one.
 This module imports nothing from ``datasets/``, ``models/`` or ``engines/``, which all import it.
 """
 from __future__ import annotations
 
-import os
 from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +23,6 @@ from typing import Any
 from utils.distributed import launcher_env
 from utils.errors import UsageError
 
-SCAN_BACKEND_ENV = "VIDEOMAMBA_SCAN_BACKEND"
-CLIP_DIR_ENV = "VIDEOMAMBA_CLIP_DIR"
 TASKS = ("classification", "regression")
 
 
@@ -108,7 +106,7 @@ class ModelConfig:
     drop_path: float
     use_checkpoint: bool
     checkpoint_num: int
-    scan_backend: str  # selective-scan backend of the run (models.ops.BACKENDS)
+    scan_backend: str | None  # --scan_backend (models.ops.BACKENDS); None: the process default
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,6 @@ class TeacherConfig:
 
     clip_teacher: str
     clip_teacher_path: str | None  # the flag's file, else None
-    clip_dir: str | None  # $VIDEOMAMBA_CLIP_DIR: the folder of converted weights when no path is given
     clip_teacher_random: bool
     clip_teacher_width: int | None  # size overrides (demos, tests)
     clip_teacher_layers: int | None
@@ -294,11 +291,6 @@ def aa_policy(value: str | None) -> str | None:
     return str(value)
 
 
-def scan_backend(args: Namespace) -> str:
-    """``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``."""
-    return args.scan_backend or os.environ.get(SCAN_BACKEND_ENV, "").strip().lower() or "auto"
-
-
 def world_size(args: Namespace) -> int:
     """Processes of the run, from the launcher's variables (``--dist_on_itp``: OpenMPI's)."""
     found = launcher_env(openmpi=args.dist_on_itp)
@@ -337,7 +329,7 @@ def finetune_config(args: Namespace) -> FinetuneConfig:
         cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax is not None else None)
     augment = _fields(AugmentConfig, args, aa=aa_policy(args.aa), train_crop_scale=tuple(args.train_crop_scale),
                       **no_mix)
-    model = _fields(ClassifierConfig, args, scan_backend=scan_backend(args))
+    model = _fields(ClassifierConfig, args)
     ema = _fields(EmaConfig, args) if args.model_ema else None
     optim = optim_config(args, lr_scale=linear_lr_scale(args, runtime), warmup_from_zero=False)
     evaluation = _fields(EvalConfig, args, validate=not args.disable_eval_during_finetuning)
@@ -348,12 +340,11 @@ def pretrain_config(args: Namespace) -> PretrainConfig:
     """The typed configuration of ``run_mask_pretrain.py``: as the official pretraining script, the warm-up
     starts from 0 (``--warmup_lr`` is not used)."""
     runtime = runtime_config(args)
-    teacher = _fields(TeacherConfig, args, clip_dir=os.environ.get(CLIP_DIR_ENV) or None,
-                      clip_return_attn=args.clip_return_attn or args.mask_type == "attention")
+    teacher = _fields(TeacherConfig, args, clip_return_attn=args.clip_return_attn or args.mask_type == "attention")
     return PretrainConfig(
         data=_fields(PretrainDataConfig, args),
         augment=_fields(PretrainAugmentConfig, args),
-        model=_fields(StudentConfig, args, scan_backend=scan_backend(args)),
+        model=_fields(StudentConfig, args),
         teacher=teacher,
         distill=_fields(DistillConfig, args),
         optim=optim_config(args, lr_scale=linear_lr_scale(args, runtime), warmup_from_zero=True),
