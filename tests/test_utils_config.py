@@ -11,6 +11,8 @@ import run_class_finetuning
 import run_mask_pretrain
 import run_regression_finetuning
 from datasets.collate import collate_eval, collate_masked, collate_train
+from engines.fit import samples_per_step
+from engines.runtime import deepspeed_config
 from models.clip_teacher import CLIP_DIR_ENV, default_clip_weights
 from models.factory import build_classifier, build_student, build_teacher
 from models.ops import get_backend
@@ -49,6 +51,19 @@ def test_lr_is_scaled_once_by_the_total_batch_and_num_sample(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun's variables: the world size of the lr rule
     scaled = finetune("--batch_size", "16", "--num_sample", "2", "--lr", "1e-3")
     assert scaled.runtime.world_size == 8 and scaled.optim.lr == pytest.approx(1e-3 * 16 * 8 * 2 / 256)
+
+
+def test_the_launchers_world_size_is_the_runs_everywhere(monkeypatch):
+    """8 torchrun ranks, before (or without) a process group: the lr rule, the samples per step that a mid-epoch
+    resume compares, DeepSpeed's batch and the checkpoint's official ``args`` all count 8 processes."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args = run_class_finetuning.get_args_parser().parse_args(["--batch_size", "4", "--update_freq", "2"])
+    config = finetune_config(args)
+    assert config.runtime.world_size == 8 and args.world_size == 1  # the flag is informational
+    assert samples_per_step(config.runtime) == 4 * 2 * 8
+    assert deepspeed_config(config.optim, config.runtime)["train_batch_size"] == 4 * 2 * 8
+    assert checkpoint_args(args, config)["world_size"] == 8
 
 
 def test_pretraining_warms_up_from_zero_and_resolves_weight_decay_end():

@@ -354,9 +354,11 @@ def pretrain_config(args: Namespace) -> PretrainConfig:
 
 def checkpoint_args(args: Namespace, config: FinetuneConfig | PretrainConfig) -> dict[str, Any]:
     """The official ``args`` entry of a checkpoint: the parsed flags with what the official scripts write back into
-    their Namespace, the scaled ``lr``/``min_lr``/``warmup_lr`` and (regression) no mixup, cutmix or smoothing."""
+    their Namespace, the launcher's ``world_size``, the scaled ``lr``/``min_lr``/``warmup_lr`` and (regression) no
+    mixup, cutmix or smoothing."""
     out = dict(vars(args))
-    out.update(lr=config.optim.lr, min_lr=config.optim.min_lr, warmup_lr=config.optim.warmup_lr)
+    out.update(world_size=config.runtime.world_size, lr=config.optim.lr, min_lr=config.optim.min_lr,
+               warmup_lr=config.optim.warmup_lr)
     if isinstance(config, FinetuneConfig):
         augment = config.augment
         minmax = list(augment.cutmix_minmax) if augment.cutmix_minmax is not None else None
