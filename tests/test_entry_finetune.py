@@ -79,8 +79,12 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
 
     evaluated = _run(_argv(video_set, tmp_path / "eval", "--eval", "--resume", str(out / "checkpoint-best.pth")))
     assert evaluated["val"]["acc1"] == pytest.approx(best_acc)
+    best_epoch = next(r for r in result["history"] if r["val_acc1"] == best_acc)  # checkpoint-best: the first
+    assert evaluated["val"]["loss"] == pytest.approx(best_epoch["val_loss"], rel=1e-5)  # the accuracy alone is coarse
     assert evaluated["test"]["acc1"] == pytest.approx(test["acc1"])
     assert evaluated["weights"] == str(out / "checkpoint-best.pth")
+    # the final test of the training run scored checkpoint-best (measured: epoch 0 of 4): the same per-video scores
+    assert (tmp_path / "eval" / "test_videos.csv").read_text() == (out / "test_videos.csv").read_text()
 
     # --eval --test_best: checkpoint-best of --output_dir; --disable_eval_during_finetuning skips validation
     best_only = _run(_argv(video_set, out, "--eval", "--test_best", "--disable_eval_during_finetuning"))
