@@ -126,6 +126,18 @@ def test_the_run_gives_its_scan_backend_to_every_mixer_not_to_the_process():
     assert get_backend() == previous
 
 
+def test_model_flags_reach_the_classifier_and_the_student():
+    """--drop, --fc_drop_rate, --drop_path, --tubelet_size and the checkpointing flags, built as the scripts do."""
+    flags = ("--drop_path", "0.4", "--tubelet_size", "2", "--use_checkpoint", "--checkpoint_num", "1")
+    classifier = build_classifier(finetune(*TINY, *flags, "--nb_classes", "3", "--drop", "0.3",
+                                           "--fc_drop_rate", "0.2").model)
+    student = build_student(pretrain(*TINY, *flags).model)
+    assert (classifier.pos_drop.p, classifier.head_drop.p) == (0.3, 0.2)
+    for model in (classifier, student):
+        assert model.drop_path.drop_prob == pytest.approx(0.4) and model.patch_embed.proj.kernel_size[0] == 2
+        assert (model.use_checkpoint, model.checkpoint_num) == (True, 1)
+
+
 def test_clip_teacher_path_with_the_clip_folder_as_fallback(monkeypatch, tmp_path):
     assert pretrain("--clip_teacher_path", "/w/b16.pth").teacher.clip_teacher_path == "/w/b16.pth"
     with pytest.raises(FileNotFoundError, match="--clip_teacher_path.*VIDEOMAMBA_CLIP_DIR"):
