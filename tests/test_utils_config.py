@@ -19,6 +19,7 @@ from models.ops import get_backend
 from models.ops.backend import ENV_VAR as SCAN_BACKEND_ENV
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
 from utils.config import FinetuneConfig, PretrainConfig, checkpoint_args, finetune_config, pretrain_config
+from utils.distributed import launcher_env
 from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,17 @@ def test_the_launchers_world_size_is_the_runs_everywhere(monkeypatch):
     assert samples_per_step(config.runtime) == 4 * 2 * 8
     assert deepspeed_config(config.optim, config.runtime)["train_batch_size"] == 4 * 2 * 8
     assert checkpoint_args(args, config)["world_size"] == 8
+
+
+def test_slurm_variables_and_torchrun_first(monkeypatch):
+    """srun: rank, world size and local rank from SLURM_*; under torchrun inside a slurm job torchrun's win."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name, value in (("SLURM_PROCID", "3"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")):
+        monkeypatch.setenv(name, value)
+    assert launcher_env() == (3, 8, 1) and finetune().runtime.world_size == 8
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launcher_env() == (1, 2, 0) and finetune().runtime.world_size == 2
 
 
 def test_pretraining_warms_up_from_zero_and_resolves_weight_decay_end():
