@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.baselines:
         for arch in VIT_JOINT_SIZES:
             for frames in args.frames:
-                model = vit_joint(arch, frames, args.img_size).to("meta").eval()
+                with torch.device("meta"):  # shapes only: no weights are initialised
+                    model = vit_joint(arch, frames, args.img_size).eval()
                 report = count_flops(model, torch.empty(1, 3, frames, args.img_size, args.img_size, device="meta"))
                 rows.append(_row(arch, frames, args.img_size, report, paper=False))
     print("GFLOPs per view (batch 1), fvcore convention: 1 multiply-add = 1 FLOP; "
