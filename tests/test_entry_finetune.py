@@ -1,6 +1,7 @@
 """End-to-end fine-tuning through run_class_finetuning.py on a tiny synthetic video set (CPU, tiny model)."""
 import json
 import shutil
+import socket
 import statistics
 from dataclasses import asdict
 import subprocess
@@ -120,8 +121,14 @@ def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp
 
 
 def test_deepspeed_and_plain_paths_train_the_same(video_set, tmp_path, monkeypatch):
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29631")
+    with socket.socket() as free:  # a free port: other test runs may share the machine
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    # the variables init_distributed exports for DeepSpeed's one-process group, set here so that they are removed
+    # afterwards (left behind, they would make the next in-process run start a process group of its own)
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
+                        ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
     common = ("--epochs", "1", "--disable_eval_during_finetuning", "--clip_grad", "1.0", "--update_freq", "2")
     plain = _run(_argv(video_set, tmp_path / "plain", *common))
     try:
