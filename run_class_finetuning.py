@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from utils.omp import prefer_passive_wait
 
-prefer_passive_wait()  # before torch starts its OpenMP runtime
+if __name__ == "__main__":  # before torch starts its OpenMP runtime; importing this module changes nothing
+    prefer_passive_wait()
 
 import argparse
 import logging

@@ -5,6 +5,11 @@ Every flag of ``run_class_finetuning.py`` is accepted, with the official regress
 """
 from __future__ import annotations
 
+from utils.omp import prefer_passive_wait
+
+if __name__ == "__main__":  # before torch starts its OpenMP runtime; importing this module changes nothing
+    prefer_passive_wait()
+
 import argparse
 
 import run_class_finetuning

@@ -1,4 +1,4 @@
-"""Timing, peak-memory and table helpers shared by the benchmarks.
+"""Timing and peak-memory helpers shared by the benchmarks (their tables: ``utils.table``).
 
 Peak memory on CPU is measured per configuration in a fresh child process: the parent reaps the child
 with ``os.wait4`` and reads that child's own ``ru_maxrss`` (``getrusage(RUSAGE_CHILDREN)`` would give
@@ -145,15 +145,3 @@ def cpu_model_name() -> str:
 def machine_description(threads: int) -> str:
     """One line naming the CPU, the core count and the intra-op threads used."""
     return f"{cpu_model_name()}, {os.cpu_count()} logical CPUs, {threads} torch threads, {platform.system()}"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table (pads columns so it also reads well in a terminal)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
-
-    sep = "| " + " | ".join("-" * w for w in widths) + " |"
-    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])

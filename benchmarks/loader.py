@@ -32,13 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 import numpy as np
 import torch
 
-from benchmarks.common import format_table, machine_description
+from benchmarks.common import machine_description
 from datasets.build import build_video_dataset
 from datasets.readers import open_video
 from datasets.sampling import sparse_train_indices
 from tools.make_synthetic_dataset import write_video
 from utils.config import AugmentConfig, VideoSetConfig
 from utils.logging import setup_logging
+from utils.table import format_table
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 from models import ops  # noqa: E402
 from models.ops.scan_inputs import random_scan_inputs  # noqa: E402
 from models.ops.selective_scan_cpu import load_cpu_kernel  # noqa: E402
+from utils.table import format_table  # noqa: E402
 
 logger = logging.getLogger("benchmarks.scan")
 
@@ -127,18 +128,15 @@ def run_cell(method: str, width: int, length: int, repeats: int, threads: int) -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def format_table(rows: List[Dict]) -> str:
+def results_table(rows: List[Dict]) -> str:
     header = ["model", "frames", "L", "method", "fwd s", "fwd+bwd s", "fwd cpu s", "fwd+bwd cpu s",
               "fwd peak MB", "fwd+bwd peak MB", "inputs MB", "fwd+bwd vs pscan", "err"]
-    lines = [" | ".join(header), " | ".join("---" for _ in header)]
-    for r in rows:
-        lines.append(" | ".join([
-            r["model"], str(r["frames"]), str(r["L"]), r["method"], f"{r['fwd_s']:.4f}", f"{r['fwdbwd_s']:.4f}",
-            f"{r['fwd_cpu_s']:.4f}", f"{r['fwdbwd_cpu_s']:.4f}",
-            f"{r['fwd_peak_mb']:.1f}", f"{r['fwdbwd_peak_mb']:.1f}", f"{r['input_mb']:.1f}",
-            f"{r['speedup_vs_pscan']:.1f}x" if r.get("speedup_vs_pscan") else "-", f"{r['err']:.1e}",
-        ]))
-    return "\n".join(lines)
+    return format_table(header, [[
+        r["model"], r["frames"], r["L"], r["method"], f"{r['fwd_s']:.4f}", f"{r['fwdbwd_s']:.4f}",
+        f"{r['fwd_cpu_s']:.4f}", f"{r['fwdbwd_cpu_s']:.4f}",
+        f"{r['fwd_peak_mb']:.1f}", f"{r['fwdbwd_peak_mb']:.1f}", f"{r['input_mb']:.1f}",
+        f"{r['speedup_vs_pscan']:.1f}x" if r.get("speedup_vs_pscan") else "-", f"{r['err']:.1e}",
+    ] for r in rows])
 
 
 def main() -> None:
@@ -181,7 +179,7 @@ def main() -> None:
                 rows.append({"model": WIDTH_NAMES.get(width, str(width)), "frames": frames, "L": length,
                              "method": method, **cell,
                              "speedup_vs_pscan": pscan_time / cell["fwdbwd_s"] if pscan_time else None})
-    print(format_table(rows))
+    print(results_table(rows))
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

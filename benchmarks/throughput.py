@@ -28,52 +28,26 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 
 from benchmarks.common import MIB, busy_neighbour, current_rss_bytes, machine_description, run_isolated, time_call
 from benchmarks.throughput_report import Row, goal_lines, plot, results_table
+from models.vit_joint import VIT_JOINT_SIZES, vit_joint
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
-# Model family -> (VideoMamba arch, ViT arch). The ViTs have DeiT-Ti/S widths and 12 layers.
+# Model family -> (VideoMamba arch, ViT arch of models/vit_joint.py).
 FAMILIES = {
     "tiny": ("videomamba_tiny", "vit_tiny_joint"),
     "small": ("videomamba_small", "vit_small_joint"),
 }
-VIT_CONFIGS = {
-    "vit_tiny_joint": dict(embed_dim=192, depth=12, num_heads=3),
-    "vit_small_joint": dict(embed_dim=384, depth=12, num_heads=6),
-}
 NUM_CLASSES = 400
-
-
-class JointSpaceTimeViT(nn.Module):
-    """TimeSformer-style joint space-time attention baseline built from timm's ``VisionTransformer``.
-
-    The T frames are tiled side by side into one (H, T*W) image, so timm's per-patch Conv2d embeds
-    every frame separately (patches never straddle frames) and the model attends over 1 + T*(H/16)*(W/16)
-    tokens with a learned (1, 1 + T*HW, C) position table: the same token count as VideoMamba. Attention is
-    timm's fused ``scaled_dot_product_attention``. Input (B, 3, T, H, W) -> logits (B, num_classes).
-    """
-
-    def __init__(self, num_frames: int, img_size: int, embed_dim: int, depth: int, num_heads: int,
-                 num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.vit = VisionTransformer(img_size=(img_size, img_size * num_frames), patch_size=16,
-                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                                     num_classes=num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        tiled = x.permute(0, 1, 3, 2, 4).reshape(b, c, h, t * w)
-        return self.vit(tiled)
 
 
 def build_model(arch: str, frames: int, img_size: int) -> nn.Module:
     """A VideoMamba model through timm's registry, or the joint-attention ViT baseline."""
-    if arch in VIT_CONFIGS:
-        return JointSpaceTimeViT(frames, img_size, **VIT_CONFIGS[arch])
+    if arch in VIT_JOINT_SIZES:
+        return vit_joint(arch, frames, img_size, num_classes=NUM_CLASSES)
     import timm
 
     import models  # noqa: F401  (registers the VideoMamba architectures with timm)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import MIB, format_table
+from benchmarks.common import MIB
+from utils.table import format_table
 
 TRAIN_FLOPS_FACTOR = 3  # forward + backward (twice the forward's multiply-adds)
 

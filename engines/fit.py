@@ -30,7 +30,7 @@ from engines.runtime import DeepSpeedRuntime, TorchRuntime, amp_dtype, deepspeed
 from engines.schedule import cosine_schedule
 from engines.train import train_one_epoch
 from utils.config import EmaConfig, OptimConfig, RuntimeConfig, changed_flags
-from utils.distributed import DistInfo, get_rank, get_world_size
+from utils.distributed import DistInfo, get_rank
 from utils.seeding import EpochSampler
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
                     samples_per_step(run), optim.lr, optim.min_lr, optim.warmup_lr)
     optimizer = create_optimizer(optim, model, deepspeed=run.enable_deepspeed)
     if run.enable_deepspeed:
-        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
-                                run.output_dir)
+        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run), run.output_dir)
     dtype = amp_dtype(info.device, run.no_amp, run.bf16)
     logger.info("plain PyTorch runtime, autocast dtype %s, grad scaler %s%s", dtype,
                 "on" if run.loss_scaler else "off", ", DDP" if info.distributed else "")
@@ -84,7 +83,7 @@ class RunState:
 
 def samples_per_step(run: RuntimeConfig) -> int:
     """Training samples per optimiser step over all ranks: batch_size × update_freq × world size."""
-    return run.batch_size * run.update_freq * get_world_size()
+    return run.batch_size * run.update_freq * run.world_size
 
 
 def warn_changed_flags(path: Path, saved: Any, flags: dict[str, Any], chosen_by: str) -> dict[str, tuple[Any, Any]]:
@@ -134,7 +133,7 @@ def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None,
                        resumed.start_epoch)
         resumed.start_step = 0
     per_rank = state.get("train_sums") or []
-    if resumed.start_step and len(per_rank) == get_world_size():  # else the epoch's averages start at the resume
+    if resumed.start_step and len(per_rank) == run.world_size:  # else the epoch's averages start at the resume
         resumed.train_sums = per_rank[get_rank()]
     logger.info("resumed from %s at epoch %d, step %d of it", path, resumed.start_epoch, resumed.start_step)
     return resumed

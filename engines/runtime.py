@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engines import checkpoint as ckpt
 from utils.config import OptimConfig, RuntimeConfig
-from utils.distributed import barrier
+from utils.distributed import barrier, get_world_size
 from utils.errors import BadFileError
 
 logger = logging.getLogger(__name__)
@@ -127,12 +127,12 @@ class TorchRuntime:
         return state
 
 
-def deepspeed_config(optim: OptimConfig, run: RuntimeConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(optim: OptimConfig, run: RuntimeConfig) -> dict[str, Any]:
     """DeepSpeed config: micro batch, accumulation, clipping, ZeRO stage, fp16/bf16."""
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": run.batch_size,
         "gradient_accumulation_steps": run.update_freq,
-        "train_batch_size": run.batch_size * run.update_freq * world_size,
+        "train_batch_size": run.batch_size * run.update_freq * run.world_size,
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": run.zero_stage},
         "zero_allow_untested_optimizer": True,
@@ -157,7 +157,7 @@ class DeepSpeedRuntime:
         import deepspeed
 
         self.output_dir = Path(output_dir) if output_dir else None
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
+        if get_world_size() == 1:
             # One process needs no shared-memory collectives; skipping them avoids a minutes-long JIT build.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.device = device

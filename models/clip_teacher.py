@@ -31,13 +31,14 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from utils.config import CLIP_DIR_ENV
 from utils.errors import BadFileError, MissingPathError
 
 from .checkpoint import inflate_patch_weight
 from .pos_embed import resample_abs_pos_embed
 
 logger = logging.getLogger(__name__)
+
+CLIP_DIR_ENV = "VIDEOMAMBA_CLIP_DIR"
 
 # Architecture name -> constructor sizes and the canonical file name of its converted weights.
 CLIP_ARCHS: dict[str, dict[str, Any]] = {
@@ -257,9 +258,10 @@ def _convert_hint(arch: str) -> str:
             f"Hugging Face folder> --arch {arch} --out <file>`")
 
 
-def default_clip_weights(arch: str, clip_dir: str | os.PathLike | None) -> Path:
-    """``clip_dir/<canonical name>`` of ``arch``: where ``--clip_teacher_path`` falls back to (``clip_dir``:
-    ``$VIDEOMAMBA_CLIP_DIR``); ``MissingPathError`` telling both ways when ``clip_dir`` is not given."""
+def default_clip_weights(arch: str) -> Path:
+    """``$VIDEOMAMBA_CLIP_DIR/<canonical name>`` of ``arch``: where ``--clip_teacher_path`` falls back to (the one
+    place that reads the variable); ``MissingPathError`` telling both ways when it is not set."""
+    clip_dir = os.environ.get(CLIP_DIR_ENV)
     if not clip_dir:
         raise MissingPathError(
             f"no CLIP {arch} weights given: pass a path (--clip_teacher_path) or set {CLIP_DIR_ENV} to the folder "
@@ -274,7 +276,7 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | bool) -> Pat
     Raises ``MissingPathError`` (a FileNotFoundError) telling how to produce the file when it does not exist.
     """
     if pretrained is True or pretrained == "auto":
-        path = default_clip_weights(arch, os.environ.get(CLIP_DIR_ENV))
+        path = default_clip_weights(arch)
     else:
         path = Path(pretrained)
     if not path.is_file():

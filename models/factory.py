@@ -2,7 +2,7 @@
 
 ``build_classifier`` (fine-tuning: VideoMamba with its ``--finetune`` weights), ``build_student`` (masked
 pretraining) and ``build_teacher`` (the frozen CLIP teacher; weights from ``--clip_teacher_path``, else the
-canonical file in ``$VIDEOMAMBA_CLIP_DIR``).
+canonical file in ``$VIDEOMAMBA_CLIP_DIR``, which ``models.clip_teacher`` reads).
 """
 from __future__ import annotations
 
@@ -14,22 +14,30 @@ import torch
 
 from models.build import check_model_name
 from models.checkpoint import load_finetune_checkpoint, read_label_map
-from models.clip_teacher import CLIP_VARIANTS, build_clip_teacher, default_clip_weights
-from models.ops import BACKENDS
-from utils.config import SCAN_BACKEND_ENV, ClassifierConfig, ModelConfig, StudentConfig, TeacherConfig
+from models.clip_teacher import CLIP_VARIANTS, build_clip_teacher
+from models.ops import get_backend
+from utils.config import ClassifierConfig, ModelConfig, StudentConfig, TeacherConfig
 from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 
+def _scan_backend(model: ModelConfig) -> str:
+    """``--scan_backend``, else the process default (``models.ops.get_backend``); a bad environment variable is a
+    usage error."""
+    if model.scan_backend is not None:
+        return model.scan_backend
+    try:
+        return get_backend()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _backbone_kwargs(model: ModelConfig) -> dict[str, Any]:
     """Constructor arguments shared by the classifier and the student; every mixer gets the run's scan backend
-    (``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own ``backend``; ``--mamba_dt_init``
-    keeps Mamba's dt projection init instead of the official blanket Linear init."""
-    if model.scan_backend not in BACKENDS:  # the flag has choices: only the environment variable can get here
-        raise UsageError(f"{SCAN_BACKEND_ENV}={model.scan_backend!r} is not a scan backend; set it to one of "
-                         f"{', '.join(BACKENDS)}, or unset it")
-    kwargs: dict[str, Any] = dict(ssm_cfg={"backend": model.scan_backend},
+    (``--scan_backend``, else the process default: ``$VIDEOMAMBA_SCAN_BACKEND``, else auto) as its own
+    ``backend``; ``--mamba_dt_init`` keeps Mamba's dt projection init instead of the official blanket Linear init."""
+    kwargs: dict[str, Any] = dict(ssm_cfg={"backend": _scan_backend(model)},
                                   img_size=model.input_size, num_frames=model.num_frames,
                                   kernel_size=model.tubelet_size, drop_path_rate=model.drop_path,
                                   use_checkpoint=model.use_checkpoint, checkpoint_num=model.checkpoint_num,
@@ -79,5 +87,4 @@ def build_teacher(teacher: TeacherConfig) -> torch.nn.Module:
     if teacher.clip_teacher_random:
         logger.warning("--clip_teacher_random: the teacher is randomly initialised (demo/test only)")
         return build_clip_teacher(arch, None, **kwargs)
-    weights = teacher.clip_teacher_path or default_clip_weights(arch, teacher.clip_dir)
-    return build_clip_teacher(arch, weights, **kwargs)
+    return build_clip_teacher(arch, teacher.clip_teacher_path or True, **kwargs)

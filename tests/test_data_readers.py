@@ -144,6 +144,7 @@ def test_random_index_sets_match_the_encoded_indices(tmp_path, backend):
     path = tmp_path / "long_gop.mp4"
     write_video(path, index_frames(200, 32, 32), fps=30, gop=120)
     reader = open_video(str(path), backend)
+    assert reader.fps == pytest.approx(30.0)  # the container's rate (the index video above has 25)
     rng = np.random.default_rng(0)
     for _ in range(15):
         wanted = rng.integers(0, 200, int(rng.integers(1, 10))).tolist()

@@ -201,14 +201,19 @@ def test_train_transform_is_deterministic_under_seed():
 def test_resized_crop_boxes_respect_scale_ratio_and_bounds():
     seed_all(0)
     assert jitter_range(224) == (256, 320) and jitter_range(112) == (128, 160)
+    areas, aspects = [], []
     for _ in range(300):
         top, left, h, w = sample_resized_crop_box(240, 320)
         assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
         assert 0.08 * 0.95 <= h * w / (240 * 320) <= 1.0
         assert 0.75 * 0.95 <= w / h <= 4 / 3 * 1.05
+        areas.append(h * w / (240 * 320))
+        aspects.append(w / h)
         top, left, h, w = sample_jittered_crop_box(240, 320, (256, 320))
         assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320 and h > 0 and w > 0
         assert 0.08 * 0.9 <= h * w / (240 * 320) <= 1.0
+    assert min(areas) < 0.1 and max(areas) > 0.9  # the area is drawn over the whole scale range
+    assert min(aspects) < 0.8 and max(aspects) > 1.25  # and the aspect over the whole ratio range
     # scale that can never fit → centred fallback with the aspect clamped into range
     assert sample_resized_crop_box(100, 400, scale=(2.0, 2.0)) == (0, 133, 100, 133)
 

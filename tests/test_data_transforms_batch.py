@@ -78,3 +78,8 @@ def test_video_mixup_blends_and_builder():
     assert torch.allclose(mixed[0], torch.full_like(mixed[0], 1 - lam), atol=1e-6)
     assert soft.shape == (2, 5) and soft[0, 1].item() == pytest.approx(lam, abs=1e-5)
     assert soft[0, 3].item() == pytest.approx(1 - lam, abs=1e-5)
+    every = build_mixup_fn(replace(off, mixup=0.8, cutmix=0.5, cutmix_minmax=(0.2, 0.8), mixup_prob=0.7,
+                                   mixup_switch_prob=0.3, mixup_mode="elem", smoothing=0.2), 5)
+    assert (every.mixup_alpha, every.cutmix_minmax, every.mix_prob, every.switch_prob, every.mode,
+            every.label_smoothing, every.num_classes) == (0.8, (0.2, 0.8), 0.7, 0.3, "elem", 0.2, 5)
+    assert build_mixup_fn(replace(off, cutmix=0.5), 5).cutmix_alpha == 0.5  # every flag reaches timm, none default

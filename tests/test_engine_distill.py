@@ -40,13 +40,17 @@ def test_attention_mask_rejects_bad_input():
 
 
 def test_distillation_losses():
+    torch.manual_seed(0)
     s = nn.functional.normalize(torch.randn(2, 3, 5, 8), dim=-1)
     t = nn.functional.normalize(torch.randn(2, 3, 5, 8), dim=-1)
     cos = (s * t).sum(-1)
     assert distillation_loss(s, t, "l2").item() == pytest.approx((2 - 2 * cos).mean().item(), rel=1e-6)
     assert distillation_loss(s, s, "l2").item() == pytest.approx(0.0, abs=1e-6)
     assert distillation_loss(s, t, "mse").item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
-    assert distillation_loss(s, t, "smooth_l1").item() > 0
+    d = (s - t).abs()  # unit vectors: some differences below 1 (0.5·d²), some above (d − 0.5)
+    assert (d < 1).any() and (d > 1).any()
+    huber = torch.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+    assert distillation_loss(s, t, "smooth_l1").item() == pytest.approx(huber.item(), rel=1e-6)
     with pytest.raises(ValueError, match="clip_loss_type"):
         distillation_loss(s, t, "cosine")
 
@@ -96,7 +100,8 @@ def test_distillation_task_masks_resizes_and_learns():
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
     losses = []
     for _ in range(30):
-        loss, _ = task.training_loss(student, batch, torch.device("cpu"))
+        loss, extra = task.training_loss(student, batch, torch.device("cpu"))
+        assert loss.item() == pytest.approx(2.0 * extra["loss_clip"]) and extra["loss_pixel"] == 0  # ratio 2
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -159,12 +159,12 @@ def test_mamba_no_weight_decay_flag_is_not_the_official_rule():
 
 def test_block_mode_optimizer_applies_scaled_lr_and_scheduled_wd():
     model = FakeBackbone(depth=3)
-    opt = build_optimizer(_args(layer_decay_mode="blocks"), model)
+    opt = build_optimizer(_args(layer_decay_mode="blocks", opt_eps=1e-6), model)
     apply_schedule(opt, lr=0.2, weight_decay=0.3)
     scales = sorted({round(g["lr"] / 0.2, 12) for g in opt.param_groups})
     assert scales == [0.5**4, 0.5**3, 0.5**2, 0.5**1, 1.0]
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.3}
-    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[0]["eps"] == 1e-6  # not the defaults
 
 
 @pytest.mark.parametrize("opt, nesterov", [("sgd", True), ("nesterov", True), ("momentum", False), ("sgdp", True),

@@ -416,6 +416,25 @@ def test_validation_excludes_undecodable_items():
     assert stats["acc5"] == pytest.approx(acc1)  # fewer than 5 classes: top-1, as the official validation
 
 
+def test_top5_counts_labels_among_the_five_highest_scores():
+    """With 5 classes or more, acc5 is top-5 (count × 100): a label ranked 1st, 5th and 6th of six classes."""
+    outputs = torch.tensor([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]]).repeat(3, 1)
+    stats = ClassificationTask(6).batch_stats(outputs, torch.tensor([0, 4, 5]))
+    assert (stats["acc1"], stats["acc5"], stats["n"]) == (100.0, 200.0, 3.0)
+    assert stats["loss"] == pytest.approx(float(nn.functional.cross_entropy(outputs, torch.tensor([0, 4, 5]),
+                                                                            reduction="sum")))
+
+
+def test_label_smoothing_without_mixup():
+    """--smoothing without mixup: (1 − ε)·(−log p of the label) + ε·mean over classes of −log p."""
+    torch.manual_seed(0)
+    net, data = ToyNet(), ToyVideos(n=4)
+    batch = data.collate([data[i] for i in range(4)])
+    loss, _ = ClassificationTask(3, smoothing=0.1).training_loss(net, batch, CPU)
+    logp = net(batch.video).log_softmax(-1)
+    torch.testing.assert_close(loss, (-0.9 * logp.gather(1, batch.label[:, None])[:, 0] - 0.1 * logp.mean(-1)).mean())
+
+
 def test_regression_task_loss_and_metric():
     net = ToyNet(out=1)
     runtime = _runtime(net)

@@ -84,8 +84,8 @@ def _cases(root: Path) -> dict[str, tuple[str, list[str], int, str]]:
                         2, "--dist_on_itp takes rank and world size from OpenMPI, but OMPI_COMM_WORLD_RANK, "
                            "OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK are not set: launch with mpirun"),
         "bad_scan_backend": ("run_class_finetuning.py", [*BASE, *good],
-                             2, "VIDEOMAMBA_SCAN_BACKEND='triton' is not a scan backend; set it to one of auto, "
-                                "cuda, cpp, torch, ref, or unset it"),
+                             2, "unknown selective-scan backend 'triton' from $VIDEOMAMBA_SCAN_BACKEND; choose one of "
+                                "('auto', 'cuda', 'cpp', 'torch', 'ref')"),
         "label_outside_nb_classes": ("run_class_finetuning.py", [*BASE, *good, "--data_path", str(root / "label7")],
                                      1, f"{root / 'label7' / 'test.csv'}:2: label 7 is not a class of --nb_classes 4 "
                                         "(labels 0 to 3): "),

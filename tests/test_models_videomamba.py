@@ -118,6 +118,21 @@ def test_drop_path_checkpointing_and_backward():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_token_and_head_dropout_in_training_only():
+    """``drop_rate`` (--drop) drops embedded tokens before the blocks, ``fc_drop_rate`` the cls vector the head
+    sees; kept entries are scaled by 1 / (1 - p), and evaluation drops nothing."""
+    torch.manual_seed(0)
+    x, tokens = torch.randn(2, 3, 4, 32, 32), torch.randn(2, 5, 32)
+    m = VideoMamba(**TINY, drop_rate=0.5, fc_drop_rate=0.5).train()
+    for dropped, full in ((m.prepare_tokens(x), m.embed(x)), (m.forward_head(tokens, pre_logits=True), tokens[:, 0])):
+        kept = dropped != 0
+        assert 0.3 < kept.float().mean() < 0.7
+        torch.testing.assert_close(dropped[kept], 2 * full[kept])
+    m.eval()
+    assert torch.equal(m.prepare_tokens(x), m.embed(x))
+    assert torch.equal(m.forward_head(tokens, pre_logits=True), tokens[:, 0])
+
+
 def test_no_weight_decay_and_layers():
     m = VideoMamba(**TINY)
     nwd = m.no_weight_decay()

@@ -156,7 +156,7 @@ def test_auto_falls_back_to_torch_with_one_warning_when_cpp_cannot_build(restore
         raise RuntimeError("fused CPU selective scan unavailable: no compiler")
 
     monkeypatch.setattr(selective_scan, "load_cpu_kernel", broken_loader)
-    monkeypatch.setattr(selective_scan, "_warned_cpp_failure", False)
+    ops.backend._warned.discard("selective_scan:cpp")
     calls = spy_backend(monkeypatch)
     inputs = random_scan_inputs(1, 4, 6, 2)
     with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,6 @@
 """tools/flops.py: the explicit scan/conv counts and the dense count match hand computations on a tiny model."""
+import sys
+
 import timm
 import torch
 
@@ -6,7 +8,9 @@ import models  # noqa: F401  (registers the architectures)
 import models.mamba_mixer as mamba_mixer
 from models import ops
 from models.ops import bimamba_inner
+from models.vit_joint import VIT_JOINT_SIZES, vit_joint
 from tools.flops import build_on_meta, causal_conv1d_flops, count_flops, selective_scan_flops
+from tools.flops import main as flops_main
 
 # Tiny VideoMamba: 2 layers of width 192 (d_inner 384, N 16, dt_rank 12, conv width 4), 2 frames of 32x32
 # -> 2 x 2 x 2 patches + cls = 9 tokens.
@@ -59,3 +63,17 @@ def test_meta_device_count_equals_cpu_count():
     # Same architecture except the 400-class head of build_on_meta.
     assert meta.scan == cpu.scan and meta.conv1d == cpu.conv1d
     assert meta.dense - cpu.dense == DIM * (400 - CLASSES)
+
+
+def test_baselines_are_counted_without_the_benchmarks(capsys):
+    """``--baselines`` counts the joint-attention ViTs of ``models/vit_joint.py``; ``tools/`` does not import
+    ``benchmarks/`` (which imports it)."""
+    flops_main(["--models", "videomamba_tiny", "--frames", "2", "--img_size", "32", "--baselines"])
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| vit_") or line.startswith("| videomamba_")}
+    assert set(rows) == {"videomamba_tiny", "vit_tiny_joint", "vit_small_joint"}
+    for name in VIT_JOINT_SIZES:  # the parameter column
+        with torch.device("meta"):
+            params = sum(p.numel() for p in vit_joint(name, 2, 32).parameters())
+        assert rows[name] == f"{params / 1e6:.1f}" and params > 5e6
+    assert not [name for name in sys.modules if name.split(".")[0] == "benchmarks"]

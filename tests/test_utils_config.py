@@ -12,14 +12,16 @@ import run_class_finetuning
 import run_mask_pretrain
 import run_regression_finetuning
 from datasets.collate import collate_eval, collate_masked, collate_train
-from models.clip_teacher import default_clip_weights
-from engines.fit import build_runtime
-from models.factory import build_classifier
+from engines.fit import build_runtime, samples_per_step
+from engines.runtime import deepspeed_config
+from models.clip_teacher import CLIP_DIR_ENV, default_clip_weights
+from models.factory import build_classifier, build_student, build_teacher
 from models.ops import get_backend
+from models.ops.backend import ENV_VAR as SCAN_BACKEND_ENV
 from utils.batch import EvalBatch, MaskedBatch, TrainBatch
-from utils.config import (CLIP_DIR_ENV, RUN_ONLY_FLAGS, SCAN_BACKEND_ENV, FinetuneConfig, PretrainConfig,
-                          changed_flags, checkpoint_args, finetune_config, pretrain_config)
-from utils.distributed import DistInfo
+from utils.config import (RUN_ONLY_FLAGS, FinetuneConfig, PretrainConfig, changed_flags, checkpoint_args,
+                          finetune_config, pretrain_config)
+from utils.distributed import DistInfo, launcher_env
 from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,30 @@ def test_lr_is_scaled_once_by_the_total_batch_and_num_sample(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun's variables: the world size of the lr rule
     scaled = finetune("--batch_size", "16", "--num_sample", "2", "--lr", "1e-3")
     assert scaled.runtime.world_size == 8 and scaled.optim.lr == pytest.approx(1e-3 * 16 * 8 * 2 / 256)
+
+
+def test_the_launchers_world_size_is_the_runs_everywhere(monkeypatch):
+    """8 torchrun ranks, before (or without) a process group: the lr rule, the samples per step that a mid-epoch
+    resume compares, DeepSpeed's batch and the checkpoint's official ``args`` all count 8 processes."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args = run_class_finetuning.get_args_parser().parse_args(["--batch_size", "4", "--update_freq", "2"])
+    config = finetune_config(args)
+    assert config.runtime.world_size == 8 and args.world_size == 1  # the flag is informational
+    assert samples_per_step(config.runtime) == 4 * 2 * 8
+    assert deepspeed_config(config.optim, config.runtime)["train_batch_size"] == 4 * 2 * 8
+    assert checkpoint_args(args, config)["world_size"] == 8
+
+
+def test_slurm_variables_and_torchrun_first(monkeypatch):
+    """srun: rank, world size and local rank from SLURM_*; under torchrun inside a slurm job torchrun's win."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name, value in (("SLURM_PROCID", "3"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")):
+        monkeypatch.setenv(name, value)
+    assert launcher_env() == (3, 8, 1) and finetune().runtime.world_size == 8
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launcher_env() == (1, 2, 0) and finetune().runtime.world_size == 2
 
 
 def test_pretraining_warms_up_from_zero_and_resolves_weight_decay_end():
@@ -100,33 +126,53 @@ def test_grad_scaler_as_the_official_scripts_fine_tuning_unless_no_amp_pretraini
         assert runtime.loss_scale == (65536.0 if enabled else 0.0)  # the official log value without a scaler: 0
 
 
+TINY = ("--depth", "2", "--embed_dim", "16", "--num_frames", "2", "--input_size", "32")
+
+
 def test_scan_backend_flag_with_the_environment_as_fallback(monkeypatch):
-    assert finetune().model.scan_backend == "auto"
+    """Every mixer gets ``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND`` (read by models.ops only), else auto."""
+    def backends(*argv: str) -> set[str]:
+        classifier = build_classifier(finetune(*TINY, "--nb_classes", "3", *argv).model)
+        student = build_student(pretrain(*TINY, *argv).model)
+        return {layer.mixer.backend for model in (classifier, student) for layer in model.layers}
+
+    assert finetune().model.scan_backend is None and backends() == {"auto"}
     monkeypatch.setenv(SCAN_BACKEND_ENV, "ref")
-    assert finetune().model.scan_backend == "ref" and pretrain().model.scan_backend == "ref"
-    assert finetune("--scan_backend", "torch").model.scan_backend == "torch"
+    assert backends() == {"ref"}
+    assert backends("--scan_backend", "torch") == {"torch"}
     with pytest.raises(SystemExit):
         run_class_finetuning.get_args_parser().parse_args(["--scan_backend", "gpu"])
 
 
 def test_the_run_gives_its_scan_backend_to_every_mixer_not_to_the_process():
     previous = get_backend()
-    config = finetune("--scan_backend", "ref", "--depth", "2", "--embed_dim", "16", "--num_frames", "2",
-                      "--input_size", "32", "--nb_classes", "3")
+    config = finetune("--scan_backend", "ref", *TINY, "--nb_classes", "3")
     model = build_classifier(config.model)
     assert [layer.mixer.backend for layer in model.layers] == ["ref", "ref"]
     assert get_backend() == previous
 
 
+def test_model_flags_reach_the_classifier_and_the_student():
+    """--drop, --fc_drop_rate, --drop_path, --tubelet_size and the checkpointing flags, built as the scripts do."""
+    flags = ("--drop_path", "0.4", "--tubelet_size", "2", "--use_checkpoint", "--checkpoint_num", "1")
+    classifier = build_classifier(finetune(*TINY, *flags, "--nb_classes", "3", "--drop", "0.3",
+                                           "--fc_drop_rate", "0.2").model)
+    student = build_student(pretrain(*TINY, *flags).model)
+    assert (classifier.pos_drop.p, classifier.head_drop.p) == (0.3, 0.2)
+    for model in (classifier, student):
+        assert model.drop_path.drop_prob == pytest.approx(0.4) and model.patch_embed.proj.kernel_size[0] == 2
+        assert (model.use_checkpoint, model.checkpoint_num) == (True, 1)
+
+
 def test_clip_teacher_path_with_the_clip_folder_as_fallback(monkeypatch, tmp_path):
     assert pretrain("--clip_teacher_path", "/w/b16.pth").teacher.clip_teacher_path == "/w/b16.pth"
-    assert pretrain().teacher.clip_dir is None
     with pytest.raises(FileNotFoundError, match="--clip_teacher_path.*VIDEOMAMBA_CLIP_DIR"):
-        default_clip_weights("ViT-B/16", pretrain().teacher.clip_dir)
+        build_teacher(pretrain().teacher)
     monkeypatch.setenv(CLIP_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"weights not found at {tmp_path / 'vit_b16.pth'}"):
+        build_teacher(pretrain().teacher)
+    assert default_clip_weights("ViT-L/14") == tmp_path / "vit_l14.pth"
     teacher = pretrain().teacher
-    assert teacher.clip_dir == str(tmp_path)
-    assert default_clip_weights("ViT-L/14", teacher.clip_dir) == tmp_path / "vit_l14.pth"
     assert not teacher.clip_return_attn and pretrain("--mask_type", "attention").teacher.clip_return_attn
 
 

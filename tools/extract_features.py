@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python t
 
 from utils.omp import prefer_passive_wait
 
-prefer_passive_wait()  # before torch starts its OpenMP runtime
+if __name__ == "__main__":  # before torch starts its OpenMP runtime; importing this module changes nothing
+    prefer_passive_wait()
 
 import torch
 import torch.distributed as dist

@@ -19,7 +19,7 @@ official fused Mamba inner function hid the rest); the "paper" column reproduces
 
     python tools/flops.py                            # Ti/S/M at 8x224
     python tools/flops.py --frames 8 16 32 64 --models videomamba_tiny
-    python tools/flops.py --frames 8 64 --baselines   # with the joint-attention ViT-Ti/S of the benchmark
+    python tools/flops.py --frames 8 64 --baselines   # with the joint-attention ViT-Ti/S (models/vit_joint.py)
 """
 import sys
 from pathlib import Path
@@ -182,13 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", nargs="+", type=int, default=[8])
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--baselines", action="store_true",
-                        help="also count the joint space-time ViT-Ti/S of benchmarks/throughput.py")
+                        help="also count the joint space-time ViT-Ti/S baselines (models/vit_joint.py)")
     args = parser.parse_args(argv)
 
     import timm
 
     import models  # noqa: F401  (registers the architectures)
-    from benchmarks.common import format_table
+    from models.vit_joint import VIT_JOINT_SIZES, vit_joint
+    from utils.table import format_table
 
     unknown = [m for m in args.models if not timm.is_model(m)]
     if unknown:
@@ -200,11 +201,10 @@ def main(argv: list[str] | None = None) -> None:
             report = count_flops(model, torch.empty(1, 3, frames, args.img_size, args.img_size, device="meta"))
             rows.append(_row(arch, frames, args.img_size, report, paper=True))
     if args.baselines:
-        from benchmarks.throughput import VIT_CONFIGS, JointSpaceTimeViT
-
-        for arch, cfg in VIT_CONFIGS.items():
+        for arch in VIT_JOINT_SIZES:
             for frames in args.frames:
-                model = JointSpaceTimeViT(frames, args.img_size, **cfg).to("meta").eval()
+                with torch.device("meta"):  # shapes only: no weights are initialised
+                    model = vit_joint(arch, frames, args.img_size).eval()
                 report = count_flops(model, torch.empty(1, 3, frames, args.img_size, args.img_size, device="meta"))
                 rows.append(_row(arch, frames, args.img_size, report, paper=False))
     print("GFLOPs per view (batch 1), fvcore convention: 1 multiply-add = 1 FLOP; "

@@ -8,16 +8,16 @@ mixup/cutmix/label smoothing for regression, the ``--aa`` spellings of "off", th
 total batch × ``--num_sample`` / 256 unless ``--no_lr_scale``; the world size comes from the launcher's variables, as
 ``utils.distributed.init_distributed`` reads them), the first lr of the warm-up (pretraining: 0, as the official
 script), ``--weight_decay_end`` (default: ``--weight_decay``), the teacher's attention (``--mask_type attention``
-needs it), the grad scaler of the plain PyTorch runtime (as the official scripts: fine-tuning unless ``--no_amp``,
-pretraining always; on every device, bf16 included), and the two environment variables that are fallbacks of real
-flags: ``--scan_backend`` (``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``) and ``--clip_teacher_path``
-(``$VIDEOMAMBA_CLIP_DIR``).
+needs it), and the grad scaler of the plain PyTorch runtime (as the official scripts: fine-tuning unless
+``--no_amp``, pretraining always; on every device, bf16 included). The environment variables that are fallbacks of
+flags are read where they take effect, once each: ``models.ops.get_backend`` (``$VIDEOMAMBA_SCAN_BACKEND``, when
+``--scan_backend`` is not given) and ``models.clip_teacher.default_clip_weights`` (``$VIDEOMAMBA_CLIP_DIR``, when
+``--clip_teacher_path`` is not given).
 ``checkpoint_args`` gives the official ``args`` entry of checkpoints; ``dataclasses.asdict`` the typed one.
 This module imports nothing from ``datasets/``, ``models/`` or ``engines/``, which all import it.
 """
 from __future__ import annotations
 
-import os
 from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +25,6 @@ from typing import Any
 from utils.distributed import launcher_env
 from utils.errors import UsageError
 
-SCAN_BACKEND_ENV = "VIDEOMAMBA_SCAN_BACKEND"
-CLIP_DIR_ENV = "VIDEOMAMBA_CLIP_DIR"
 TASKS = ("classification", "regression")
 
 
@@ -110,7 +108,7 @@ class ModelConfig:
     drop_path: float
     use_checkpoint: bool
     checkpoint_num: int
-    scan_backend: str  # selective-scan backend of the run (models.ops.BACKENDS)
+    scan_backend: str | None  # --scan_backend (models.ops.BACKENDS); None: the process default
     mamba_dt_init: bool  # keep Mamba's dt_proj init (official: the blanket Linear init overwrites it)
 
 
@@ -146,7 +144,6 @@ class TeacherConfig:
 
     clip_teacher: str
     clip_teacher_path: str | None  # the flag's file, else None
-    clip_dir: str | None  # $VIDEOMAMBA_CLIP_DIR: the folder of converted weights when no path is given
     clip_teacher_random: bool
     clip_teacher_width: int | None  # size overrides (demos, tests)
     clip_teacher_layers: int | None
@@ -298,11 +295,6 @@ def aa_policy(value: str | None) -> str | None:
     return str(value)
 
 
-def scan_backend(args: Namespace) -> str:
-    """``--scan_backend``, else ``$VIDEOMAMBA_SCAN_BACKEND``, else ``auto``."""
-    return args.scan_backend or os.environ.get(SCAN_BACKEND_ENV, "").strip().lower() or "auto"
-
-
 def world_size(args: Namespace) -> int:
     """Processes of the run, from the launcher's variables (``--dist_on_itp``: OpenMPI's)."""
     found = launcher_env(openmpi=args.dist_on_itp)
@@ -341,7 +333,7 @@ def finetune_config(args: Namespace) -> FinetuneConfig:
         cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax is not None else None)
     augment = _fields(AugmentConfig, args, aa=aa_policy(args.aa), train_crop_scale=tuple(args.train_crop_scale),
                       **no_mix)
-    model = _fields(ClassifierConfig, args, scan_backend=scan_backend(args))
+    model = _fields(ClassifierConfig, args)
     ema = _fields(EmaConfig, args) if args.model_ema else None
     optim = optim_config(args, lr_scale=linear_lr_scale(args, runtime), warmup_from_zero=False)
     evaluation = _fields(EvalConfig, args, validate=not args.disable_eval_during_finetuning)
@@ -352,12 +344,11 @@ def pretrain_config(args: Namespace) -> PretrainConfig:
     """The typed configuration of ``run_mask_pretrain.py``: as the official pretraining script, the warm-up
     starts from 0 (``--warmup_lr`` is not used) and the grad scaler runs also with ``--no_amp``."""
     runtime = runtime_config(args, loss_scaler=True)
-    teacher = _fields(TeacherConfig, args, clip_dir=os.environ.get(CLIP_DIR_ENV) or None,
-                      clip_return_attn=args.clip_return_attn or args.mask_type == "attention")
+    teacher = _fields(TeacherConfig, args, clip_return_attn=args.clip_return_attn or args.mask_type == "attention")
     return PretrainConfig(
         data=_fields(PretrainDataConfig, args),
         augment=_fields(PretrainAugmentConfig, args),
-        model=_fields(StudentConfig, args, scan_backend=scan_backend(args)),
+        model=_fields(StudentConfig, args),
         teacher=teacher,
         distill=_fields(DistillConfig, args),
         optim=optim_config(args, lr_scale=linear_lr_scale(args, runtime), warmup_from_zero=True),
@@ -367,9 +358,11 @@ def pretrain_config(args: Namespace) -> PretrainConfig:
 
 def checkpoint_args(args: Namespace, config: FinetuneConfig | PretrainConfig) -> dict[str, Any]:
     """The official ``args`` entry of a checkpoint: the parsed flags with what the official scripts write back into
-    their Namespace, the scaled ``lr``/``min_lr``/``warmup_lr`` and (regression) no mixup, cutmix or smoothing."""
+    their Namespace, the launcher's ``world_size``, the scaled ``lr``/``min_lr``/``warmup_lr`` and (regression) no
+    mixup, cutmix or smoothing."""
     out = dict(vars(args))
-    out.update(lr=config.optim.lr, min_lr=config.optim.min_lr, warmup_lr=config.optim.warmup_lr)
+    out.update(world_size=config.runtime.world_size, lr=config.optim.lr, min_lr=config.optim.min_lr,
+               warmup_lr=config.optim.warmup_lr)
     if isinstance(config, FinetuneConfig):
         augment = config.augment
         minmax = list(augment.cutmix_minmax) if augment.cutmix_minmax is not None else None

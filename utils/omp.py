@@ -1,8 +1,9 @@
-"""OpenMP's wait policy, set by the entry points before torch (and its OpenMP runtime) starts.
+"""OpenMP's wait policy, set by the entry scripts before torch (and its OpenMP runtime) starts.
 
 OpenMP's default lets idle threads spin. Next to any busy process (a training run always has its own DataLoader
-workers) that made the fused CPU kernels several times slower (README, "Performance"), so entry points ask for
-``passive`` waiting unless the user already chose a policy. Import this module before ``torch``.
+workers) that made the fused CPU kernels several times slower (README, "Performance"), so the entry scripts, when
+run as scripts (``__main__``), ask for ``passive`` waiting unless the user already chose a policy; importing them,
+or any library module, leaves the environment alone. Call it before ``import torch``.
 """
 import os
 

@@ -1,6 +1,5 @@
 """`selective_scan_fn`: the mamba_ssm-compatible entry point, dispatching to a backend (see `backend`)."""
 import logging
-import warnings
 from typing import Any, Optional, Tuple, Union
 
 from torch import Tensor
@@ -13,8 +12,6 @@ from .selective_scan_cpu import load_cpu_kernel
 from .selective_scan_ref import selective_scan_ref
 
 logger = logging.getLogger(__name__)
-
-_warned_cpp_failure = False
 
 
 def _mamba_importable() -> bool:
@@ -30,13 +27,10 @@ def _mamba_importable() -> bool:
 
 def _cpp_kernel_or_none() -> Optional[Any]:
     """The fused C++ module, or None after one warning if it cannot be built."""
-    global _warned_cpp_failure
     try:
         return load_cpu_kernel()
     except RuntimeError as exc:
-        if not _warned_cpp_failure:
-            _warned_cpp_failure = True
-            warnings.warn(f"{exc}; falling back to the PyTorch selective scan", RuntimeWarning, stacklevel=3)
+        warn_once("selective_scan:cpp", f"{exc}; falling back to the PyTorch selective scan")
         return None
 
 
