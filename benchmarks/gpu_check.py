@@ -34,7 +34,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from benchmarks.common import cpu_model_name, format_table
+from benchmarks.common import cpu_model_name
+from utils.table import format_table
 from benchmarks.gpu_check_cases import (MODEL_TOLERANCES, TOLERANCES, ModelRun, agreement, check_mixer,
                                         run_model, tokens, worst_error)
 

@@ -140,7 +140,7 @@ class ModelRun:
     """One timed configuration. `path`: "fused" (the mixers' fused op) or "composed" (the standalone scan and conv
     ops that the fused op replaces), "-" for the ViT baseline."""
 
-    arch: str  # "videomamba_tiny" or benchmarks.throughput's "vit_tiny_joint"
+    arch: str  # "videomamba_tiny" or models.vit_joint's "vit_tiny_joint"
     mode: str  # "train" (forward + cross-entropy + backward + AdamW step) or "infer"
     frames: int
     batch: int
@@ -169,13 +169,13 @@ def use_composed_ops(model: torch.nn.Module, scan_backend: str) -> None:
 
 
 def build_model(run: ModelRun, device: torch.device, **overrides) -> torch.nn.Module:
-    """VideoMamba through timm's registry with the run's mixer path, or `benchmarks.throughput`'s joint space-time
-    ViT; `overrides` (e.g. depth, embed_dim) change the architecture's defaults, for tests."""
+    """VideoMamba through timm's registry with the run's mixer path, or the joint space-time ViT of
+    `models.vit_joint`; `overrides` (e.g. depth, embed_dim) change the architecture's defaults, for tests."""
     torch.manual_seed(0)
     if not run.is_videomamba:
-        from benchmarks.throughput import VIT_CONFIGS, JointSpaceTimeViT
+        from models.vit_joint import VIT_JOINT_SIZES, JointSpaceTimeViT
 
-        model = JointSpaceTimeViT(run.frames, run.img_size, **{**VIT_CONFIGS[run.arch], **overrides},
+        model = JointSpaceTimeViT(run.frames, run.img_size, **{**VIT_JOINT_SIZES[run.arch], **overrides},
                                   num_classes=NUM_CLASSES)
         return model.to(device)
     import timm
