@@ -54,11 +54,11 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
     optimizer = create_optimizer(optim, model, deepspeed=run.enable_deepspeed)
     if run.enable_deepspeed:
         return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run, info.world_size),
-                                run.output_dir)
+                                run.output_dir, run.trust_checkpoint)
     dtype = amp_dtype(info.device, run.no_amp, run.bf16)
     logger.info("plain PyTorch runtime, autocast dtype %s%s", dtype, ", DDP" if info.distributed else "")
     return TorchRuntime(model, optimizer, info.device, dtype, optim.clip_grad, info.distributed,
-                        find_unused_parameters, run.output_dir)
+                        find_unused_parameters, run.output_dir, run.trust_checkpoint)
 
 
 def build_ema(ema: EmaConfig | None, model: torch.nn.Module) -> ModelEmaV2 | None:
