@@ -38,6 +38,7 @@ from engines.multiview import multiview_test, official_video_name
 from engines.session import make_loader, start_run, training_steps_per_epoch
 from engines.tasks import ClassificationTask, RegressionTask
 from models.factory import build_classifier
+from models.hub import check_weights_arg
 from models.ops import BACKENDS
 from utils.config import FinetuneConfig, checkpoint_args, finetune_config
 from utils.distributed import DistInfo
@@ -45,8 +46,7 @@ from utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-PATH_FLAGS = {"--data_path": "folder", "--prefix": "folder", "--finetune": "file", "--resume": "any",
-              "--label_map": "file"}
+PATH_FLAGS = {"--data_path": "folder", "--prefix": "folder", "--resume": "any", "--label_map": "file"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -95,7 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     aug.add_argument("--mixup_switch_prob", type=float, default=0.5)
     aug.add_argument("--mixup_mode", type=str, default="batch")
     ft = parser.add_argument_group("initial weights")
-    ft.add_argument("--finetune", default="", help="pretrained checkpoint to start from")
+    ft.add_argument("--finetune", default="",
+                    help="weights to start from: a checkpoint file, a URL, a pretrained tag such as "
+                         "videomamba_small.in1k_res224 (MODEL_ZOO.md) or hf-hub:<org>/<repo>/<file>")
     ft.add_argument("--delete_head", action="store_true")
     ft.add_argument("--model_key", default="model|module", type=str)
     ft.add_argument("--model_prefix", default="", type=str)
@@ -207,6 +209,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info, writer = start_run(run, vars(args), config)
     report_ignored(args)
     check_paths(args, PATH_FLAGS)
+    if args.finetune:
+        check_weights_arg(args.finetune, "--finetune")
     if info.world_size > 1 and not run.output_dir:
         raise UsageError("--output_dir is needed with more than one process: the ranks exchange their multi-view "
                          "test predictions through it")

@@ -28,6 +28,7 @@ from engines.contracts import Runtime
 from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
 from utils.errors import BadFileError, MissingPathError, UsageError
+from utils.safe_load import load_torch_file
 from utils.state_dicts import mismatch
 
 logger = logging.getLogger(__name__)
@@ -95,16 +96,18 @@ def recover_partial_saves(output_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """Load a plain checkpoint file onto the CPU, with a one-line user error when it is missing or unreadable.
-    ``mmap``: tensors stay on disk until used (a cheap look at the other entries: ``peek``)."""
+def read(path: Path, trust_checkpoint: bool = False, mmap: bool = False) -> dict[str, Any]:
+    """Load a plain checkpoint file onto the CPU, weights-only (``utils.safe_load``: ours always are; official ones
+    with an ``argparse.Namespace`` too; anything else needs ``trust_checkpoint``), with a one-line user error when it
+    is missing, unreadable or untrusted. ``mmap``: tensors stay on disk until used (a cheap look at the other
+    entries: ``peek``)."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as err:
-        raise BadFileError(f"checkpoint {path} cannot be read: {err}") from err
+    state = load_torch_file(path, trust_checkpoint, mmap=mmap)
+    if not isinstance(state, dict):
+        raise BadFileError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
 
 
 def peek(path: Path) -> dict[str, Any]:
@@ -215,16 +218,25 @@ def checkpoint_to_evaluate(output_dir: str, checkpoint_path: Callable[[str], Pat
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA when present) random states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA when present) random states, as plain values and tensors so that a checkpoint
+    loads weights-only: numpy's MT19937 state as a dict with its key as an int64 tensor."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy_state = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()`` (or the numpy tuple of checkpoints written before it was a dict)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

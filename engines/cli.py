@@ -15,6 +15,7 @@ from typing import Any, Callable
 from engines.optim import LAYER_DECAY_MODES
 from utils.errors import UserError, require_path
 from utils.logging import log_to_files
+from utils.safe_load import TRUST_FLAG, TRUST_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, save_ckpt_freq: int) -> No
     group.add_argument("--device", default="cuda", help="cuda or cpu")
     group.add_argument("--seed", default=0, type=int)
     group.add_argument("--resume", default="", help="checkpoint to resume from")
+    group.add_argument(TRUST_FLAG, action="store_true", help=f"{TRUST_HELP} (every checkpoint this run reads)")
     group.add_argument("--auto_resume", action="store_true", default=True)
     group.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     group.add_argument("--save_ckpt", action="store_true", default=True)

@@ -53,12 +53,14 @@ def build_runtime(optim: OptimConfig, run: RuntimeConfig, model: torch.nn.Module
                     samples_per_step(run), optim.lr, optim.min_lr, optim.warmup_lr)
     optimizer = create_optimizer(optim, model, deepspeed=run.enable_deepspeed)
     if run.enable_deepspeed:
-        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run), run.output_dir)
+        return DeepSpeedRuntime(model, optimizer, info.device, deepspeed_config(optim, run), run.output_dir,
+                                run.trust_checkpoint)
     dtype = amp_dtype(info.device, run.no_amp, run.bf16)
     logger.info("plain PyTorch runtime, autocast dtype %s, grad scaler %s%s", dtype,
                 "on" if run.loss_scaler else "off", ", DDP" if info.distributed else "")
     return TorchRuntime(model, optimizer, info.device, dtype, optim.clip_grad, info.distributed,
-                        find_unused_parameters, run.output_dir, loss_scaling=run.loss_scaler)
+                        find_unused_parameters, run.output_dir, loss_scaling=run.loss_scaler,
+                        trust_checkpoint=run.trust_checkpoint)
 
 
 def build_ema(ema: EmaConfig | None, model: torch.nn.Module) -> ModelEmaV2 | None:

@@ -18,6 +18,7 @@ from engines import checkpoint as ckpt
 from utils.config import OptimConfig, RuntimeConfig
 from utils.distributed import barrier, get_world_size
 from utils.errors import BadFileError
+from utils.safe_load import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _output_path(output_dir: Path | None, name: str) -> Path:
 
 class TorchRuntime:
     """Plain PyTorch: optional DDP, autocast, clipping, gradient accumulation; checkpoints ``output_dir/{tag}.pth``
-    (``output_dir`` None: none).
+    (``output_dir`` None: none), read weights-only unless ``trust_checkpoint``.
 
     ``loss_scaling``: every step goes through a ``torch.amp.GradScaler``, as the official
     ``NativeScalerWithGradNormCount`` (whatever the dtype): the loss is scaled, the gradients unscaled before clipping
@@ -50,10 +51,11 @@ class TorchRuntime:
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  dtype: torch.dtype | None, clip_grad: float | None, distributed: bool,
                  find_unused_parameters: bool = False, output_dir: str | Path | None = None,
-                 loss_scaling: bool = False) -> None:
+                 loss_scaling: bool = False, trust_checkpoint: bool = False) -> None:
         if dtype == torch.float16 and not loss_scaling:
             raise ValueError("fp16 autocast needs loss scaling (loss_scaling=True)")
         self.output_dir = Path(output_dir) if output_dir else None
+        self.trust_checkpoint = trust_checkpoint
         self.module = module.to(device)
         self.device = device
         self.optimizer = optimizer
@@ -116,7 +118,7 @@ class TorchRuntime:
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         """Load a checkpoint written by ``save`` (or the official script); returns the whole dict (epoch, args,
         RNG states...). ``model_only`` loads the weights alone (evaluation)."""
-        state = ckpt.read(path)
+        state = ckpt.read(path, self.trust_checkpoint)
         if "model" not in state:
             raise BadFileError(f"{path}: no 'model' entry in this checkpoint (keys: {sorted(map(str, state))[:10]})")
         ckpt.check_fits(path, state["model"], self.module)
@@ -148,12 +150,27 @@ def deepspeed_config(optim: OptimConfig, run: RuntimeConfig) -> dict[str, Any]:
     return cfg
 
 
+def deepspeed_safe_globals() -> list[Any]:
+    """DeepSpeed's own types in its ZeRO optimiser-state files, allowed for weights-only loading: a loss-scaler
+    object (its attributes are restored from a dict), a stage enum (built from its value) and a fragment-address
+    dataclass (built from two ints); none calls a function that the file names."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
 class DeepSpeedRuntime:
     """DeepSpeed engine (ZeRO 0/1/2, fp16/bf16 from its config); checkpoints are folders ``output_dir/{tag}``
-    written by ``engine.save_checkpoint``."""
+    written by ``engine.save_checkpoint``.
+
+    DeepSpeed reads checkpoint files with a full unpickle; this engine's checkpoint reader is replaced by
+    ``utils.safe_load.load_torch_file`` (weights-only, with ``deepspeed_safe_globals``; a full unpickle only with
+    ``trust_checkpoint``), so resuming never runs code from a file either."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 config: dict[str, Any], output_dir: str | Path | None = None) -> None:
+                 config: dict[str, Any], output_dir: str | Path | None = None, trust_checkpoint: bool = False) -> None:
         import deepspeed
 
         self.output_dir = Path(output_dir) if output_dir else None
@@ -165,6 +182,9 @@ class DeepSpeedRuntime:
             model=module.to(device), optimizer=optimizer, config=config, dist_init_required=False)
         self.module = self.engine.module
         self.model = self.engine
+        allowed = deepspeed_safe_globals()
+        self.engine.checkpoint_engine.load = lambda path, map_location=None: load_torch_file(
+            path, trust_checkpoint, map_location, allowed)
         self.dtype = torch.bfloat16 if config.get("bf16", {}).get("enabled") else (
             torch.float16 if config.get("fp16", {}).get("enabled") else None)
         self.input_dtype = self.dtype

@@ -2,7 +2,8 @@
 #
 # A launcher sources this file, names the paths it needs with `require_paths`, and calls
 # `launch ENTRY.py --flag value ... "$@"`. Settings come from the environment:
-#   DATA_PATH, PREFIX, MODEL_PATH, CLIP_TEACHER_PATH   paths (checked by require_paths)
+#   DATA_PATH, PREFIX, MODEL_PATH, CLIP_TEACHER_PATH   paths (checked by require_paths); MODEL_PATH may also name
+#       released weights: a pretrained tag (videomamba_small.in1k_res224, see MODEL_ZOO.md) or hf-hub:<org>/<repo>/<file>
 #   GPUS (default 8, or the launcher's published count), GPUS_PER_NODE (default min(GPUS, 8)),
 #   CPUS_PER_TASK (16), PARTITION (set: slurm srun; unset: torchrun), JOB_NAME, OUTPUT_DIR,
 #   NODE_RANK / MASTER_ADDR (multi-node torchrun), MASTER_PORT, PYTHON and TORCHRUN (default: the repository's
@@ -37,13 +38,24 @@ die() {
     exit 2
 }
 
-# require_paths NAME...: each named variable must hold an existing path that is not a placeholder.
+# is_weights_name VALUE: a pretrained tag (arch.tag, not a file name) or an hf-hub: id, which the entry script checks.
+is_weights_name() {
+    [[ "$1" == hf-hub:* ]] && return 0
+    [[ "$1" =~ ^[A-Za-z0-9_]+\.([A-Za-z0-9_]+)$ && ! -e "$1" ]] || return 1
+    [[ ! "${BASH_REMATCH[1],,}" =~ ^(pth|pt|bin|safetensors|ckpt|tar|pkl)$ ]]
+}
+
+# require_paths NAME...: each named variable must hold an existing path that is not a placeholder (MODEL_PATH: or
+# the name of released weights).
 require_paths() {
     local name value
     for name in "$@"; do
         value="${!name:-}"
         if [[ -z "$value" ]]; then
             die "$name is not set; export $name=... (see the header of exp/$LAUNCHER_REL)"
+        fi
+        if [[ "$name" == MODEL_PATH ]] && is_weights_name "$value"; then
+            continue
         fi
         if [[ "$value" == your_* || "$value" == */your_* || "$value" == /path/to/* || "$value" == path/to/* ]]; then
             die "$name='$value' is still a placeholder; point it at your real path"

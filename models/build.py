@@ -1,11 +1,13 @@
 """Building the VideoMamba classifiers and students through ``timm.models.build_model_with_cfg``.
 
-No model has downloadable weights: ``pretrained=True`` reads the local file named by
-``pretrained_cfg_overlay=dict(file=PATH)`` (or takes ``pretrained_cfg_overlay=dict(state_dict=...)``), and nothing
-is downloaded. Files are read by ``models.checkpoint.read_state_dict`` (official checkpoints: the state dict under
-``model``/``module``, ``module.``/``backbone.``/``encoder.`` prefixes, legacy pickles holding ``args``) and adapted
-by ``checkpoint_filter_fn`` (2D->3D patch kernels, spatial/temporal position tables, a head of another size is
-dropped), then loaded non-strictly, as ``--finetune`` does.
+``pretrained=True`` loads the weights the resolved cfg names: ``pretrained_cfg_overlay=dict(state_dict=...)``, else
+a local ``file`` (``pretrained_cfg_overlay=dict(file=PATH)``), else the tag's release on the Hugging Face hub
+(``hf_hub_id`` / ``hf_hub_filename``, ``models/releases.py``), downloaded through huggingface_hub's cache
+(``models.hub``); nothing is downloaded otherwise. Files are read weights-only (``trust_checkpoint=True`` allows a
+full unpickle) by ``models.checkpoint.read_state_dict`` (official checkpoints: the state dict under
+``model``/``module``, ``module.``/``backbone.``/``encoder.`` prefixes) and adapted by ``checkpoint_filter_fn``
+(2D->3D patch kernels, spatial/temporal position tables, a head of another size is dropped), then loaded
+non-strictly, as ``--finetune`` does.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_
 
 from models.checkpoint import checkpoint_filter_fn, extract_state_dict, read_state_dict, strip_prefixes
 from models.features import DEFAULT_OUT_INDICES, VideoFeatureGetterNet
+from models.hub import download_tag, pretrained_tag_cfg
 from utils.errors import UsageError
 
 
@@ -32,7 +35,8 @@ def check_model_name(name: str, family: str, flag: str = "--model") -> None:
 
 
 def default_video_cfg(**kwargs: Any) -> dict[str, Any]:
-    """Default cfg: no downloadable weights (url/hf_hub_id empty), ImageNet mean/std, 8x224x224 clips.
+    """A cfg with the official data settings (ImageNet mean/std, as every official data pipeline) and, unless
+    ``kwargs`` say otherwise, no downloadable weights (url/hf_hub_id empty) and 8x224x224 clips.
 
     ``input_size`` is (C, T, H, W); ``num_classes`` is the default head size (1000, as the constructor's).
     """
@@ -44,17 +48,21 @@ def default_video_cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-def pretrained_state_dict(cfg: PretrainedCfg, variant: str) -> dict[str, torch.Tensor]:
-    """The un-prefixed state dict a resolved cfg points at: its in-memory ``state_dict`` or its local ``file``."""
+def pretrained_state_dict(cfg: PretrainedCfg, variant: str, trust_checkpoint: bool = False,
+                          cache_dir: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """The un-prefixed state dict a resolved cfg points at: its in-memory ``state_dict``, its local ``file``, or its
+    hub release (``hf_hub_id`` / ``hf_hub_filename``, into huggingface_hub's cache or ``cache_dir``)."""
+    name = f"{variant}.{cfg.tag}" if cfg.tag else variant
     if cfg.state_dict is not None:
-        source = f"{variant} pretrained_cfg state_dict"
-        return strip_prefixes(extract_state_dict(cfg.state_dict, "model|module", source))
+        return strip_prefixes(extract_state_dict(cfg.state_dict, "model|module", f"{name} pretrained_cfg state_dict"))
     if cfg.file:
-        return read_state_dict(os.fspath(cfg.file))
+        return read_state_dict(os.fspath(cfg.file), trust_checkpoint=trust_checkpoint)
+    if cfg.hf_hub_id and cfg.hf_hub_filename:
+        return read_state_dict(download_tag(cfg, name, cache_dir), trust_checkpoint=trust_checkpoint)
     raise ValueError(
-        f"{variant}: no downloadable weights are configured; pass a local checkpoint with "
-        f"pretrained_cfg_overlay=dict(file='/path/to/ckpt.pth') or build with pretrained=False and use "
-        f"models.checkpoint.load_finetune_checkpoint")
+        f"{name}: no downloadable weights are configured; pick a pretrained tag (timm.list_pretrained"
+        f"('videomamba*')), pass a local checkpoint with pretrained_cfg_overlay=dict(file='/path/to/ckpt.pth') or "
+        f"build with pretrained=False and use models.checkpoint.load_finetune_checkpoint")
 
 
 def _channels(kwargs: dict[str, Any]) -> None:
@@ -68,7 +76,8 @@ def _channels(kwargs: dict[str, Any]) -> None:
 def build_video_model(cls: type[nn.Module], variant: str, pretrained: bool = False,
                       kwargs_filter: tuple[str, ...] = (), **kwargs: Any) -> nn.Module:
     """Build ``cls`` for a registered variant with timm's builder; ``kwargs`` are the constructor's plus timm's
-    ``pretrained_cfg`` / ``pretrained_cfg_overlay`` / ``cache_dir``.
+    ``pretrained_cfg`` (a tag, from ``timm.create_model("arch.tag")``) / ``pretrained_cfg_overlay`` / ``cache_dir``
+    and ``trust_checkpoint`` (allow a checkpoint that needs a full unpickle, see ``utils.safe_load``).
 
     ``num_frames`` and ``img_size`` default to the cfg's ``input_size`` (C, T, H, W). timm's builder only knows image
     sizes, so it is handed the frame size (C, H, W); ``model.pretrained_cfg['input_size']`` is then set to the clip
@@ -80,13 +89,17 @@ def build_video_model(cls: type[nn.Module], variant: str, pretrained: bool = Fal
     """
     cfg_arg = kwargs.pop("pretrained_cfg", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    trust_checkpoint = kwargs.pop("trust_checkpoint", False)
+    cache_dir = kwargs.pop("cache_dir", None)
+    if isinstance(cfg_arg, str) and cfg_arg:
+        pretrained_tag_cfg(f"{variant}.{cfg_arg}")  # an unknown tag: one line naming the closest ones
     cfg = resolve_pretrained_cfg(variant, cfg_arg, overlay)
     clip_size = tuple(cfg.input_size)
     _channels(kwargs)
     kwargs.setdefault("num_frames", clip_size[1])
     overlay["input_size"] = (clip_size[0], *clip_size[-2:])
     if pretrained:
-        overlay["state_dict"] = pretrained_state_dict(cfg, variant)
+        overlay["state_dict"] = pretrained_state_dict(cfg, variant, trust_checkpoint, cache_dir)
         overlay["num_classes"] = kwargs.get("num_classes", cfg.num_classes)
     feature_cfg = dict(out_indices=kwargs.pop("out_indices", DEFAULT_OUT_INDICES), feature_cls=VideoFeatureGetterNet)
     model = build_model_with_cfg(

@@ -2,17 +2,16 @@
 
 ``checkpoint_filter_fn`` is pure: it adapts a state dict to a model's shapes (head dropping, 2D->3D patch
 embedding inflation, bicubic spatial / linear temporal position-table resampling) and returns a new dict.
-``read_state_dict`` reads a file (an ``http(s)://`` URL through torch.hub's cache) and finds and un-prefixes its state dict; ``load_finetune_checkpoint`` (the
-``--finetune`` path) and ``timm.create_model(..., pretrained=True)`` (``models/build.py``) both read files with
-it and adapt them with ``checkpoint_filter_fn``.
+``read_state_dict`` reads a checkpoint (a file, a URL, a pretrained tag or an ``hf-hub:`` id: ``models.hub``),
+weights-only unless trusted (``utils.safe_load``), and finds and un-prefixes its state dict;
+``load_finetune_checkpoint`` (the ``--finetune`` path) and ``timm.create_model(..., pretrained=True)``
+(``models/build.py``) both read checkpoints with it and adapt them with ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import pickle
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,8 +20,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from models.hub import fetch_checkpoint
 from models.pos_embed import resample_abs_pos_embed, resample_temporal_pos_embed
-from utils.errors import BadFileError, MissingPathError, UserError
+from utils.errors import BadFileError, MissingPathError
+from utils.safe_load import load_torch_file
 from utils.state_dicts import DEPTH_FLAGS, WIDTH_FLAGS, num_blocks, width
 
 _logger = logging.getLogger(__name__)
@@ -30,37 +31,6 @@ _logger = logging.getLogger(__name__)
 STRIPPED_PREFIXES = ("backbone.", "encoder.", "module.")
 INFLATE_MODES = ("center", "avg")
 K710_CLASSES = 710  # Kinetics-710: the official K400/600/700 union checkpoints
-
-
-class DownloadError(UserError, RuntimeError):
-    """A checkpoint URL could not be fetched (offline, or a hash mismatch)."""
-
-
-def fetch_checkpoint(path_or_url: str | os.PathLike, check_hash: bool = True) -> Path:
-    """A local path as is; an ``http(s)://`` URL becomes ``<torch hub dir>/checkpoints/<file name>``, downloaded
-    there once (as ``torch.hub.load_state_dict_from_url``; ``check_hash`` verifies a ``name-<sha256 prefix>.ext``
-    file name). Raises ``DownloadError`` naming the URL and the cache file when the download fails (offline)."""
-    text = os.fspath(path_or_url)
-    if not text.startswith(("http://", "https://")):
-        return Path(text)
-    name = os.path.basename(urllib.parse.urlparse(text).path)
-    if not name:
-        raise ValueError(f"checkpoint URL {text} names no file")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if cached.is_file():
-        _logger.info("using %s from the torch hub cache for %s", cached, text)
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(name) if check_hash else None
-    _logger.info("downloading %s to %s", text, cached)
-    try:
-        torch.hub.download_url_to_file(text, str(cached), hash_prefix=match.group(1) if match else None)
-    except OSError as err:
-        raise DownloadError(f"cannot download checkpoint {text} ({err}). Offline? Fetch it on a connected machine "
-                           f"and pass the local file, or copy it to {cached}") from err
-    except RuntimeError as err:  # the file's SHA-256 does not start with the prefix in its name
-        raise DownloadError(f"checkpoint {text}: {err}") from err
-    return cached
 
 
 def read_label_map(path: str | os.PathLike) -> list[int]:
@@ -188,12 +158,9 @@ def checkpoint_filter_fn(
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Load a checkpoint object on CPU: safetensors, or torch.save with ``weights_only`` when possible.
-
-    Legacy pickles that need arbitrary classes are loaded with ``weights_only=False`` after a warning;
-    only use them from sources you trust.
-    """
+def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> Any:
+    """Load a checkpoint object on CPU: safetensors, or a ``torch.save`` file weights-only
+    (``utils.safe_load.load_torch_file``: one needing a full unpickle only with ``trust_checkpoint``)."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"checkpoint not found: {path}")
@@ -202,17 +169,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             return load_file(str(path), device="cpu")
         except Exception as err:
             raise BadFileError(f"{path} is not a readable safetensors checkpoint: {err}") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt files; all mean "not loadable"
-        if not (isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)):
-            raise BadFileError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
-        _logger.warning("%s needs full unpickling (not weights-only); loading it as a trusted legacy "
-                        "checkpoint", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise BadFileError(f"{path} is not a checkpoint (torch.load failed: {err!r})") from err
+    return load_torch_file(path, trust_checkpoint)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -250,12 +207,14 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], model_prefix: str = "
     return out
 
 
-def read_state_dict(path: str | os.PathLike, model_key: str = "model|module",
-                    model_prefix: str = "") -> dict[str, torch.Tensor]:
-    """The un-prefixed state dict of a checkpoint file (``read_checkpoint``, ``extract_state_dict``,
-    ``strip_prefixes``); ``path`` may be an ``http(s)://`` URL (``fetch_checkpoint``)."""
-    local = fetch_checkpoint(path)
-    return strip_prefixes(extract_state_dict(read_checkpoint(local), model_key, local), model_prefix)
+def read_state_dict(path: str | os.PathLike, model_key: str = "model|module", model_prefix: str = "",
+                    trust_checkpoint: bool = False, flag: str = "") -> dict[str, torch.Tensor]:
+    """The un-prefixed state dict of a checkpoint (``read_checkpoint``, ``extract_state_dict``, ``strip_prefixes``);
+    ``path`` may be a URL, a pretrained tag or an ``hf-hub:`` id (``models.hub.fetch_checkpoint``; ``flag`` names
+    the command-line flag in its errors)."""
+    local = fetch_checkpoint(path, flag)
+    obj = read_checkpoint(local, trust_checkpoint)
+    return strip_prefixes(extract_state_dict(obj, model_key, local), model_prefix)
 
 
 def load_finetune_checkpoint(
@@ -267,13 +226,15 @@ def load_finetune_checkpoint(
     orig_t_size: int | None = None,
     inflate: str = "center",
     label_map: Sequence[int] | None = None,
+    trust_checkpoint: bool = False,
+    flag: str = "",
 ) -> dict[str, Any]:
     """Load a (possibly image-pretrained or differently sized) checkpoint into ``model`` non-strictly.
 
-    ``path`` may be an ``http(s)://`` URL (``fetch_checkpoint``). Returns and logs a report:
+    ``path`` may be a URL, a pretrained tag or an ``hf-hub:`` id (``read_state_dict``). Returns and logs a report:
     {"path", "missing_keys", "unexpected_keys"}.
     """
-    state_dict = read_state_dict(path, model_key, model_prefix)
+    state_dict = read_state_dict(path, model_key, model_prefix, trust_checkpoint, flag)
     theirs, ours = width(state_dict), width(model.state_dict())
     if theirs is not None and ours is not None and theirs != ours:
         raise BadFileError(f"{path}: the checkpoint is {theirs} wide, the model {ours}, so none of its blocks fits "

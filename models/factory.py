@@ -1,6 +1,7 @@
 """The models of the entry scripts, built from the typed configuration (``utils.config``) through timm.
 
-``build_classifier`` (fine-tuning: VideoMamba with its ``--finetune`` weights), ``build_student`` (masked
+``build_classifier`` (fine-tuning: VideoMamba with its ``--finetune`` weights: a file, URL, pretrained tag or
+``hf-hub:`` id), ``build_student`` (masked
 pretraining) and ``build_teacher`` (the frozen CLIP teacher; weights from ``--clip_teacher_path``, else the
 canonical file in ``$VIDEOMAMBA_CLIP_DIR``, which ``models.clip_teacher`` reads).
 """
@@ -57,7 +58,8 @@ def build_classifier(model: ClassifierConfig) -> torch.nn.Module:
     if model.finetune:
         label_map = read_label_map(model.label_map) if model.label_map else None
         load_finetune_checkpoint(net, model.finetune, model_key=model.model_key, model_prefix=model.model_prefix,
-                                 delete_head=model.delete_head, orig_t_size=model.orig_t_size, label_map=label_map)
+                                 delete_head=model.delete_head, orig_t_size=model.orig_t_size, label_map=label_map,
+                                 trust_checkpoint=model.trust_checkpoint, flag="--finetune")
     logger.info("model %s: %d parameters", model.model, sum(p.numel() for p in net.parameters()))
     return net
 

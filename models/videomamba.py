@@ -6,8 +6,9 @@ Mamba blocks keep the residual stream in fp32; the classifier reads the final-no
 
 The models follow timm's model API (``forward_features`` / ``forward_head`` / ``forward_intermediates``,
 ``set_grad_checkpointing``, ``group_matcher``, ``get_classifier`` / ``reset_classifier``, per-block ``feature_info`` and
-``prune_intermediate_layers`` for ``features_only=True``) and are built with ``timm.create_model`` (see
-``models/build.py`` for ``pretrained=True`` from a local file).
+``prune_intermediate_layers`` for ``features_only=True``) and are built with ``timm.create_model``;
+``pretrained=True`` loads a released checkpoint by tag (``videomamba_small.k400_f8_res224``, ``models/releases.py``)
+or a local file (``models/build.py``).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from models.build import build_video_model, default_video_cfg
+from models.build import build_video_model
 from models.features import block_feature_info
 from models.mamba_mixer import BiMambaMixer
+from models.releases import release_cfgs
 
 class PatchEmbed(nn.Module):
     """(B, C, T, H, W) -> (B, embed_dim, T / tubelet, H / patch, W / patch) with a Conv3d of stride = kernel."""
@@ -388,11 +390,8 @@ class VideoMamba(MambaVideoBackbone):
         return self.forward_head(self.forward_features(x))
 
 
-default_cfgs = generate_default_cfgs({
-    "videomamba_tiny": default_video_cfg(),
-    "videomamba_small": default_video_cfg(),
-    "videomamba_middle": default_video_cfg(),
-})
+# One tagged cfg per released checkpoint (models/releases.py); the ImageNet-1K one at 224 px is each size's default.
+default_cfgs = generate_default_cfgs(release_cfgs(("videomamba_tiny", "videomamba_small", "videomamba_middle")))
 
 MODEL_SIZES = {
     "tiny": {"patch_size": 16, "embed_dim": 192, "depth": 24},

@@ -13,6 +13,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from models.build import build_video_model, default_video_cfg
+from models.releases import release_cfgs
 from models.pos_embed import sinusoid_table
 from models.videomamba import MODEL_SIZES, MambaVideoBackbone
 
@@ -108,9 +109,10 @@ class VideoMambaPretrain(MambaVideoBackbone):
         return torch.stack([decoder(features[k]) for k, decoder in enumerate(self.clip_decoder)])
 
 
+# The released student (models/releases.py) is videomamba_middle_pretrain's default; Ti and S have none.
 default_cfgs = generate_default_cfgs({
-    f"videomamba_{size}_pretrain": default_video_cfg(num_classes=0, classifier=None)
-    for size in ("tiny", "small", "middle")
+    **release_cfgs(("videomamba_middle_pretrain",)),
+    **{f"videomamba_{size}_pretrain": default_video_cfg(num_classes=0, classifier=None) for size in ("tiny", "small")},
 })
 
 

@@ -24,6 +24,7 @@ from datasets.video_dataset import BadInputError
 from engines.cli import user_message
 from entry_runs import REPO, environment
 from tools.make_synthetic_dataset import make_dataset
+from untrusted import save_code_running_checkpoint
 from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError, is_placeholder, require_path
 
@@ -95,7 +96,22 @@ def _cases(root: Path) -> dict[str, tuple[str, list[str], int, str]]:
         "missing_resume": ("run_class_finetuning.py", [*BASE, *good, "--resume", str(root / "gone.pth")],
                            2, f"--resume {root / 'gone.pth'}: no such file or folder"),
         "unreadable_resume": ("run_class_finetuning.py", [*BASE, *good, "--resume", str(root / "garbage.pth")],
-                              1, f"checkpoint {root / 'garbage.pth'} cannot be read"),
+                              1, f"{root / 'garbage.pth'} is not a checkpoint"),
+        "unknown_finetune_tag": ("run_class_finetuning.py", [*BASE, *good, "--finetune",
+                                                             "videomamba_tiny.k400_f8_res22"],
+                                 2, "--finetune videomamba_tiny.k400_f8_res22: unknown pretrained tag; closest: "
+                                    "videomamba_tiny.k400_f8_res224"),
+        "uncached_finetune_tag": ("run_class_finetuning.py", [*BASE, *good, "--finetune",
+                                                              "videomamba_tiny.k400_f8_res224"],
+                                  1, "--finetune videomamba_tiny.k400_f8_res224: cannot get OpenGVLab/VideoMamba/"
+                                     "videomamba_t16_k400_f8_res224.pth from the Hugging Face hub (HF_HUB_OFFLINE is "
+                                     f"set and it is not in the cache {root / 'hf_cache'})"),
+        "untrusted_finetune": ("run_class_finetuning.py", [*BASE, *good, "--finetune", str(root / "crafted.pth")],
+                               1, f"{root / 'crafted.pth'} is not a weights-only checkpoint (it names "
+                                  "builtins.getattr"),
+        "untrusted_resume": ("run_class_finetuning.py", [*BASE, *good, "--resume", str(root / "crafted.pth")],
+                             1, "loading it would run code named in the file; if you trust its source, pass "
+                                "--trust_checkpoint"),
         "unknown_model": ("run_class_finetuning.py", [*BASE, *good, "--model", "videomamba_huge"],
                           2, "--model 'videomamba_huge' is not a registered model; choose one of: videomamba_middle, "
                              "videomamba_small, videomamba_tiny"),
@@ -132,13 +148,15 @@ def results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, in
     narrow = timm.create_model("videomamba_tiny", depth=1, embed_dim=16, num_frames=4, kernel_size=1, img_size=32,
                                num_classes=4)
     torch.save({"model": narrow.state_dict()}, root / "width16.pth")
+    save_code_running_checkpoint(root / "crafted.pth", narrow.state_dict(), root / "code_ran", epoch=1)
     spec = [{"script": cases[name][0], "argv": cases[name][1], "stdout": str(root / f"{name}.out"),
              "stderr": str(root / f"{name}.err"), "env": ENV.get(name, {})} for name in cases if name not in DIRECT]
     (root / "spec.json").write_text(json.dumps(spec))
 
+    env = environment(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(root / "hf_cache"))  # tags: an empty cache, offline
+
     def run(argv: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO, env=environment(),
-                              timeout=300)
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
     with ThreadPoolExecutor(max_workers=len(DIRECT) + 1) as pool:
         forked = pool.submit(run, [str(REPO / "tests" / "fork_runner.py"), str(root / "spec.json")])
@@ -170,6 +188,11 @@ def test_resuming_a_checkpoint_of_other_flags_names_them(results):
     warnings = [line for line in result.stderr.splitlines() if "was written with other flags" in line]
     assert len(warnings) == 1 and text in warnings[0] and "WARNING" in warnings[0], warnings
     assert "--num_workers" not in warnings[0] and "--output_dir" not in warnings[0]
+
+
+def test_a_refused_checkpoint_ran_no_code(results):
+    assert results["untrusted_resume"][0].returncode == 1 and results["untrusted_finetune"][0].returncode == 1
+    assert not (results["untrusted_resume"][3] / "code_ran").exists()
 
 
 def test_debug_prints_the_traceback_and_the_log_file_always_keeps_it(results):

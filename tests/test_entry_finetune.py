@@ -19,6 +19,8 @@ from official_merge import official_merge
 from tensorboard_events import read_scalars
 from utils.config import checkpoint_args, finetune_config
 from utils.errors import MissingPathError, UsageError
+from entry_runs import environment
+from untrusted import TouchOnLoad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +64,7 @@ def test_finetune_lowers_loss_then_eval_reproduces_and_test_best(video_set, tmp_
     assert (out / "checkpoint-best.pth").is_file() and (out / "args.json").is_file()
     args = run_class_finetuning.get_args_parser().parse_args(argv)
     assert json.loads((out / "args.json").read_text()) == json.loads(json.dumps(vars(args)))
-    saved = torch.load(out / "checkpoint-best.pth", weights_only=False)
+    saved = torch.load(out / "checkpoint-best.pth", weights_only=True)
     assert saved["args"] == checkpoint_args(args, finetune_config(args))  # the official key: the flags
     assert saved["config"] == asdict(finetune_config(args))  # ours: the typed configuration as a plain dict
     test = result["test"]
@@ -145,8 +147,8 @@ def test_auto_resume_after_interruption_matches_uninterrupted_run(video_set, tmp
     # without --test_best the final weights get the multi-view test, logged with the official keys
     last = json.loads((resumed / "log.txt").read_text().splitlines()[-1])
     assert last["Final top-1"] == result["test"]["acc1"] and last["test_weights"] == "the final weights"
-    a = torch.load(full / "checkpoint-latest.pth", weights_only=False)
-    b = torch.load(resumed / "checkpoint-latest.pth", weights_only=False)
+    a = torch.load(full / "checkpoint-latest.pth", weights_only=True)
+    b = torch.load(resumed / "checkpoint-latest.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
@@ -173,10 +175,24 @@ def test_deepspeed_and_plain_paths_train_the_same(video_set, tmp_path, monkeypat
             torch.distributed.destroy_process_group()
     assert (tmp_path / "ds" / "checkpoint-latest" / "complete").is_file()
     assert ds["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-4)
-    a = torch.load(tmp_path / "plain" / "checkpoint-latest.pth", weights_only=False)["model"]
-    b = torch.load(tmp_path / "ds" / "checkpoint-latest" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    a = torch.load(tmp_path / "plain" / "checkpoint-latest.pth", weights_only=True)["model"]
+    states = tmp_path / "ds" / "checkpoint-latest" / "mp_rank_00_model_states.pt"
+    b = torch.load(states, weights_only=True)["module"]
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+    # DeepSpeed reads its files with a full unpickle; ours replaces that reader: code in a file is refused (a new
+    # process each: DeepSpeed keeps its process groups for the life of a process)
+    torch.save({**torch.load(states, weights_only=True), "args": TouchOnLoad(tmp_path / "code_ran")}, states)
+    evaluate = [sys.executable, "run_class_finetuning.py", *_argv(video_set, tmp_path / "ds_eval", *common), "--eval",
+                "--resume", str(tmp_path / "ds" / "checkpoint-latest"), "--enable_deepspeed"]
+    env = environment(MASTER_ADDR="127.0.0.1", MASTER_PORT="29632")
+    refused = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and not (tmp_path / "code_ran").exists(), refused.stderr[-3000:]
+    assert refused.stderr.splitlines()[-1].startswith(f"error: {states} is not a weights-only checkpoint")
+    trusted = subprocess.run([*evaluate, "--trust_checkpoint"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert trusted.returncode == 0 and (tmp_path / "code_ran").exists(), trusted.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_mask_pretraining_lowers_loss_and_feeds_finetuning(video_set, tmp_path, 
     history = run_mask_pretrain.main(args)["history"]
     losses = [r["train_loss"] for r in history]
     assert losses[-1] < 0.8 * losses[0]
-    saved = torch.load(out / "checkpoint-latest.pth", weights_only=False)
+    saved = torch.load(out / "checkpoint-latest.pth", weights_only=True)
     assert saved["epoch"] == 3 and "clip_decoder.0.head.weight" in saved["model"]
     logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in logged] == [0, 1, 2, 3]

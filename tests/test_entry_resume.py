@@ -39,7 +39,7 @@ def finetune_argv(data: Path, out: Path, batch_size: int, workers: int, *extra: 
 
 
 def latest(out: Path) -> dict[str, Any]:
-    return torch.load(out / "checkpoint-latest.pth", map_location="cpu", weights_only=False)
+    return torch.load(out / "checkpoint-latest.pth", map_location="cpu", weights_only=True)
 
 
 def assert_same_run(reference: Path, out: Path) -> None:

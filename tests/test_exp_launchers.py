@@ -150,6 +150,21 @@ def test_srun_with_partition_uses_published_gpu_count(sandbox: Path, tmp_path: P
                     "python", "-u", launch[0], "--output_dir", out, "--log_dir", out, *launch[1:], "--eval"]
 
 
+def test_model_path_may_name_released_weights(sandbox: Path, tmp_path: Path) -> None:
+    """A pretrained tag or hf-hub: id in MODEL_PATH reaches --finetune (the entry script checks it); a file name that
+    does not exist is still refused."""
+    rel = "k400/videomamba_small/run_f8x224.sh"
+    for name, weights in (("tag", "videomamba_small.in1k_res224"),
+                          ("hub", "hf-hub:OpenGVLab/VideoMamba/videomamba_s16_in1k_res224.pth")):
+        result = _run(sandbox, rel, tmp_path / name, {**_paths(sandbox), "MODEL_PATH": weights, "GPUS": "1"})
+        assert result.returncode == 0, result.stderr
+        argv = (tmp_path / name / "torchrun.args").read_text().splitlines()
+        assert argv[argv.index("--finetune") + 1] == weights
+    result = _run(sandbox, rel, tmp_path / "file", {**_paths(sandbox), "MODEL_PATH": "videomamba_s16_in1k_res224.pth"})
+    assert result.returncode != 0 and "MODEL_PATH='videomamba_s16_in1k_res224.pth' does not exist" in result.stderr
+    assert not (tmp_path / "file" / "torchrun.args").exists()
+
+
 def test_multi_node_torchrun_needs_node_rank(sandbox: Path, tmp_path: Path) -> None:
     rel = "k400/videomamba_middle/run_f8x224.sh"
     assert _default_gpus(rel) == 16

@@ -14,6 +14,8 @@ import models  # noqa: F401  (registers the models with timm)
 from engines.optim import param_groups
 from models.checkpoint import checkpoint_filter_fn
 from models.clip_teacher import clip_checkpoint_filter_fn
+from models.hub import DownloadError
+from hf_cache import offline_hub
 
 pytestmark = pytest.mark.usefixtures("torch_backend")
 
@@ -241,8 +243,16 @@ def test_pretrained_from_a_local_official_file(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_pretrained_without_a_file_is_a_clear_error(name):
-    with pytest.raises(ValueError, match="no downloadable weights"):
+def test_pretrained_without_weights_is_a_clear_error(name, tmp_path, monkeypatch):
+    """A released architecture fetches its default tag (offline, with an empty cache: a one-line error naming it);
+    the Ti and S students have no release."""
+    offline_hub(monkeypatch, tmp_path / "empty_cache")
+    if name in ("videomamba_tiny_pretrain", "videomamba_small_pretrain"):
+        with pytest.raises(ValueError, match=f"{name}: no downloadable weights"):
+            _create(name, pretrained=True)
+        return
+    tag = timm.models.get_pretrained_cfg(name).tag
+    with pytest.raises(DownloadError, match=rf"^{name}\.{tag}: cannot get OpenGVLab/VideoMamba/.*HF_HUB_OFFLINE"):
         _create(name, pretrained=True)
 
 

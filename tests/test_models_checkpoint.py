@@ -1,6 +1,5 @@
 """Fine-tune checkpoint loading: official-format files, prefixes, head dropping, 2D->3D inflation,
 position-table resampling, purity of the filter, and clear errors."""
-import fractions
 import json
 import logging
 
@@ -254,17 +253,6 @@ def test_missing_file_and_non_checkpoint_errors(tmp_path):
     torch.save({"model": {"step": 3}, "epoch": 1}, no_tensors)
     with pytest.raises(ValueError, match="meta.pth"):
         load_finetune_checkpoint(_model(), no_tensors)
-
-
-def test_legacy_pickle_falls_back_with_a_warning(tmp_path, caplog):
-    state = _randomised_state(_model())
-    path = tmp_path / "legacy.pth"
-    torch.save({"model": state, "args": fractions.Fraction(1, 3)}, path)
-    model = _model()
-    with caplog.at_level(logging.WARNING, logger="models.checkpoint"):
-        report = load_finetune_checkpoint(model, path)
-    assert "trusted legacy" in caplog.text
-    assert report["missing_keys"] == [] and torch.equal(model.cls_token, state["cls_token"])
 
 
 def test_bad_inflate_mode_is_rejected():

@@ -11,7 +11,7 @@ Traced, the scan takes its chunked form (``models.ops.selective_scan_torch.chunk
 steps per block and direction for L tokens, so a full-size clip exports (Ti at 8 × 224², 1569 tokens: about 2 minutes).
 ONNX needs the optional extras onnx, onnxscript and onnxruntime (requirements-extras.txt).
 
-Example:
+Example (``--checkpoint``: a file with ``--model``, or a pretrained tag such as ``videomamba_tiny.k400_f8_res224``):
     python tools/export.py --model videomamba_tiny --checkpoint ckpt.pth --num_frames 8 --input_size 64 \\
         --video clip.mp4 --onnx videomamba_t.onnx
 """
@@ -34,8 +34,9 @@ import torch.nn as nn
 
 from datasets.readers import BACKENDS, VideoDecodeError, open_video
 from models.ops import get_backend, set_backend
-from tools.checkpoint_model import CheckpointError, load_model
+from tools.checkpoint_model import CheckpointError, add_checkpoint_args, check_checkpoint_args, load_model
 from tools.video_views import InputError, ViewPlan, iter_views
+from utils.errors import UserError
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 def get_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_tiny")
-    parser.add_argument("--checkpoint", required=True, help="trained classifier (.pth or .safetensors)")
-    parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
+    add_checkpoint_args(parser)
     parser.add_argument("--num_frames", type=int, required=True, help="T of the fixed input (1, 3, T, S, S)")
     parser.add_argument("--input_size", type=int, required=True, help="S of the fixed input (1, 3, T, S, S)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -155,13 +154,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> float:
     """Export, check, time; returns the max relative error."""
-    if not Path(args.checkpoint).is_file():
-        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
+    check_checkpoint_args(args)
     if not Path(args.video).is_file():
         raise InputError(f"--video {args.video}: no such file")
     if args.onnx is not None and args.opset < MIN_OPSET:
         raise InputError(f"--opset {args.opset}: must be >= {MIN_OPSET}")
-    model, _ = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
+    model, _ = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key,
+                          args.trust_checkpoint)
     module = PooledFeatures(model).eval() if args.features else model
     x = first_view(args.video, args.num_frames, args.input_size, args.video_backend)
     with torch.no_grad():
@@ -210,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         error = run(args)
-    except (InputError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as err:
+    except (InputError, CheckpointError, VideoDecodeError, UserError, FileNotFoundError, ValueError) as err:
         print(f"export.py: error: {err}", file=sys.stderr)
         return 2
     if not error <= args.tolerance:

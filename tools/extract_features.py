@@ -13,9 +13,9 @@ resumable (videos whose output is complete are skipped; files are written atomic
 ranks (rank r of W takes videos r, r + W, ...); rank 0 then writes ``index.csv`` (one row per video: output, rows,
 status, error). Unreadable videos are skipped, listed in ``index.csv`` and on stderr, and make the exit status 1.
 
-Example:
-    torchrun --nproc_per_node 4 tools/extract_features.py --model videomamba_small --checkpoint ckpt.pth \\
-        --folder videos/ --out features/ --num_frames 16 --window_seconds 4 --stride_seconds 2
+Example (``--checkpoint``: a file with ``--model``, or a pretrained tag):
+    torchrun --nproc_per_node 4 tools/extract_features.py --checkpoint videomamba_small.k400_f16_res224 \\
+        --folder videos/ --out features/ --window_seconds 4 --stride_seconds 2
 """
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from datasets.readers import BACKENDS
 from tools import feature_files as ff
-from tools.checkpoint_model import CheckpointError, load_model
+from tools.checkpoint_model import CheckpointError, add_checkpoint_args, check_checkpoint_args, load_model, weights_id
 from tools.video_views import (VIDEO_SAMPLINGS, InputError, ViewPlan, add_video_source_args, map_videos,
                                output_stems, videos_from_args)
 from utils.distributed import DistInfo, init_distributed
+from utils.errors import UserError
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ logger = logging.getLogger(__name__)
 def get_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_small")
-    parser.add_argument("--checkpoint", required=True, help="trained classifier (.pth or .safetensors)")
-    parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
+    add_checkpoint_args(parser)
     add_video_source_args(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--h5", action="store_true", help="write one HDF5 file <out>/features.h5 (needs h5py)")
@@ -79,8 +78,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not Path(args.checkpoint).is_file():
-        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
+    check_checkpoint_args(args)
     if args.batch_size < 1 or args.num_workers < 0:
         raise InputError("--batch_size must be >= 1 and --num_workers >= 0")
     if args.layer is not None and not args.tokens:
@@ -114,7 +112,7 @@ def feature_fn(model: torch.nn.Module, device: torch.device, tokens: bool, layer
 
 def settings_of(args: argparse.Namespace, plan: ViewPlan, model: torch.nn.Module) -> dict[str, Any]:
     """Everything that changes the numbers, recorded with the features (and compared on resume)."""
-    return {"model": args.model, "checkpoint": str(Path(args.checkpoint).resolve()), "num_frames": plan.num_frames,
+    return {"model": args.model, "checkpoint": weights_id(args.checkpoint), "num_frames": plan.num_frames,
             "input_size": plan.input_size, "num_segments": plan.num_segments, "num_crops": plan.num_crops,
             "sampling": plan.sampling, "sampling_rate": plan.sampling_rate, "window_seconds": plan.window_seconds,
             "stride_seconds": plan.stride_seconds, "feature": "tokens" if args.tokens else "pooled",
@@ -137,7 +135,9 @@ def extract(args: argparse.Namespace, info: DistInfo) -> tuple[list[dict[str, An
     _check_args(args)
     videos = videos_from_args(args)
     stems = output_stems(videos)
-    model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
+    model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key,
+                              args.trust_checkpoint)
+    args.model = model.pretrained_cfg["architecture"]  # a pretrained tag names its model
     if args.layer is not None and not -shape.depth <= args.layer < shape.depth:
         raise InputError(f"--layer {args.layer}: the model has {shape.depth} blocks")
     plan = ViewPlan(num_frames=args.num_frames or shape.num_frames, input_size=args.input_size or shape.img_size,
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows, settings = extract(args, info)
         status = 0
-    except (InputError, CheckpointError, ff.SettingsMismatch, FileNotFoundError, ValueError) as err:
+    except (InputError, CheckpointError, ff.SettingsMismatch, UserError, FileNotFoundError, ValueError) as err:
         print(f"extract_features.py: error: {err}", file=sys.stderr)
         rows, settings, status = [], {}, 2
     if info.distributed:

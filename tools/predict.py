@@ -5,8 +5,9 @@ Each video is cut into ``--test_num_segment`` temporal segments × ``--test_num_
 and test transform of the multi-view test of ``run_class_finetuning.py`` (``tools/video_views.py``), and the softmax
 is averaged over those views. ``--timeline`` does this per sliding window (``--window_seconds``, ``--stride_seconds``;
 1 × 1 views per window unless given) and prints a table, and with ``--out DIR`` writes ``<stem>.timeline.csv``,
-``.json`` and ``.png`` (matplotlib, an optional extra). The architecture is read from the checkpoint
-(``tools/checkpoint_model.py``); ``--num_frames`` and ``--input_size`` override its frames and resolution.
+``.json`` and ``.png`` (matplotlib, an optional extra). ``--checkpoint`` is a file or a pretrained tag; the
+architecture is read from the checkpoint, or is the tag's (``tools/checkpoint_model.py``); ``--num_frames`` and
+``--input_size`` override its frames and resolution.
 
 One video (``--video``) prints a table (or one JSON object with ``--json``); a folder (``--folder``) or list
 (``--list``) prints one line per video (or one JSON object per line). Unreadable videos of a folder or list are
@@ -15,9 +16,9 @@ the true classes (``path label`` or ``path label duration`` lines) writes per-cl
 the confusion matrix of the top-1 predictions (``engines/class_metrics.py``), and ``OUT.png`` where matplotlib is
 installed.
 
-Example:
-    python tools/predict.py --model videomamba_small --checkpoint videomamba_s16_k400_f8_res224.pth \\
-        --video clip.mp4 --labels k400_labels.txt --num_frames 8
+Examples:
+    python tools/predict.py --checkpoint videomamba_small.k400_f8_res224 --video clip.mp4 --labels k400_labels.txt
+    python tools/predict.py --model videomamba_small --checkpoint out/checkpoint-best.pth --video clip.mp4
 """
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ from datasets.lists import guess_format, read_list
 from datasets.readers import BACKENDS, VideoDecodeError
 from engines.class_metrics import class_report, summary, write_class_report
 from tools import timeline as tl
-from tools.checkpoint_model import CheckpointError, load_model
+from tools.checkpoint_model import CheckpointError, add_checkpoint_args, check_checkpoint_args, load_model
 from tools.video_views import (VIDEO_SAMPLINGS, InputError, VideoResult, ViewPlan, add_video_source_args, map_videos,
                                output_stems, videos_from_args)
+from utils.errors import UserError
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -87,8 +89,7 @@ def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str, 
 def get_parser() -> argparse.ArgumentParser:
     """Command-line flags; the data flags keep the names of ``run_class_finetuning.py``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="registered name, e.g. videomamba_small")
-    parser.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.pth or .safetensors)")
+    add_checkpoint_args(parser)
     add_video_source_args(parser)
     parser.add_argument("--labels", default=None, help="class names, one per line (default: class indices)")
     parser.add_argument("--num_frames", type=int, default=None, help="frames per view (default: the checkpoint's)")
@@ -103,7 +104,6 @@ def get_parser() -> argparse.ArgumentParser:
                         help="frame sampling: sparse (Kinetics/Breakfast/COIN/LVU), ssv2, or dense")
     parser.add_argument("--sampling_rate", type=int, default=4, help="frame stride of dense sampling")
     parser.add_argument("--video_backend", choices=BACKENDS, default="auto")
-    parser.add_argument("--model_key", default="model|module", help="'|'-separated keys holding the state dict")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=4, help="views per forward pass")
     parser.add_argument("--num_workers", type=int, default=0, help="video decoding processes (0: this one)")
@@ -123,8 +123,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not Path(args.checkpoint).is_file():
-        raise InputError(f"--checkpoint {args.checkpoint}: no such file")
+    check_checkpoint_args(args)
     if min(args.batch_size, args.topk) < 1 or args.num_workers < 0:
         raise InputError("--batch_size and --topk must be >= 1 and --num_workers >= 0")
     if args.out is not None and not args.timeline:
@@ -169,7 +168,9 @@ def run(args: argparse.Namespace) -> tuple[list[str], list[str], Iterator[dict[s
     videos = videos_from_args(args)
     if args.out is not None:
         output_stems(videos)
-    model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key)
+    model, shape = load_model(args.model, args.checkpoint, args.num_frames, args.input_size, args.model_key,
+                              args.trust_checkpoint)
+    args.model = model.pretrained_cfg["architecture"]  # a pretrained tag names its model
     if shape.num_classes < 2:
         kind = "a regression checkpoint (one output)" if shape.num_classes == 1 else "a checkpoint without a head"
         raise CheckpointError(f"{args.checkpoint}: {kind}; predict.py ranks classes")
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_result(result, args, single)
         if truth is not None:
             write_per_class(args, scored, names, len(bad))
-    except (InputError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as err:
+    except (InputError, CheckpointError, VideoDecodeError, UserError, FileNotFoundError, ValueError) as err:
         print(f"predict.py: error: {err}", file=sys.stderr)
         return 2
     if bad:

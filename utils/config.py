@@ -125,6 +125,7 @@ class ClassifierConfig(ModelConfig):
     model_prefix: str
     label_map: str | None
     orig_t_size: int
+    trust_checkpoint: bool  # --finetune may need a full unpickle
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class RuntimeConfig:
     log_dir: str | None
     resume: str
     auto_resume: bool
+    trust_checkpoint: bool  # --resume / --eval checkpoints may need a full unpickle
     start_epoch: int
     save_ckpt: bool
     save_ckpt_freq: int
