@@ -28,7 +28,7 @@ from engines.contracts import Runtime
 from utils.config import RuntimeConfig
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, get_rank
 from utils.errors import BadFileError, MissingPathError, UsageError
-from utils.safe_load import load_torch_file
+from utils.safe_load import UntrustedCheckpointError, load_torch_file
 from utils.state_dicts import mismatch
 
 logger = logging.getLogger(__name__)
@@ -110,15 +110,17 @@ def read(path: Path, trust_checkpoint: bool = False, mmap: bool = False) -> dict
     return state
 
 
-def peek(path: Path) -> dict[str, Any]:
+def peek(path: Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """The entries of a checkpoint (a file, or a DeepSpeed folder's model states) with its tensors memory-mapped,
-    not read: cheap however big the file."""
+    not read: cheap however big the file. Read as `read` reads it."""
     path = Path(path)
     file = path / DEEPSPEED_MODEL_STATES if path.is_dir() else path
     try:
-        return read(file, mmap=True)
+        return read(file, trust_checkpoint, mmap=True)
+    except UntrustedCheckpointError:
+        raise
     except BadFileError:  # a file of the legacy (non-zip) format cannot be memory-mapped
-        return read(file)
+        return read(file, trust_checkpoint)
 
 
 def check_fits(path: Path, weights: Mapping[str, torch.Tensor], module: torch.nn.Module) -> None:

@@ -115,7 +115,7 @@ def resume(run: RuntimeConfig, runtime: Runtime, ema: ModelEmaV2 | None,
     if flags is not None:
         why = ("as --resume asks" if run.resume else f"as the newest checkpoint in --output_dir {run.output_dir} (to "
                "start a new run instead, use another --output_dir or --no_auto_resume)")
-        warn_changed_flags(path, ckpt.peek(path).get("args"), flags, why)
+        warn_changed_flags(path, ckpt.peek(path, run.trust_checkpoint).get("args"), flags, why)
     state = runtime.load(path)
     if "epoch" not in state:  # weights only, as the official auto_load_model accepts: no epoch, no optimiser state
         logger.warning("%s holds no epoch (weights only): loaded the weights, training starts at epoch %d", path,

@@ -182,6 +182,7 @@ class DeepSpeedRuntime:
             model=module.to(device), optimizer=optimizer, config=config, dist_init_required=False)
         self.module = self.engine.module
         self.model = self.engine
+        self.trust_checkpoint = trust_checkpoint
         allowed = deepspeed_safe_globals()
         self.engine.checkpoint_engine.load = lambda path, map_location=None: load_torch_file(
             path, trust_checkpoint, map_location, allowed)
@@ -231,7 +232,7 @@ class DeepSpeedRuntime:
 
     def load(self, path: Path, model_only: bool = False) -> dict[str, Any]:
         path = Path(path)
-        weights = ckpt.peek(path).get("module")
+        weights = ckpt.peek(path, self.trust_checkpoint).get("module")
         if weights is not None:
             ckpt.check_fits(path, weights, self.module)
         _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name,
