@@ -270,3 +270,20 @@ def test_fused_cpu_path_under_autocast_matches_fp64(ext, dtype):
     assert out.dtype == dtype and rel_err(out, want) < tolerance[0]
     for got, expected in zip(grads, want_grads):
         assert got.dtype == torch.float32 and rel_err(got, expected) < tolerance[1]
+
+
+def test_fused_cpu_path_takes_a_model_cast_to_bf16(ext):
+    """DeepSpeed's bf16 engine casts the model rather than autocasting: bf16 input and parameters (A stays fp32,
+    as the mixer forms it) give a bf16 output and bf16 gradients within bf16's rounding of fp64."""
+    args64 = random_inner(2, SCAN_CHUNK + 9, 16, n_state=4, rank=2, proj_bias=True, seed=12)
+    want, want_grads = output_and_grads(fused, args64)
+    hidden, params = args64
+    params = ops.bimamba_params.map_params(lambda t: t.detach().to(torch.bfloat16).requires_grad_(), params)
+    params = params._replace(**{name: getattr(params, name)._replace(A=getattr(args64[1], name).A.detach().float()
+                                                                     .requires_grad_())
+                                for name in ("forward", "backward")})
+    args = (hidden.detach().to(torch.bfloat16).requires_grad_(), params)
+    out, grads = output_and_grads(fused, args)
+    assert out.dtype == torch.bfloat16 and rel_err(out, want) < 5e-2
+    for got, expected, leaf in zip(grads, want_grads, leaves(args)):
+        assert got.dtype == leaf.dtype and rel_err(got, expected) < 1e-1

@@ -53,3 +53,15 @@ def test_seeded_rngs_is_a_function_of_its_keys_and_restores_the_generators():
     assert _draws() == step
     seed_step(-4, 2, 5, 0)
     assert _draws() != step
+
+
+def test_python_numpy_and_torch_draw_independent_streams():
+    """The three generators seeded for one draw site do not share a stream: Python's ``random`` and numpy's legacy
+    generator are the same algorithm (MT19937 seeded by init_by_array), so identical seeds would tie them."""
+    for keys in [(0, AUGMENT, 1, 2, 0), (7, STEP, 3, 0, 1)]:
+        with seeded_rngs(*keys):
+            python = [random.random() for _ in range(64)]
+            numpy = np.random.rand(64).tolist()
+            torch_draws = torch.rand(64, dtype=torch.float64).tolist()
+        assert len({*python} & {*numpy}) == 0 and len({*python} & {*torch_draws}) == 0
+        assert abs(np.corrcoef(python, numpy)[0, 1]) < 0.5

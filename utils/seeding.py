@@ -37,10 +37,13 @@ def seed_sequence(seed: int, stream: int, *keys: int) -> np.random.SeedSequence:
 
 
 def _seed_globals(sequence: np.random.SeedSequence, cuda: bool) -> None:
-    words = sequence.generate_state(4)  # 4 × uint32
-    random.seed(int.from_bytes(words.tobytes(), "little"))
-    np.random.seed(words)
-    torch_seed = int(words[0]) << 32 | int(words[1])
+    """Seed Python's, numpy's and torch's generators from distinct words of ``sequence``: Python's ``random`` and
+    numpy's legacy generator are both MT19937 seeded by ``init_by_array``, so the same words would make them draw
+    the same numbers (a crop tied to the RandAugment op it is followed by)."""
+    words = sequence.generate_state(10)  # 10 × uint32: 4 for Python, 4 for numpy, 2 for torch
+    random.seed(int.from_bytes(words[:4].tobytes(), "little"))
+    np.random.seed(words[4:8])
+    torch_seed = int(words[8]) << 32 | int(words[9])
     if cuda:
         torch.manual_seed(torch_seed)  # CPU and every CUDA device
     else:
