@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models.ops as ops
-from models.ops import Direction, InnerParams, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
+from models.ops import Direction, InnerParams, bimamba_cpu, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
 from models.ops.selective_scan_cpu import SCAN_CHUNK, load_cpu_kernel
 
 
@@ -287,3 +287,16 @@ def test_fused_cpu_path_takes_a_model_cast_to_bf16(ext):
     assert out.dtype == torch.bfloat16 and rel_err(out, want) < 5e-2
     for got, expected, leaf in zip(grads, want_grads, leaves(args)):
         assert got.dtype == leaf.dtype and rel_err(got, expected) < 1e-1
+
+
+@pytest.mark.parametrize("chunk", [64, 128, 192])
+def test_inference_windows_carry_the_state_and_the_conv_history(ext, chunk):
+    """The inference forward runs each direction in windows of `chunk` steps, carrying the scan state and reading
+    the conv's history rows across window borders: in fp64 it equals the training forward (one pass over the
+    sequence) and the composed reference, for a length that is not a multiple of the window."""
+    hidden, params = random_inner(2, 2 * SCAN_CHUNK + 150, 16, n_state=5, rank=2, width=4, proj_bias=True, seed=chunk)
+    hidden, params = hidden.detach(), ops.bimamba_params.map_params(lambda t: t.detach(), params)
+    windows = bimamba_cpu._forward_windows(ext, hidden, params, chunk=chunk)
+    one_pass, _ = bimamba_cpu.forward(ext, hidden, params, save=True)
+    assert rel_err(windows, one_pass) < 1e-13
+    assert rel_err(windows, bimamba_inner_ref(hidden, params, backend="ref")) < 1e-12

@@ -3,12 +3,16 @@
 GEMMs.
 
 Everything stays in the (batch, L, channels) layout the projections produce, so nothing is transposed or
-flipped. Computes in fp64 for fp64 inputs, else fp32. The forward keeps only each direction's x_proj output
-(batch, L, dt_rank + 2N) and the scan state entering every chunk of ``SCAN_CHUNK`` steps (batch, L / chunk, N,
-d_inner); the op's input is kept by autograd anyway, and the backward recomputes in_proj, the conv, Δ and the
+flipped. Computes in fp64 for fp64 inputs, else fp32. The training forward keeps only each direction's x_proj
+output (batch, L, dt_rank + 2N) and the scan state entering every chunk of ``SCAN_CHUNK`` steps (batch, L / chunk,
+N, d_inner); the op's input is kept by autograd anyway, and the backward recomputes in_proj, the conv, Δ and the
 scan (chunk by chunk). The scan kernel forms Δ = softplus(dt_proj(dt_low)) itself, and the second direction's
-scan applies the silu(z) gate as it writes, so a forward allocates only in_proj's output, the conv output and
-y.
+scan applies the silu(z) gate as it writes.
+
+Inference (nothing saved) runs each direction in windows of ``INFER_CHUNK`` steps, carrying the scan state from
+one to the next: only x (in_proj's first half), y and the output span the whole sequence; the conv output, the
+x_proj output, z and each GEMM's result exist for one window at a time, so the memory of a block grows by
+(2 d_inner + d_model) values per token and its temporaries stay in cache.
 """
 from typing import List, Optional, Tuple
 
@@ -17,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bimamba_params import Direction, InnerParams, map_params
+
+INFER_CHUNK = 1024  # steps per window of the inference forward: a multiple of the scan kernel's block (64)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,6 +41,9 @@ def forward(ext, hidden: Tensor, params: InnerParams, save: bool) -> Tuple[Tenso
     the chunk states; empty when not `save`)."""
     dtype = compute_dtype(hidden.dtype)
     p = map_params(lambda t: t.to(dtype), params)
+    import os
+    if not save and not os.environ.get('OLDPATH'):
+        return _forward_windows(ext, hidden.to(dtype), p).to(hidden.dtype), []
     x, z = _in_proj(hidden.to(dtype), p)
     y = torch.empty(x.shape, dtype=dtype)
     u: Optional[Tensor] = None
@@ -48,6 +57,31 @@ def forward(ext, hidden: Tensor, params: InnerParams, save: bool) -> Tuple[Tenso
             residuals += [x_dbl, states]
     del u, x, z
     return F.linear(y, p.out_proj_weight, p.out_proj_bias).to(hidden.dtype), residuals
+
+
+def _forward_windows(ext, hidden: Tensor, p: InnerParams, chunk: int = INFER_CHUNK) -> Tensor:
+    """The inference forward (see the module docstring): hidden (batch, L, d_model) -> (batch, L, d_model)."""
+    batch, length, _ = hidden.shape
+    d_inner = p.out_proj_weight.shape[1]
+    w_x, w_z = p.in_proj_weight.split(d_inner)
+    b_x, b_z = (None, None) if p.in_proj_bias is None else p.in_proj_bias.split(d_inner)
+    x = F.linear(hidden, w_x, b_x)  # (batch, L, d_inner): the convs of both directions read it
+    y = torch.empty_like(x)
+    out = hidden.new_empty(batch, length, p.out_proj_weight.shape[0])
+    state = hidden.new_empty(batch, p.forward.A.shape[1], d_inner)  # carried from window to window
+    window = hidden.new_empty(batch * min(chunk, length) * d_inner)  # the conv output of one window
+    for reverse, d in ((False, p.forward), (True, p.backward)):
+        for i0 in range(0, length, chunk):
+            i1 = min(length, i0 + chunk)
+            t0, t1 = (length - i1, length - i0) if reverse else (i0, i1)  # the window's times
+            u = window[:batch * (i1 - i0) * d_inner].view(batch, i1 - i0, d_inner)
+            ext.conv_forward(x, d.conv_weight, d.conv_bias, reverse, u, (i0, i1))
+            gate = F.linear(hidden[:, t0:t1], w_z, b_z) if reverse else None
+            ext.scan_forward(u, F.linear(u, d.x_proj_weight), d.dt_proj_weight, d.dt_proj_bias, d.A, d.D, y,
+                             reverse, reverse, False, gate, (i0, i1), state if i0 else None, state)
+            if reverse:  # this window of y is final: project it while it is in cache
+                out[:, t0:t1] = F.linear(y[:, t0:t1], p.out_proj_weight, p.out_proj_bias)
+    return out
 
 
 def backward(ext, hidden: Tensor, params: InnerParams, residuals: List[Tensor], dout: Tensor

@@ -95,13 +95,29 @@ VM_INLINE typename W::Scalar hsum(typename W::V v) {
   return s;
 }
 
+// max / min per lane: one vmaxps / vminps on AVX-512 (the builtins: the compiler keeps the comparison and blend of
+// the portable expression, which is the same function, as two instructions).
 template <class W>
 VM_INLINE typename W::V vmax(typename W::V a, typename W::V b) {
+#ifdef VM_X86
+  if constexpr (sizeof(typename W::V) == 64 && sizeof(typename W::Scalar) == 4) {
+    typedef float F16 __attribute__((vector_size(64)));
+    return (typename W::V)__builtin_ia32_maxps512_mask((F16)a, (F16)b, (F16)a, (__mmask16)-1,
+                                                       _MM_FROUND_CUR_DIRECTION);
+  }
+#endif
   return a > b ? a : b;
 }
 
 template <class W>
 VM_INLINE typename W::V vmin(typename W::V a, typename W::V b) {
+#ifdef VM_X86
+  if constexpr (sizeof(typename W::V) == 64 && sizeof(typename W::Scalar) == 4) {
+    typedef float F16 __attribute__((vector_size(64)));
+    return (typename W::V)__builtin_ia32_minps512_mask((F16)a, (F16)b, (F16)a, (__mmask16)-1,
+                                                       _MM_FROUND_CUR_DIRECTION);
+  }
+#endif
   return a < b ? a : b;
 }
 
