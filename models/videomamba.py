@@ -17,7 +17,7 @@ from typing import Any, Collection, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, RmsNormFp32, to_2tuple, trunc_normal_
+from timm.layers import DropPath, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from models.build import build_video_model
 from models.features import block_feature_info
 from models.mamba_mixer import BiMambaMixer
+from models.rms_norm import RmsNormFp32
 from models.releases import release_cfgs
 
 class PatchEmbed(nn.Module):
@@ -48,7 +49,7 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Mamba's add -> norm -> mixer block: returns (mixer output, fp32 residual stream entering its norm).
 
-    The norm is timm's ``RmsNormFp32`` (Mamba's RMSNorm: computed in fp32, weight only) or a LayerNorm.
+    The norm is ``models.rms_norm.RmsNormFp32`` (Mamba's RMSNorm: computed in fp32, weight only) or a LayerNorm.
     """
 
     def __init__(self, dim: int, ssm_cfg: dict | None = None, norm_epsilon: float = 1e-5, rms_norm: bool = True,
