@@ -2,11 +2,14 @@
 
 The composed ``x * rsqrt(mean(x²) + eps) * weight`` (timm's ``RmsNormFp32``) saves the normalised x besides its input,
 one more (B, L, C) tensor per block; `RmsNormFp32` here computes the same function and saves only the input (which the
-residual stream keeps anyway) and the per-row scale, recomputing the normalised x in its backward.
+residual stream keeps anyway) and the per-row scale, recomputing the normalised x in its backward. `recomputed` goes
+one step further for the norm's output: what consumes it (the mixer op, which saves its input) keeps a way to
+recompute it instead.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from timm.layers import RmsNormFp32 as _TimmRmsNormFp32
@@ -40,3 +43,36 @@ class RmsNormFp32(_TimmRmsNormFp32):
         if self.weight is None:
             return super().forward(x)
         return _RmsNormFunction.apply(x, self.weight, self.eps)
+
+
+class _Recompute:
+    """What autograd keeps in place of a saved view of the recomputed tensor: its layout over that tensor."""
+
+    def __init__(self, saved: torch.Tensor, base_offset: int) -> None:
+        self.shape, self.stride = saved.shape, saved.stride()
+        self.offset = saved.storage_offset() - base_offset
+
+
+@contextmanager
+def recomputed(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """Within the block, wherever an op saves `tensor` (or a view of it: a linear layer saves a 2-D view) for its
+    backward, autograd keeps ``recompute`` instead and calls it (without grad) when the backward needs the tensor:
+    one (B, L, C) tensor per block less, for a pass of the cheap function that made it (it must give the same
+    values, in a contiguous tensor, again). Other saved tensors are kept as usual."""
+    if not tensor.is_contiguous():
+        raise ValueError("recomputed: the tensor must be contiguous (its recomputation is)")
+    storage, dtype, base_offset = tensor.untyped_storage().data_ptr(), tensor.dtype, tensor.storage_offset()
+
+    def pack(saved: torch.Tensor) -> Any:
+        if saved.dtype == dtype and saved.device == tensor.device and saved.untyped_storage().data_ptr() == storage:
+            return _Recompute(saved, base_offset)
+        return saved
+
+    def unpack(packed: Any) -> torch.Tensor:
+        if not isinstance(packed, _Recompute):
+            return packed
+        with torch.no_grad():
+            return recompute().as_strided(packed.shape, packed.stride, packed.offset)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield

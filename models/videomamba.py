@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from models.build import build_video_model
 from models.features import block_feature_info
 from models.mamba_mixer import BiMambaMixer
-from models.rms_norm import RmsNormFp32
+from models.rms_norm import RmsNormFp32, recomputed
 from models.releases import release_cfgs
 
 class PatchEmbed(nn.Module):
@@ -66,11 +66,15 @@ class Block(nn.Module):
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden_states = self.norm(residual.to(self.norm.weight.dtype))
-        if use_checkpoint and hidden_states.requires_grad:
-            hidden_states = checkpoint(self.mixer, hidden_states, use_reentrant=False)
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if use_checkpoint and normed.requires_grad:
+            hidden_states = checkpoint(self.mixer, normed, use_reentrant=False)
+        elif normed.requires_grad and not torch.compiler.is_compiling():
+            # The mixer saves its input for its backward; keep the residual (kept anyway) and recompute the norm.
+            with recomputed(normed, lambda: self.norm(residual.to(self.norm.weight.dtype))):
+                hidden_states = self.mixer(normed)
         else:
-            hidden_states = self.mixer(hidden_states)
+            hidden_states = self.mixer(normed)
         return hidden_states, residual
 
 
