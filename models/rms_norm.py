@@ -61,10 +61,12 @@ def recomputed(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> I
     values, in a contiguous tensor, again). Other saved tensors are kept as usual."""
     if not tensor.is_contiguous():
         raise ValueError("recomputed: the tensor must be contiguous (its recomputation is)")
-    storage, dtype, base_offset = tensor.untyped_storage().data_ptr(), tensor.dtype, tensor.storage_offset()
+    # Only these facts of `tensor` are kept: a reference from the hooks (which the graph holds) would keep it alive.
+    storage, dtype, device = tensor.untyped_storage().data_ptr(), tensor.dtype, tensor.device
+    base_offset = tensor.storage_offset()
 
     def pack(saved: torch.Tensor) -> Any:
-        if saved.dtype == dtype and saved.device == tensor.device and saved.untyped_storage().data_ptr() == storage:
+        if saved.dtype == dtype and saved.device == device and saved.untyped_storage().data_ptr() == storage:
             return _Recompute(saved, base_offset)
         return saved
 

@@ -262,18 +262,29 @@ def test_norm_is_mambas_fp32_rmsnorm():
         assert torch.equal(norm(x), mamba_rms(x))
 
 
-def test_block_recomputes_its_norm_instead_of_the_mixer_saving_it():
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_block_recomputes_its_norm_instead_of_the_mixer_saving_it(backend):
     """In training each block's norm runs twice (forward, and once more in the backward, from the residual the norm
-    keeps anyway) instead of the mixer keeping its (B, L, C) input; gradients equal the checkpointed model's."""
+    keeps anyway) instead of the mixer keeping its (B, L, C) input, which is freed after the forward; gradients equal
+    the checkpointed model's."""
+    import gc
+    import weakref
+
+    from models.ops import set_backend
+
+    set_backend(backend)  # the torch_backend fixture restores the default afterwards
     torch.manual_seed(3)
     plain = VideoMamba(**TINY)
     ckpt = VideoMamba(**TINY, use_checkpoint=True, checkpoint_num=2)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 4, 32, 32)
-    calls = []
+    calls, outputs = [], []
     for block in plain.layers:
-        block.norm.register_forward_hook(lambda *_: calls.append(1))
-    plain(x).sum().backward()
+        block.norm.register_forward_hook(lambda module, args, out: calls.append(1) or outputs.append(weakref.ref(out)))
+    loss = plain(x).sum()
+    gc.collect()
+    assert [ref() for ref in outputs] == [None] * len(plain.layers)
+    loss.backward()
     ckpt(x).sum().backward()
     assert len(calls) == 2 * len(plain.layers)
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):

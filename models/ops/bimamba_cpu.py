@@ -5,8 +5,9 @@ GEMMs.
 Everything stays in the (batch, L, channels) layout the projections produce, so nothing is transposed or
 flipped. The kernels compute in fp64 for fp64 inputs, else fp32. The training forward keeps only each direction's
 x_proj output (batch, L, dt_rank + 2N) and the scan state entering every chunk of ``SCAN_CHUNK`` steps (batch,
-L / chunk, N, d_inner); the op's input is kept by autograd anyway, and the backward recomputes in_proj, the conv, Δ
-and the scan (chunk by chunk). The scan kernel forms Δ = softplus(dt_proj(dt_low)) itself, and the second
+L / chunk, N, d_inner); the op's input is kept by autograd (or, in a VideoMamba block, recomputed from the residual
+stream: `models.rms_norm.recomputed`), and the backward recomputes in_proj, the conv, Δ and the scan (chunk by
+chunk). The scan kernel forms Δ = softplus(dt_proj(dt_low)) itself, and the second
 direction's scan applies the silu(z) gate as it writes.
 
 Inference (nothing saved) runs each direction in windows of ``INFER_CHUNK`` steps, carrying the scan state from
