@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_SCRIPTS = ["run_class_finetuning.py", "run_mask_pretrain.py", "run_regression_finetuning.py",
-                 "run_videomamba_pretraining.py", "tools/predict.py", "tools/extract_features.py"]
+                 "run_videomamba_pretraining.py", "tools/predict.py", "tools/extract_features.py", "tools/export.py"]
 # Runs each script as `python SCRIPT` does (``__main__``) up to its first `import torch`, which is stopped there,
 # and records $OMP_WAIT_POLICY at that moment: without a policy, then with the user's "active".
 AT_TORCH_IMPORT = """

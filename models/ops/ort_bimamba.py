@@ -76,7 +76,10 @@ def _compile(target: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(scratch)
-        raise OrtLibraryError(f"compiling {SOURCES[0].name} failed: {result.stderr.strip()[-2000:]}")
+        logger.error("%s", result.stderr)
+        lines = result.stderr.splitlines()
+        first = next((line for line in lines if "error" in line), lines[0] if lines else f"exit {result.returncode}")
+        raise OrtLibraryError(f"compiling the ONNX Runtime custom-op library failed: {first.strip()}")
     os.replace(scratch, target)
 
 
