@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from datasets.readers import BACKENDS, VideoDecodeError, open_video
 from models.ops import get_backend, set_backend
-from models.ops.ort_bimamba import OrtLibraryError, library_path, translation_table
+from models.ops.ort_bimamba import library_path, translation_table
 from models.ops.selective_scan_cpu import load_cpu_kernel
 from tools.checkpoint_model import CheckpointError, add_checkpoint_args, check_checkpoint_args, load_model
 from tools.video_views import InputError, ViewPlan, iter_views

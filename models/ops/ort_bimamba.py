@@ -149,9 +149,7 @@ def _translate_bimamba_inner(hidden, in_proj_weight, in_proj_bias, conv_weight, 
 def translation_table() -> Dict[object, Callable]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the fused mixer op as the custom ops
     (registers their schemas with onnx first)."""
-    import torch
-
-    from . import bimamba_inner  # noqa: F401  (defines torch.ops.videomamba.bimamba_inner)
+    import torch  # the package's __init__ has defined torch.ops.videomamba.bimamba_inner
 
     _register_schemas()
     return {torch.ops.videomamba.bimamba_inner.default: _translate_bimamba_inner}
