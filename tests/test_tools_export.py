@@ -172,6 +172,13 @@ def test_portable_onnx_logits_match_eager(files, tmp_path, capsys) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+def test_timed_models_take_turns(monkeypatch) -> None:
+    calls, clock = [], iter(range(100))
+    monkeypatch.setattr(export.time, "perf_counter", lambda: next(clock))
+    assert export.median_ms([lambda: calls.append("eager"), lambda: calls.append("exported")], 3) == [1000, 1000]
+    assert calls == ["eager", "exported"] * 4  # a warm-up run of each, then 3 turns
+
+
 def test_error_above_tolerance_exits_1(files, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(export, "run", lambda args: 2e-4)  # what main does with the measured error
     assert main(_args(files, "--pt2", str(tmp_path / "m.pt2"))) == 1

@@ -14,7 +14,8 @@ is many times slower than eager at full size.
 The check runs the exported graph (``torch.export.load`` or onnxruntime) on the first test view of ``--video``
 (``tools/video_views.py``), prints the max relative error ``max |exported - eager| / max |eager|`` against the eager
 model with its usual kernels, and exits 1 above ``--tolerance``. It also prints the median time per clip of both over
-``--repeats`` runs. ONNX needs the optional extras onnx, onnxscript and onnxruntime (requirements-extras.txt).
+``--repeats`` runs (taking turns). ONNX needs the optional extras onnx, onnxscript and onnxruntime
+(requirements-extras.txt).
 
 Example (``--checkpoint``: a file with ``--model``, or a pretrained tag such as ``videomamba_tiny.k400_f8_res224``):
     python tools/export.py --model videomamba_tiny --checkpoint ckpt.pth --num_frames 8 --input_size 224 \\
@@ -167,15 +168,18 @@ def max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_ms(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time in milliseconds of each of ``fns`` over ``repeats`` runs, after one warm-up run of each; the
+    functions take turns, so a load that comes and goes on the machine slows them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [1000 * statistics.median(spent) for spent in times]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -233,8 +237,7 @@ def run(args: argparse.Namespace) -> float:
           f"(tolerance {args.tolerance:g})")
     if args.repeats > 0:
         with torch.no_grad():
-            eager_ms = median_ms(lambda: module(x), args.repeats)
-        exported_ms = median_ms(lambda: exported(x), args.repeats)
+            eager_ms, exported_ms = median_ms([lambda: module(x), lambda: exported(x)], args.repeats)
         print(f"median time per clip over {args.repeats} runs: eager PyTorch {eager_ms:.1f} ms, {runtime} "
               f"{exported_ms:.1f} ms ({torch.get_num_threads()} torch threads)")
     return error
