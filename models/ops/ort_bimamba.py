@@ -157,4 +157,7 @@ def translation_table() -> Dict[object, Callable]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    print(library_path())
+    try:
+        print(library_path())
+    except (OrtLibraryError, OSError) as err:
+        sys.exit(f"error: {err}")
