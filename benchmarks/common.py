@@ -142,6 +142,24 @@ def cpu_model_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_identity() -> str:
+    """The CPU as the performance goals need it: model name, vendor family/model numbers and the vector ISA
+    (AVX2, AVX-512, with BF16 / AMX), from /proc/cpuinfo where present."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break
+    flags = set(fields.get("flags", "").split())
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2") + "".join(
+        f" {name}" for flag, name in (("avx512_bf16", "+BF16"), ("amx_bf16", "+AMX")) if flag in flags)
+    family = f"family {fields['cpu family']} model {fields['model']}, " if "cpu family" in fields else ""
+    return f"{cpu_model_name()} ({family}{isa})"
+
+
 def machine_description(threads: int) -> str:
-    """One line naming the CPU, the core count and the intra-op threads used."""
-    return f"{cpu_model_name()}, {os.cpu_count()} logical CPUs, {threads} torch threads, {platform.system()}"
+    """One line naming the CPU (`cpu_identity`), the core count and the intra-op threads used."""
+    return f"{cpu_identity()}, {os.cpu_count()} logical CPUs, {threads} torch threads, {platform.system()}"

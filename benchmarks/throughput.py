@@ -1,12 +1,13 @@
 """VideoMamba vs a joint space-time ViT: training-step and inference time, achieved GFLOP/s and step memory.
 
 Every (model, frames, mode, condition) runs in its own fresh process so each peak RSS belongs to one configuration;
-the parent collects the results, prints one table with the ViT/VideoMamba speed-ups, the goals of issue 14 with
-pass/fail, and writes a PNG plot. Conditions: "idle" (nothing else running), "busy" (beside one competing
-busy-looping process) and "compiled" (VideoMamba under torch.compile; the compilation is not timed).
+the parent collects the results, prints the CPU (model, family/model numbers, ISA), one table with the ViT/VideoMamba
+speed-ups, the goals of issue 23 with pass/fail, and writes a PNG plot. Conditions: "idle" (nothing else running),
+"busy" (beside one competing busy-looping process), "compiled" (VideoMamba under torch.compile; the compilation is
+not timed) and "bf16" (VideoMamba under bf16 autocast, against its own fp32 run).
 
-    python benchmarks/throughput.py                                   # the default grid, ~15 min on 2 cores
-    python benchmarks/throughput.py --train-frames 16 --infer-frames 64 --no-busy --no-compile   # the core goals
+    python benchmarks/throughput.py            # every row, 3 timed steps each
+    python benchmarks/throughput.py --quick    # the goals' rows only (no busy or compiled rows), under 3 minutes
 
 Children run with OMP_WAIT_POLICY=passive (``--omp-wait-policy``), as entry scripts should set it before torch
 starts: with libgomp's default spinning, each of the many parallel regions of a step waits a scheduler slice for
@@ -71,7 +72,7 @@ class BackendRecorder(logging.Handler):
         return ", ".join(f"{op}={name}" for op, name in sorted(self.chosen.items())) or "unknown"
 
 
-def run_worker(arch: str, frames: int, mode: str, compiled: bool, args: argparse.Namespace) -> dict:
+def run_worker(arch: str, frames: int, mode: str, condition: str, args: argparse.Namespace) -> dict:
     """Time one configuration in this process; return the medians, RSS before the first step, backend."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -80,13 +81,15 @@ def run_worker(arch: str, frames: int, mode: str, compiled: bool, args: argparse
     ops_logger.setLevel(logging.INFO)
     ops_logger.addHandler(recorder)
     model = build_model(arch, frames, args.img_size)
+    compiled = condition == "compiled"
     run = torch.compile(model) if compiled else model
     x = torch.randn(1, 3, frames, args.img_size, args.img_size)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=condition == "bf16")
     if mode == "infer":
         model.eval()
 
         def step() -> None:
-            with torch.inference_mode() if not compiled else torch.no_grad():
+            with torch.inference_mode() if not compiled else torch.no_grad(), precision:
                 run(x)
     else:
         model.train()
@@ -94,7 +97,8 @@ def run_worker(arch: str, frames: int, mode: str, compiled: bool, args: argparse
         target = torch.zeros(1, dtype=torch.long)
 
         def step() -> None:
-            loss = F.cross_entropy(run(x), target)
+            with precision:
+                loss = F.cross_entropy(run(x), target)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -116,11 +120,9 @@ def run_worker(arch: str, frames: int, mode: str, compiled: bool, args: argparse
 
 def run_child(arch: str, frames: int, mode: str, condition: str, args: argparse.Namespace) -> dict | None:
     """Run one configuration in a fresh process (beside a busy process for "busy"); add its peak RSS."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", arch, str(frames), mode,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", arch, str(frames), mode, condition,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--img_size", str(args.img_size),
            "--threads", str(args.threads)]
-    if condition == "compiled":
-        cmd.append("--compiled")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -158,17 +160,24 @@ def peak_gflops(threads: int) -> tuple[float, str]:
 
 
 def plan(args: argparse.Namespace) -> list[Row]:
-    """The configurations to run, VideoMamba and ViT for each (compiled: VideoMamba only)."""
+    """The configurations to run, VideoMamba and ViT for each (compiled, bf16: VideoMamba only)."""
     rows = []
     for family in args.models:
         for mode, frames in (("train", args.train_frames), ("infer", args.infer_frames)):
             rows += [Row(family, mode, t, "idle") for t in sorted(set(frames))]
         if not args.no_busy:
             rows += [Row(family, "infer", t, "busy") for t in args.busy_frames]
+        if not args.no_bf16:
+            rows += [Row(family, mode, t, "bf16") for mode, t in (("train", min(args.train_frames)),
+                                                                  ("infer", max(args.infer_frames)))]
         if not args.no_compile:
             rows += [Row(family, mode, t, "compiled") for mode, t in (("train", min(args.train_frames)),
                                                                       ("infer", max(args.infer_frames)))]
     return rows
+
+
+# The rows the goals need (the infer rows at 8 frames: only VideoMamba's is used, for the growth goal).
+QUICK = dict(train_frames=[16], infer_frames=[8, 64], no_busy=True, no_compile=True, repeats=2, warmup=1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,14 +186,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-frames", "--train_frames", dest="train_frames", nargs="+", type=int,
                         default=[16, 32, 64], help="frame counts of the training-step rows")
     parser.add_argument("--infer-frames", "--infer_frames", dest="infer_frames", nargs="+", type=int,
-                        default=[16, 32, 64], help="frame counts of the inference rows")
+                        default=[8, 16, 32, 64], help="frame counts of the inference rows")
     parser.add_argument("--busy-frames", "--busy_frames", dest="busy_frames", nargs="+", type=int, default=[64],
                         help="inference rows repeated beside one busy process")
     parser.add_argument("--no-busy", "--no_busy", dest="no_busy", action="store_true",
                         help="skip the rows beside a busy process")
     parser.add_argument("--no-compile", "--no_compile", dest="no_compile", action="store_true",
                         help="skip the torch.compile rows")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per configuration (median reported)")
+    parser.add_argument("--no-bf16", "--no_bf16", dest="no_bf16", action="store_true",
+                        help="skip the bf16 autocast rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the rows the goals need, 2 timed steps each (no busy or compiled rows)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -192,9 +205,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=["passive", "active", ""], help="OMP_WAIT_POLICY of the children ('' = inherit)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before a configuration is killed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/throughput.png"), help="PNG plot path")
-    parser.add_argument("--worker", nargs=3, metavar=("ARCH", "FRAMES", "MODE"), help=argparse.SUPPRESS)
-    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("ARCH", "FRAMES", "MODE", "CONDITION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
     if args.img_size % 16:
         parser.error(f"--img_size must be a multiple of the patch size 16, got {args.img_size}")
     if any(t < 1 for t in (*args.train_frames, *args.infer_frames, *args.busy_frames)):
@@ -205,8 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        arch, frames, mode = args.worker
-        print(json.dumps(run_worker(arch, int(frames), mode, args.compiled, args)))
+        arch, frames, mode, condition = args.worker
+        print(json.dumps(run_worker(arch, int(frames), mode, condition, args)))
         return
     setup_logging()
     machine = machine_description(args.threads)
@@ -216,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     flops = {}
     results = {}
     for row in rows:
-        for arch in FAMILIES[row.family][:1 if row.condition == "compiled" else 2]:
+        vm_only = row.condition in ("compiled", "bf16") or (args.quick and row.mode == "infer" and row.frames == 8)
+        for arch in FAMILIES[row.family][:1 if vm_only else 2]:
             key = (arch, row.frames)
             if key not in flops:
                 flops[key] = forward_gflop(arch, row.frames, args.img_size)

@@ -17,7 +17,7 @@ from typing import Any, Collection, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, RmsNormFp32, to_2tuple, trunc_normal_
+from timm.layers import DropPath, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from models.build import build_video_model
 from models.features import block_feature_info
 from models.mamba_mixer import BiMambaMixer
+from models.rms_norm import RmsNormFp32, recomputed
 from models.releases import release_cfgs
 
 class PatchEmbed(nn.Module):
@@ -48,7 +49,7 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Mamba's add -> norm -> mixer block: returns (mixer output, fp32 residual stream entering its norm).
 
-    The norm is timm's ``RmsNormFp32`` (Mamba's RMSNorm: computed in fp32, weight only) or a LayerNorm.
+    The norm is ``models.rms_norm.RmsNormFp32`` (Mamba's RMSNorm: computed in fp32, weight only) or a LayerNorm.
     """
 
     def __init__(self, dim: int, ssm_cfg: dict | None = None, norm_epsilon: float = 1e-5, rms_norm: bool = True,
@@ -65,11 +66,15 @@ class Block(nn.Module):
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden_states = self.norm(residual.to(self.norm.weight.dtype))
-        if use_checkpoint and hidden_states.requires_grad:
-            hidden_states = checkpoint(self.mixer, hidden_states, use_reentrant=False)
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if use_checkpoint and normed.requires_grad:
+            hidden_states = checkpoint(self.mixer, normed, use_reentrant=False)
+        elif normed.requires_grad and not torch.compiler.is_compiling():
+            # The mixer saves its input for its backward; keep the residual (kept anyway) and recompute the norm.
+            with recomputed(normed, lambda: self.norm(residual.to(self.norm.weight.dtype))):
+                hidden_states = self.mixer(normed)
         else:
-            hidden_states = self.mixer(hidden_states)
+            hidden_states = self.mixer(normed)
         return hidden_states, residual
 
 

@@ -260,3 +260,21 @@ def test_norm_is_mambas_fp32_rmsnorm():
         out = norm(xb)
         assert out.dtype == torch.bfloat16 and torch.equal(out, mamba_rms(xb))
         assert torch.equal(norm(x), mamba_rms(x))
+
+
+def test_block_recomputes_its_norm_instead_of_the_mixer_saving_it():
+    """In training each block's norm runs twice (forward, and once more in the backward, from the residual the norm
+    keeps anyway) instead of the mixer keeping its (B, L, C) input; gradients equal the checkpointed model's."""
+    torch.manual_seed(3)
+    plain = VideoMamba(**TINY)
+    ckpt = VideoMamba(**TINY, use_checkpoint=True, checkpoint_num=2)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)
+    calls = []
+    for block in plain.layers:
+        block.norm.register_forward_hook(lambda *_: calls.append(1))
+    plain(x).sum().backward()
+    ckpt(x).sum().backward()
+    assert len(calls) == 2 * len(plain.layers)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

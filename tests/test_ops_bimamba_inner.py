@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models.ops as ops
-from models.ops import Direction, InnerParams, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
+from models.ops import Direction, InnerParams, bimamba_cpu, bimamba_inner, bimamba_inner_fn, bimamba_inner_ref
 from models.ops.selective_scan_cpu import SCAN_CHUNK, load_cpu_kernel
 
 
@@ -256,10 +256,13 @@ def test_the_op_computes_in_the_dtypes_it_is_given_even_under_autocast(ext):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fused_cpu_path_under_autocast_matches_fp64(ext, dtype):
+def test_fused_cpu_path_under_autocast_matches_fp64(ext, dtype, native_bf16, monkeypatch):
     """bimamba_inner_fn on CPU under autocast: the output in the autocast dtype, as a Linear's would be, within the
-    dtype's rounding of the fp64 reference; every gradient in its parameter's dtype, as close."""
+    dtype's rounding of the fp64 reference; every gradient in its parameter's dtype, as close; with the big GEMMs in
+    bf16 (a CPU with AVX512-BF16 or AMX) and in fp32 (one without)."""
+    monkeypatch.setattr(bimamba_cpu, "native_bf16", lambda: native_bf16)
     args64 = random_inner(2, 2 * SCAN_CHUNK + 5, 16, n_state=4, rank=2, proj_bias=True, seed=9)
     want, want_grads = output_and_grads(fused, args64)
     fresh = iter([t.detach().float().requires_grad_() for t in leaves(args64)])
@@ -287,3 +290,29 @@ def test_fused_cpu_path_takes_a_model_cast_to_bf16(ext):
     assert out.dtype == torch.bfloat16 and rel_err(out, want) < 5e-2
     for got, expected, leaf in zip(grads, want_grads, leaves(args)):
         assert got.dtype == leaf.dtype and rel_err(got, expected) < 1e-1
+
+
+@pytest.mark.parametrize("chunk", [64, 128, 192])
+def test_inference_windows_carry_the_state_and_the_conv_history(ext, chunk):
+    """The inference forward runs each direction in windows of `chunk` steps, carrying the scan state and reading
+    the conv's history rows across window borders: in fp64 it equals the training forward (one pass over the
+    sequence) and the composed reference, for a length that is not a multiple of the window."""
+    hidden, params = random_inner(2, 2 * SCAN_CHUNK + 150, 16, n_state=5, rank=2, width=4, proj_bias=True, seed=chunk)
+    hidden, params = hidden.detach(), ops.bimamba_params.map_params(lambda t: t.detach(), params)
+    windows = bimamba_cpu._forward_windows(ext, hidden, params, torch.float64, chunk=chunk)
+    one_pass, _ = bimamba_cpu.forward(ext, hidden, params, save=True)
+    assert rel_err(windows, one_pass) < 1e-13
+    assert rel_err(windows, bimamba_inner_ref(hidden, params, backend="ref")) < 1e-12
+
+
+def test_bf16_gemms_only_where_the_cpu_multiplies_bf16(monkeypatch):
+    """The big GEMMs run in bf16 for bf16 inputs on a CPU with AVX512-BF16 or AMX-BF16 (emulated elsewhere, where
+    fp32 is faster), never for other dtypes."""
+    for flags, native in (({"avx512_bf16": True}, True), ({"amx_bf16": True}, True), ({"avx2": True}, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        bimamba_cpu.native_bf16.cache_clear()
+        assert bimamba_cpu.native_bf16() is native
+        assert bimamba_cpu.gemm_dtype(torch.bfloat16) == (torch.bfloat16 if native else torch.float32)
+        assert bimamba_cpu.gemm_dtype(torch.float16) == torch.float32
+        assert bimamba_cpu.gemm_dtype(torch.float64) == torch.float64
+    bimamba_cpu.native_bf16.cache_clear()

@@ -16,18 +16,26 @@ namespace bimamba {
 
 constexpr int64_t kMaxWidth = 8;  // conv taps
 
+// Where the rows of a (batch, L, channels) operand with unit channel stride are: row t of batch element b starts at
+// p + b * batch + (t - t0) * row. t0 > 0 lets a buffer hold only the rows of one chunk of the sequence.
+template <typename T>
+struct Rows {
+  T* p;
+  int64_t batch, row, t0;
+  VM_INLINE T* at(int64_t b, int64_t t) const { return p + b * batch + (t - t0) * row; }
+};
+
 template <typename T>
 struct ConvArgs {
   int64_t batch, length, dim, width, lanes, rows_per_item;
-  const T* x;  // x[b, t, c] at b * x_batch + t * x_row + c
-  int64_t x_batch, x_row;
+  int64_t i_begin, i_end;  // the steps (scan order) this call computes; items are blocks of rows_per_item of them
+  Rows<const T> x;
   const T* w_t;   // (width, dim): the weight transposed
   const T* bias;  // (dim) or null
   bool reverse;
-  T* out;          // forward: (batch, L, dim) silu(pre)
-  const T* dout;   // backward: gradient of out, (batch, L, dim)
-  T* dx;           // backward: dx[b, t, c] at b * dx_batch + t * dx_row + c
-  int64_t dx_batch, dx_row;
+  Rows<T> out;           // forward: silu(pre)
+  Rows<const T> dout;    // backward: gradient of out
+  Rows<T> dx;
   bool accumulate;  // backward: dx += instead of dx =
   T* dw_parts;      // backward: (items, width, dim), each item's share of dweight (transposed)
   T* dbias_parts;   // backward: (items, dim)
@@ -56,7 +64,16 @@ inline int64_t time_of(int64_t i, int64_t length, bool reverse) {
 
 template <typename T>
 inline const T* conv_row(const ConvArgs<T>& a, int64_t b, int64_t i) {
-  return a.x + b * a.x_batch + time_of<T>(i, a.length, a.reverse) * a.x_row;
+  return a.x.at(b, time_of<T>(i, a.length, a.reverse));
+}
+
+// Batch element, first and one-past-last step of a work item.
+template <typename T>
+inline void conv_item_steps(const ConvArgs<T>& a, int64_t item, int64_t& b, int64_t& i0, int64_t& i1) {
+  const int64_t blocks = (a.i_end - a.i_begin + a.rows_per_item - 1) / a.rows_per_item;
+  b = item / blocks;
+  i0 = a.i_begin + (item % blocks) * a.rows_per_item;
+  i1 = std::min(a.i_end, i0 + a.rows_per_item);
 }
 
 // pre_i for channels [c, c + count): bias + sum_k w[k] x_{i-(K-1)+k}.
@@ -74,15 +91,15 @@ template <class W, bool kFull>
 VM_INLINE void conv_fwd_vector(const ConvArgs<typename W::Scalar>& a, int64_t b, int64_t i, int64_t c, int count) {
   using T = typename W::Scalar;
   const typename W::V pre = conv_pre<W, kFull>(a, b, i, c, count);
-  T* out = a.out + (b * a.length + time_of<T>(i, a.length, a.reverse)) * a.dim + c;
+  T* out = a.out.at(b, time_of<T>(i, a.length, a.reverse)) + c;
   vm::store_n<W, kFull>(out, pre * vm::sigmoid<W>(pre), count);
 }
 
 template <class W>
 VM_INLINE void conv_fwd_body(const ConvArgs<typename W::Scalar>& a, int64_t item) {
-  const int64_t blocks = (a.length + a.rows_per_item - 1) / a.rows_per_item;
-  const int64_t b = item / blocks, i0 = (item % blocks) * a.rows_per_item;
-  const int64_t i1 = std::min(a.length, i0 + a.rows_per_item), full = a.dim / W::lanes * W::lanes;
+  int64_t b, i0, i1;
+  conv_item_steps(a, item, b, i0, i1);
+  const int64_t full = a.dim / W::lanes * W::lanes;
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t c = 0; c < full; c += W::lanes) conv_fwd_vector<W, true>(a, b, i, c, W::lanes);
     if (full < a.dim) conv_fwd_vector<W, false>(a, b, i, full, static_cast<int>(a.dim - full));
@@ -101,7 +118,7 @@ VM_INLINE void conv_bwd_vector(const ConvArgs<typename W::Scalar>& a, typename W
   for (int64_t i = i0; i < end; ++i) {
     const V pre = conv_pre<W, kFull>(a, b, i, c, count);
     const V s = vm::sigmoid<W>(pre);
-    const V dout = vm::load_n<W, kFull>(a.dout + (b * L + time_of<T>(i, L, a.reverse)) * a.dim + c, count);
+    const V dout = vm::load_n<W, kFull>(a.dout.at(b, time_of<T>(i, L, a.reverse)) + c, count);
     const V gi = dout * s * (T(1) + pre * (T(1) - s));
     vm::store<W>(g + (i - i0) * W::lanes, gi);
     if (i < i1) {
@@ -117,7 +134,7 @@ VM_INLINE void conv_bwd_vector(const ConvArgs<typename W::Scalar>& a, typename W
       const int64_t i = s + (K - 1) - k;
       if (i < end) dx += vm::load_n<W, kFull>(a.w_t + k * a.dim + c, count) * vm::load<W>(g + (i - i0) * W::lanes);
     }
-    T* p = a.dx + b * a.dx_batch + time_of<T>(s, L, a.reverse) * a.dx_row + c;
+    T* p = a.dx.at(b, time_of<T>(s, L, a.reverse)) + c;
     vm::store_n<W, kFull>(p, a.accumulate ? vm::load_n<W, kFull>(p, count) + dx : dx, count);
   }
   for (int64_t k = 0; k < K; ++k) vm::store_n<W, kFull>(a.dw_parts + (item * K + k) * a.dim + c, dw[k], count);
@@ -126,9 +143,9 @@ VM_INLINE void conv_bwd_vector(const ConvArgs<typename W::Scalar>& a, typename W
 
 template <class W>
 VM_INLINE void conv_bwd_body(const ConvArgs<typename W::Scalar>& a, int64_t item) {
-  const int64_t blocks = (a.length + a.rows_per_item - 1) / a.rows_per_item;
-  const int64_t b = item / blocks, i0 = (item % blocks) * a.rows_per_item;
-  const int64_t i1 = std::min(a.length, i0 + a.rows_per_item), full = a.dim / W::lanes * W::lanes;
+  int64_t b, i0, i1;
+  conv_item_steps(a, item, b, i0, i1);
+  const int64_t full = a.dim / W::lanes * W::lanes;
   std::vector<typename W::Scalar> g((a.rows_per_item + a.width - 1) * W::lanes);  // one channel vector's g
   for (int64_t c = 0; c < full; c += W::lanes) conv_bwd_vector<W, true>(a, g.data(), b, item, i0, i1, c, W::lanes);
   if (full < a.dim) {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "bimamba_conv.h"
@@ -91,6 +92,12 @@ int64_t vector_count(int64_t dim, int64_t lanes) { return (dim + lanes - 1) / la
 
 constexpr int64_t kConvRows = 64;  // steps per conv work item
 
+// The rows of a (batch, L, channels) tensor with unit channel stride, its row 0 being step t0 of the sequence.
+template <typename T, typename P>
+Rows<P> rows_of(const at::Tensor& t, int64_t t0 = 0) {
+  return Rows<P>{static_cast<P*>(t.data_ptr<T>()), t.stride(0), t.stride(1), t0};
+}
+
 template <typename T>
 ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::optional<at::Tensor>& bias,
                       bool reverse) {
@@ -101,16 +108,19 @@ ConvArgs<T> conv_args(const at::Tensor& x, const at::Tensor& w_t, const c10::opt
   a.width = w_t.size(0);
   a.lanes = isa_lanes<T>();
   a.rows_per_item = kConvRows;
-  a.x = x.data_ptr<T>();
-  a.x_batch = x.stride(0);
-  a.x_row = x.stride(1);
+  a.i_begin = 0;
+  a.i_end = a.length;
+  a.x = rows_of<T, const T>(x);
   a.w_t = w_t.data_ptr<T>();
   a.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   a.reverse = reverse;
   return a;
 }
 
-int64_t conv_items(const at::Tensor& x) { return x.size(0) * ((x.size(1) + kConvRows - 1) / kConvRows); }
+template <typename T>
+int64_t conv_items(const ConvArgs<T>& a) {
+  return a.batch * ((a.i_end - a.i_begin + kConvRows - 1) / kConvRows);
+}
 
 at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias) {
@@ -122,19 +132,53 @@ at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight,
   return weight.t().contiguous();
 }
 
-// x (batch, L, dim) with unit channel stride -> silu(conv(x)) (batch, L, dim), into `out` when given.
+// The steps (scan order) a call computes, [i_begin, i_end) of a sequence of `length`: a window of it when the caller
+// gives `steps` (its chunk-sized operands then hold the rows of those steps only, the earliest time first), else
+// the whole sequence.
+struct Window {
+  int64_t i_begin, i_end, length;
+  int64_t rows() const { return i_end - i_begin; }
+  int64_t t0(bool reverse) const { return reverse ? length - i_end : i_begin; }  // time of a chunk's row 0
+};
+
+Window window_of(const c10::optional<std::pair<int64_t, int64_t>>& steps, int64_t length) {
+  if (!steps.has_value()) return {0, length, length};
+  TORCH_CHECK(0 <= steps->first && steps->first < steps->second && steps->second <= length,
+              "bimamba_cpu: steps must be 0 <= begin < end <= L=", length, ", got (", steps->first, ", ",
+              steps->second, ")");
+  return {steps->first, steps->second, length};
+}
+
+// Rows (batch, window rows, channels) with unit channel stride and `like`'s batch and dtype.
+void check_window_rows(const at::Tensor& t, const char* name, const at::Tensor& like, const Window& w,
+                       bool contiguous) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.dim() == 3 &&
+                  t.size(0) == like.size(0) && t.size(1) == w.rows() && t.stride(2) == 1 &&
+                  (!contiguous || t.is_contiguous()),
+              "bimamba_cpu: ", name, " must be (batch=", like.size(0), ", ", w.rows(), ", channels) of dtype ",
+              like.scalar_type(), contiguous ? ", contiguous" : " with unit channel stride", ", got sizes ",
+              t.sizes(), " strides ", t.strides(), " ", t.scalar_type());
+}
+
+// x (batch, L, dim) with unit channel stride -> silu(conv(x)) (batch, L, dim), into `out` when given. With `steps`
+// (begin, end), only those steps (scan order), into `out` of (batch, end - begin, dim); the conv reads the rows of
+// x before them too.
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                        bool reverse, const c10::optional<at::Tensor>& out_) {
+                        bool reverse, const c10::optional<at::Tensor>& out_,
+                        const c10::optional<std::pair<int64_t, int64_t>>& steps) {
   check_rows(x, "x", x, false);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
+  const Window w = window_of(steps, x.size(1));
   const at::Tensor w_t = transposed_weight(x, weight, bias);
-  at::Tensor out = out_.has_value() ? *out_ : at::empty(x.sizes(), x.options());
-  check_rows(out, "out", x, true);
-  TORCH_CHECK(out.size(2) == x.size(2), "bimamba_cpu: out must have x's shape");
+  at::Tensor out = out_.has_value() ? *out_ : at::empty({x.size(0), w.rows(), x.size(2)}, x.options());
+  check_window_rows(out, "out", x, w, true);
+  TORCH_CHECK(out.size(2) == x.size(2), "bimamba_cpu: out must have x's channels");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_forward", [&] {
     ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
-    a.out = out.data_ptr<scalar_t>();
-    run_items(conv_items(x), kConvRows * a.dim * a.width, [&](int64_t item) { conv_fwd(a, item); });
+    a.i_begin = w.i_begin;
+    a.i_end = w.i_end;
+    a.out = rows_of<scalar_t, scalar_t>(out, w.t0(reverse));
+    run_items(conv_items(a), kConvRows * a.dim * a.width, [&](int64_t item) { conv_fwd(a, item); });
   });
   return out;
 }
@@ -149,15 +193,13 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& x, const at::Tensor& wei
   check_rows(dx, "dx", x, false);
   TORCH_CHECK(dout.size(2) == x.size(2) && dx.size(2) == x.size(2), "bimamba_cpu: dout, dx must match x");
   const at::Tensor w_t = transposed_weight(x, weight, bias);
-  const int64_t items = conv_items(x);
+  const int64_t items = x.size(0) * ((x.size(1) + kConvRows - 1) / kConvRows);
   at::Tensor dw_parts = at::empty({items, w_t.size(0), x.size(2)}, x.options());
   at::Tensor dbias_parts = at::empty({items, x.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bimamba_conv_backward", [&] {
     ConvArgs<scalar_t> a = conv_args<scalar_t>(x, w_t, bias, reverse);
-    a.dout = dout.data_ptr<scalar_t>();
-    a.dx = dx.data_ptr<scalar_t>();
-    a.dx_batch = dx.stride(0);
-    a.dx_row = dx.stride(1);
+    a.dout = rows_of<scalar_t, const scalar_t>(dout);
+    a.dx = rows_of<scalar_t, scalar_t>(dx);
     a.accumulate = accumulate;
     a.dw_parts = dw_parts.data_ptr<scalar_t>();
     a.dbias_parts = dbias_parts.data_ptr<scalar_t>();
@@ -221,16 +263,18 @@ struct ScanInputs {
   at::Tensor A_t, A2_t, W_dt_t;
 };
 
-// Checks u, y (batch, L, dim) contiguous; proj (batch, L, rank + 2N) rows [dt_low | B | C] with unit stride;
-// W_dt (dim, rank); dt_bias, D (dim,); A (dim, N) <= 0. Returns the transposed A, A log2(e) and W_dt.
+// Checks y (batch, L, dim) contiguous; u (batch, rows, dim) contiguous and proj (batch, rows, rank + 2N) rows
+// [dt_low | B | C] with unit stride, the rows of the window's steps; W_dt (dim, rank); dt_bias, D (dim,); A (dim, N)
+// <= 0. Returns the transposed A, A log2(e) and W_dt.
 ScanInputs check_scan(const at::Tensor& u, const at::Tensor& proj, const at::Tensor& W_dt,
-                      const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D, const at::Tensor& y) {
+                      const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D, const at::Tensor& y,
+                      const Window& w) {
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "bimamba_cpu: fp32 or fp64 only");
-  check_rows(u, "u", u, true);
-  check_rows(y, "y", u, true);
-  check_rows(proj, "x_proj output", u, false);
+  check_rows(y, "y", y, true);
+  check_window_rows(u, "u", y, w, true);
+  check_window_rows(proj, "x_proj output", y, w, false);
   const int64_t dim = u.size(2);
-  TORCH_CHECK(y.size(2) == dim, "bimamba_cpu: u and y must have the same shape");
+  TORCH_CHECK(y.size(2) == dim, "bimamba_cpu: u and y must have the same channels");
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1 && A.size(1) <= kMaxState &&
                   A.scalar_type() == u.scalar_type(),
               "bimamba_cpu: A must be (channels=", dim, ", N <= ", kMaxState, ") of u's dtype, got ", A.sizes());
@@ -247,54 +291,67 @@ ScanInputs check_scan(const at::Tensor& u, const at::Tensor& proj, const at::Ten
 
 template <typename T>
 ScanArgs<T> scan_args(const at::Tensor& u, const at::Tensor& proj, const ScanInputs& in, const at::Tensor& dt_bias,
-                      const at::Tensor& D, at::Tensor& y, bool accumulate, bool reverse) {
+                      const at::Tensor& D, at::Tensor& y, bool accumulate, bool reverse, const Window& w) {
   ScanArgs<T> a{};
-  a.batch = u.size(0);
-  a.length = u.size(1);
-  a.dim = u.size(2);
+  a.batch = y.size(0);
+  a.length = y.size(1);
+  a.dim = y.size(2);
   a.n_state = in.A_t.size(0);
   a.rank = in.W_dt_t.size(0);
   a.n_chunks = (a.length + kChunk - 1) / kChunk;
   a.lanes = isa_lanes<T>();
-  a.u = u.data_ptr<T>();
-  a.proj = proj.data_ptr<T>();
-  a.proj_batch = proj.stride(0);
-  a.proj_row = proj.stride(1);
+  a.i_begin = w.i_begin;
+  a.i_end = w.i_end;
+  a.u = rows_of<T, const T>(u, w.t0(reverse));
+  a.proj = rows_of<T, const T>(proj, w.t0(reverse));
   a.W_dt_t = in.W_dt_t.data_ptr<T>();
   a.dt_bias = dt_bias.data_ptr<T>();
   a.A_t = in.A_t.data_ptr<T>();
   a.A2_t = in.A2_t.data_ptr<T>();
   a.D = D.data_ptr<T>();
   a.reverse = reverse;
-  a.y = y.data_ptr<T>();
+  a.y = rows_of<T, T>(y);
   a.accumulate = accumulate;
   return a;
 }
 
-// Scan of one direction: y (+)= scan(u, ...), then y *= silu(gate) when a gate (batch, L, dim) row view is
-// given; Δ = softplus(W_dt dt_low + dt_bias) is formed inside. Returns the (batch, n_chunks, N, dim) states
-// entering each chunk when `save_states`, else None.
+void check_state(const c10::optional<at::Tensor>& h, const char* name, const at::Tensor& y, int64_t N) {
+  if (!h.has_value()) return;
+  TORCH_CHECK(h->scalar_type() == y.scalar_type() && h->is_contiguous() &&
+                  h->sizes() == at::IntArrayRef({y.size(0), N, y.size(2)}),
+              "bimamba_cpu: ", name, " must be a contiguous (batch, N, channels) tensor of y's dtype");
+}
+
+// Scan of one direction: y (+)= scan(u, ...), then y *= silu(gate) when a gate row view is given; Δ =
+// softplus(W_dt dt_low + dt_bias) is formed inside. y is (batch, L, dim); with `steps` (begin, end) only those steps
+// (scan order) run, u, proj and gate holding their rows (earliest time first), from the state h_in (batch, N, dim)
+// (zero without), leaving the state after the last step in h_out. Returns the (batch, n_chunks, N, dim) states
+// entering each chunk when `save_states` (whole sequences only), else None.
 c10::optional<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& proj, const at::Tensor& W_dt,
                                        const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D,
                                        at::Tensor y, bool accumulate, bool reverse, bool save_states,
-                                       const c10::optional<at::Tensor>& gate) {
-  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y);
+                                       const c10::optional<at::Tensor>& gate,
+                                       const c10::optional<std::pair<int64_t, int64_t>>& steps,
+                                       const c10::optional<at::Tensor>& h_in, c10::optional<at::Tensor> h_out) {
+  const Window w = window_of(steps, y.size(1));
+  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y, w);
   if (gate.has_value()) {
-    check_rows(*gate, "gate", u, false);
+    check_window_rows(*gate, "gate", y, w, false);
     TORCH_CHECK(gate->size(2) == u.size(2), "bimamba_cpu: the gate must have u's shape");
   }
-  const int64_t n_chunks = (u.size(1) + kChunk - 1) / kChunk;
-  at::Tensor states = save_states ? at::empty({u.size(0), n_chunks, A.size(1), u.size(2)}, u.options())
+  TORCH_CHECK(!save_states || !steps.has_value(), "bimamba_cpu: states are saved for whole sequences only");
+  check_state(h_in, "h_in", y, A.size(1));
+  check_state(h_out, "h_out", y, A.size(1));
+  const int64_t n_chunks = (y.size(1) + kChunk - 1) / kChunk;
+  at::Tensor states = save_states ? at::empty({y.size(0), n_chunks, A.size(1), y.size(2)}, y.options())
                                   : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_forward", [&] {
-    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse);
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse, w);
     a.states = save_states ? states.data_ptr<scalar_t>() : nullptr;
-    if (gate.has_value()) {
-      a.gate = gate->data_ptr<scalar_t>();
-      a.gate_batch = gate->stride(0);
-      a.gate_row = gate->stride(1);
-    }
-    run_items(a.batch * vector_count(a.dim, a.lanes), a.length * a.lanes * (a.n_state + a.rank),
+    if (gate.has_value()) a.gate = rows_of<scalar_t, const scalar_t>(*gate, w.t0(reverse));
+    a.h_in = h_in.has_value() ? h_in->data_ptr<scalar_t>() : nullptr;
+    a.h_out = h_out.has_value() ? h_out->data_ptr<scalar_t>() : nullptr;
+    run_items(a.batch * vector_count(a.dim, a.lanes), w.rows() * a.lanes * (a.n_state + a.rank),
               [&](int64_t item) { scan_fwd(a, item); });
   });
   if (!save_states) return c10::nullopt;
@@ -308,7 +365,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& pro
                                       const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D,
                                       const at::Tensor& states, const at::Tensor& dy, at::Tensor y, bool accumulate,
                                       bool reverse) {
-  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y);
+  const Window whole{0, y.size(1), y.size(1)};
+  const ScanInputs in = check_scan(u, proj, W_dt, dt_bias, A, D, y, whole);
   check_rows(dy, "dy", u, true);
   const int64_t batch = u.size(0), length = u.size(1), dim = u.size(2), N = A.size(1);
   const int64_t n_chunks = (length + kChunk - 1) / kChunk;
@@ -321,7 +379,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& pro
   at::Tensor dD_parts = at::empty({batch, dim}, u.options()), dbias_parts = at::empty({batch, dim}, u.options());
   at::Tensor dB_parts, dC_parts;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bimamba_scan_backward", [&] {
-    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse);
+    ScanArgs<scalar_t> a = scan_args<scalar_t>(u, proj, in, dt_bias, D, y, accumulate, reverse, whole);
     // About four items per thread in all: enough to balance, few enough that the per-item copies of dB and dC
     // stay small.
     const int64_t vectors = vector_count(dim, a.lanes);
@@ -331,9 +389,9 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& pro
     dB_parts = at::empty({batch, items_per_batch, length, N}, u.options());
     dC_parts = at::empty({batch, items_per_batch, length, N}, u.options());
     a.states = states.data_ptr<scalar_t>();
-    a.dy = dy.data_ptr<scalar_t>();
-    a.du = du.data_ptr<scalar_t>();
-    a.ddt = ddt.data_ptr<scalar_t>();
+    a.dy = rows_of<scalar_t, const scalar_t>(dy);
+    a.du = rows_of<scalar_t, scalar_t>(du);
+    a.ddt = rows_of<scalar_t, scalar_t>(ddt);
     a.dA_t = dA_parts.data_ptr<scalar_t>();
     a.dD = dD_parts.data_ptr<scalar_t>();
     a.ddt_bias = dbias_parts.data_ptr<scalar_t>();
@@ -367,12 +425,13 @@ double fma_rate(int64_t iterations, int64_t repeats) {
 void register_bimamba(pybind11::module& m) {
   namespace py = pybind11;
   m.def("conv_forward", &bimamba::conv_forward, "channels-last causal conv + SiLU", py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("reverse"), py::arg("out") = py::none());
+        py::arg("bias"), py::arg("reverse"), py::arg("out") = py::none(), py::arg("steps") = py::none());
   m.def("conv_backward", &bimamba::conv_backward, "its backward: writes dx, returns [dweight, dbias or None]");
   m.def("scan_forward", &bimamba::scan_forward, "channels-last selective scan of one direction into y",
         py::arg("u"), py::arg("proj"), py::arg("dt_proj_weight"), py::arg("dt_bias"), py::arg("A"), py::arg("D"),
         py::arg("y"), py::arg("accumulate"), py::arg("reverse"), py::arg("save_states"),
-        py::arg("gate") = py::none());
+        py::arg("gate") = py::none(), py::arg("steps") = py::none(), py::arg("h_in") = py::none(),
+        py::arg("h_out") = py::none());
   m.def("scan_backward", &bimamba::scan_backward, "its backward: [du, ddt, dA, dD, ddt_bias, dB, dC]");
   m.def("gate_grad_y", &bimamba::gate_grad_y, "dy = d_gated silu(z)");
   m.def("gate_grad_z", &bimamba::gate_grad_z, "dz = d_gated y silu'(z); in place y <- y silu(z)");
