@@ -125,6 +125,13 @@ void run_items(ort::KernelContext* context, int64_t n_items, int64_t work_per_it
 }
 
 // ---- the kernels' arguments (keep in step with conv_args / scan_args of bimamba_cpu.cpp) ----------------------
+// Each call runs the whole sequence as one window: steps [0, L), every operand a contiguous (batch, L, columns)
+// tensor whose row 0 is time 0.
+
+template <typename T>
+Rows<T> rows_of(T* data, int64_t length, int64_t columns) {
+  return Rows<T>{data, length * columns, columns, 0};
+}
 
 ConvArgs<float> conv_args(const Tensor& x, const std::vector<float>& w_t, const Tensor& bias, bool reverse,
                           float* out) {
@@ -135,13 +142,13 @@ ConvArgs<float> conv_args(const Tensor& x, const std::vector<float>& w_t, const 
   a.width = static_cast<int64_t>(w_t.size()) / a.dim;
   a.lanes = isa_lanes<float>();
   a.rows_per_item = kConvRows;
-  a.x = x.data;
-  a.x_batch = a.length * a.dim;
-  a.x_row = a.dim;
+  a.i_begin = 0;
+  a.i_end = a.length;
+  a.x = rows_of<const float>(x.data, a.length, a.dim);
   a.w_t = w_t.data();
   a.bias = bias.data;
   a.reverse = reverse;
-  a.out = out;
+  a.out = rows_of<float>(out, a.length, a.dim);
   return a;
 }
 
@@ -159,22 +166,22 @@ ScanArgs<float> scan_args(const Tensor& u, const Tensor& proj, const ScanWeights
   a.rank = static_cast<int64_t>(w.W_dt_t.size()) / a.dim;
   a.n_chunks = (a.length + kChunk - 1) / kChunk;
   a.lanes = isa_lanes<float>();
-  a.u = u.data;
-  a.proj = proj.data;
-  a.proj_batch = a.length * proj.shape[2];
-  a.proj_row = proj.shape[2];
+  a.i_begin = 0;
+  a.i_end = a.length;
+  a.u = rows_of<const float>(u.data, a.length, a.dim);
+  a.proj = rows_of<const float>(proj.data, a.length, proj.shape[2]);
   a.W_dt_t = w.W_dt_t.data();
   a.dt_bias = dt_bias.data;
   a.A_t = w.A_t.data();
   a.A2_t = w.A2_t.data();
   a.D = D.data;
   a.reverse = reverse;
-  a.y = y;
+  a.y = rows_of<float>(y, a.length, a.dim);
   a.accumulate = accumulate;
-  a.gate = gate.data;
-  a.gate_batch = a.length * a.dim;
-  a.gate_row = a.dim;
+  a.gate = rows_of<const float>(gate.data, a.length, a.dim);  // gate.p null: no gate
   a.states = nullptr;
+  a.h_in = nullptr;  // the whole sequence is one window: the scan starts from zero
+  a.h_out = nullptr;
   return a;
 }
 
