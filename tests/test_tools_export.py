@@ -173,9 +173,11 @@ def test_portable_onnx_logits_match_eager(files, tmp_path, capsys) -> None:
 
 
 def test_timed_models_take_turns(monkeypatch) -> None:
-    calls, clock = [], iter(range(100))
+    # Runs of 3, 1, 2 s (eager) and 5, 4, 6 s (exported), taking turns.
+    calls, clock = [], iter([0, 3, 3, 8, 8, 9, 9, 13, 13, 15, 15, 21])
     monkeypatch.setattr(export.time, "perf_counter", lambda: next(clock))
-    assert export.median_ms([lambda: calls.append("eager"), lambda: calls.append("exported")], 3) == [1000, 1000]
+    timings = export.timings_ms([lambda: calls.append("eager"), lambda: calls.append("exported")], 3)
+    assert timings == [(2000, 1000), (5000, 4000)]  # (median, fastest)
     assert calls == ["eager", "exported"] * 4  # a warm-up run of each, then 3 turns
 
 
@@ -211,3 +213,12 @@ def test_missing_runtime_library_is_one_line(files, tmp_path, capsys, monkeypatc
         "export.py: error: --onnx: no C++ compiler 'no-such-compiler' found (install g++, or set $CXX); --portable "
         "exports standard operators without it"]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnxruntime_threads_wait_as_openmp_is_told(monkeypatch) -> None:
+    library = ort_bimamba.library_path()
+    for policy, spinning in (("passive", "0"), ("active", "1")):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        options = export.session_options(library)
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+        assert options.intra_op_num_threads == torch.get_num_threads()
