@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.omp import threads_spin
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_SCRIPTS = ["run_class_finetuning.py", "run_mask_pretrain.py", "run_regression_finetuning.py",
-                 "run_videomamba_pretraining.py", "tools/predict.py", "tools/extract_features.py"]
+                 "run_videomamba_pretraining.py", "tools/predict.py", "tools/extract_features.py", "tools/export.py"]
 # Runs each script as `python SCRIPT` does (``__main__``) up to its first `import torch`, which is stopped there,
 # and records $OMP_WAIT_POLICY at that moment: without a policy, then with the user's "active".
 AT_TORCH_IMPORT = """
@@ -40,3 +42,12 @@ def test_entry_scripts_default_to_passive_waiting_before_torch_starts():
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == {**{f"{script} None": "passive" for script in ENTRY_SCRIPTS},
                                **{f"{script} active": "active" for script in ENTRY_SCRIPTS}}
+
+
+def test_threads_spin_only_under_the_active_policy(monkeypatch):
+    for policy, spins in (("active", True), (" ACTIVE ", True), ("passive", False), (None, False)):
+        if policy is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        assert threads_spin() is spins, policy

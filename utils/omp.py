@@ -13,3 +13,9 @@ WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 def prefer_passive_wait() -> str:
     """Set ``OMP_WAIT_POLICY=passive`` when the environment does not set it; returns the policy in effect."""
     return os.environ.setdefault(WAIT_POLICY_ENV, "passive")
+
+
+def threads_spin() -> bool:
+    """Whether the policy in effect lets idle threads spin (``OMP_WAIT_POLICY=active``), for thread pools other
+    than OpenMP's (ONNX Runtime's) that should wait as eager PyTorch's threads do."""
+    return os.environ.get(WAIT_POLICY_ENV, "").strip().lower() == "active"
