@@ -3,6 +3,7 @@ build_list and prepare_lvu outputs."""
 import importlib.util
 import math
 
+import av
 import numpy as np
 import pytest
 
@@ -40,6 +41,18 @@ def test_synthetic_motion_dataset(tmp_path):
         first_positions.append((x0, y0))
     assert len({round(x) for x, _ in first_positions}) > 4  # random start positions
     assert (root / "val.csv").read_text().count("\n") == 4 and (root / "test.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize("crf, lossless", [(0, True), (18, False)])
+def test_write_video_crf0_is_lossless(tmp_path, crf, lossless):
+    """crf 0 decodes to exactly the yuv420p round trip of the input (the demo's data relies on it); crf 18 does not."""
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    yuv_round_trip = np.stack([av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+                               .to_ndarray(format="rgb24") for f in frames])
+    write_video(tmp_path / "v.mp4", frames, crf=crf)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert np.array_equal(decoded, yuv_round_trip) == lossless
 
 
 def test_build_list(tmp_path):

@@ -162,9 +162,11 @@ def _clip_and_label(mode: str, k: int, count: int, frames: int, size: int,
 
 
 def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num_val: int = 16,
-                 num_test: int = 16, size: int = 64, frames: int = 16, fps: int = 30, seed: int = 0) -> Path:
+                 num_test: int = 16, size: int = 64, frames: int = 16, fps: int = 30, seed: int = 0,
+                 crf: int = 18) -> Path:
     """Write ``out/videos/*.mp4`` and ``out/{train,val,test}.csv``; class labels cycle through the 4 classes,
-    brightness labels are evenly spread over [-1, 1]."""
+    brightness labels are evenly spread over [-1, 1]. ``crf`` 0 makes x264 lossless (only the yuv420p conversion
+    remains), so what a model sees does not depend on the encoder's rate decisions."""
     if size % 2 or size < 16:
         raise ValueError(f"--size must be even and >= 16, got {size}")
     out = Path(out)
@@ -174,7 +176,7 @@ def make_dataset(out: str | Path, mode: str = "motion", num_train: int = 64, num
         for k in range(count):
             clip, label = _clip_and_label(mode, k, count, frames, size, rng)
             rel = f"videos/{split}_{k:05d}.mp4"
-            write_video(out / rel, clip, fps=fps)
+            write_video(out / rel, clip, fps=fps, crf=crf)
             lines.append(f"{rel} {label}\n")
         (out / f"{split}.csv").write_text("".join(lines))
     return out
@@ -191,8 +193,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per video")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crf", type=int, default=18, help="x264 quality, 0 = lossless, 51 = worst (default 18)")
     a = parser.parse_args()
-    out = make_dataset(a.out, a.mode, a.num_train, a.num_val, a.num_test, a.size, a.frames, a.fps, a.seed)
+    out = make_dataset(a.out, a.mode, a.num_train, a.num_val, a.num_test, a.size, a.frames, a.fps, a.seed, a.crf)
     print(f"wrote {a.num_train + a.num_val + a.num_test} videos and train/val/test.csv to {out}")
 
 
