@@ -2,7 +2,7 @@
 
 A result is keyed (arch, frames, mode, condition) and holds median_s, peak_rss, setup_rss (bytes) and, for
 compiled runs, compile_s; None marks a configuration that failed. Conditions: "idle", "busy" (beside one busy
-process), "compiled" (torch.compile) and "bf16" (VideoMamba under bf16 autocast, compared with its fp32 "idle" run).
+process), "compiled" (torch.compile) and "bf16" (bf16 autocast; VideoMamba's goal compares it with its fp32 "idle" run).
 """
 from __future__ import annotations
 
@@ -94,7 +94,6 @@ def results_table(results: dict, rows: list[Row], families: dict, flops: dict, p
             notes = (f"eager {_fmt(eager and eager['median_s'], '.3f')} s; "
                      f"compile {_fmt(vm and vm['compile_s'], '.0f')} s")
         elif row.condition == "bf16":
-            vit = None  # the bf16 row compares VideoMamba with itself in fp32
             notes = f"fp32 {_fmt(eager and eager['median_s'], '.3f')} s"
         lines.append([row.family, row.mode, row.frames, row.condition, _fmt(vm_s, ".3f"), _fmt(vit_s, ".3f"),
                       _ratio(vit_s, vm_s), _gflops(vm, flops[(vm_arch, row.frames)], row.mode, peak),
