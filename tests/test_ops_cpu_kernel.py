@@ -162,3 +162,28 @@ def test_first_build_says_it_is_compiling(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger=selective_scan_cpu.__name__):
         selective_scan_cpu._build()
     assert not any("compiling" in r.getMessage() for r in caplog.records)
+
+
+def _denormal_survives() -> bool:
+    """Whether this thread and torch's worker threads keep fp32 denormals (the caller's mode, not flushed)."""
+    return bool((torch.full((1 << 20,), 1e-39) * 1.0).ne(0).all())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_flush_denormals_inside_and_leave_the_callers_mode(kernel, threads):
+    """Denormal inputs read as zero inside the kernels (DAZ: the official init made denormals cost a training step
+    50 %), and the caller's threads keep denormals afterwards (the mode is never changed globally)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert _denormal_survives()
+        x = torch.full((1, 4096, 64), 1e-39)  # conv: silu(x_{t-3} + ... + x_t) = 2e-39 without flushing
+        out = kernel.module.conv_forward(x, torch.ones(64, 4), torch.zeros(64), False, None, None)
+        assert torch.count_nonzero(out) == 0
+        u = torch.full((1, 64, 4096), 1e-39)  # standalone scan: h_t = e^-1 h_{t-1} + u_t, y = 4 h: denormal
+        y = selective_scan_fn(u, torch.ones_like(u), -torch.ones(64, 4), torch.ones(1, 4, 4096),
+                              torch.ones(1, 4, 4096), backend="cpp")
+        assert torch.count_nonzero(y) == 0
+        assert _denormal_survives()
+    finally:
+        torch.set_num_threads(previous)

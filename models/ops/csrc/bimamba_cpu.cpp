@@ -18,6 +18,7 @@
 #include "bimamba_conv.h"
 #include "bimamba_scan.h"
 #include "bindings.h"
+#include "denormals.h"
 
 namespace bimamba {
 namespace {
@@ -64,11 +65,13 @@ void run_items(int64_t n_items, int64_t work_per_item, const F& body) {
   const int64_t by_work = std::max<int64_t>(1, n_items * work_per_item / kMinWorkPerThread);
   const int64_t workers = std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), n_items, by_work});
   if (workers <= 1) {
+    const FlushDenormals flush;
     for (int64_t i = 0; i < n_items; ++i) body(i);
     return;
   }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const FlushDenormals flush;
     for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) body(i);
   });
 }

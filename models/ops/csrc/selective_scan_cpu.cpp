@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "denormals.h"
 #include "vec_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -212,6 +213,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   at::Tensor y = at::empty_like(u);
   at::Tensor last_state = at::empty({p.batch, p.dim, p.n_state}, u.options());
   at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     for (int64_t i = begin; i < end; ++i) {
       row_forward(p.row(i, u, dt, A, Bt, Ct), p.length, p.n_state, y.data_ptr<float>() + i * p.length,
                   last_state.data_ptr<float>() + i * p.n_state);
@@ -235,6 +237,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
   const int64_t part_size = p.batch * p.groups * L * N;
 
   at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    const FlushDenormals flush;
     std::vector<float> hs((L + 1) * N), as((L + 1) * N);
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       float* dB_part = dB_parts.data_ptr<float>() + chunk * part_size;
@@ -265,6 +268,7 @@ at::Tensor delta_softplus(const at::Tensor& delta, const at::Tensor& bias) {
   const float* bp = has_bias ? b.data_ptr<float>() : nullptr;
   float* o = out.data_ptr<float>();
   at::parallel_for(0, delta.size(0) * dim, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     for (int64_t i = begin; i < end; ++i) softplus_row(in + i * L, bp ? bp[i % dim] : 0.0f, L, o + i * L);
   });
   return out;
