@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 DOMAIN = "videomamba"
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / "ort_bimamba.cpp", CSRC / "isa.cpp"]
-HEADERS = ["ort_api.h", "bimamba_conv.h", "bimamba_scan.h", "isa.h", "vec_math.h"]
+HEADERS = ["ort_api.h", "bimamba_conv.h", "bimamba_scan.h", "denormals.h", "isa.h", "vec_math.h"]
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-Wno-psabi"]
 DIR_ENV_VAR = "VIDEOMAMBA_ORT_OPS_DIR"
 

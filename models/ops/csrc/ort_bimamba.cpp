@@ -11,6 +11,7 @@
 
 #include "bimamba_conv.h"
 #include "bimamba_scan.h"
+#include "denormals.h"
 #include "ort_api.h"
 
 namespace bimamba {
@@ -111,15 +112,19 @@ constexpr int64_t kMinWorkPerThread = 1 << 16;  // vector-lane operations worth 
 constexpr int64_t kConvRows = 64;               // steps per conv work item
 
 // body(item) for every item: on the calling thread when the call is small, else over ONNX Runtime's threads, which
-// hand the items out one by one.
+// hand the items out one by one; denormals flushed while an item runs (denormals.h).
 template <class F>
 void run_items(ort::KernelContext* context, int64_t n_items, int64_t work_per_item, const F& body) {
   if (n_items <= 1 || n_items * work_per_item < 2 * kMinWorkPerThread) {
+    const FlushDenormals flush;
     for (int64_t i = 0; i < n_items; ++i) body(i);
     return;
   }
   using Fn = ort::Status* (*)(const ort::KernelContext*, void (*)(void*, size_t), size_t, size_t, void*);
-  auto call = [](void* data, size_t item) { (*static_cast<const F*>(data))(static_cast<int64_t>(item)); };
+  auto call = [](void* data, size_t item) {
+    const FlushDenormals flush;
+    (*static_cast<const F*>(data))(static_cast<int64_t>(item));
+  };
   check(api<Fn>(ort::kKernelContextParallelFor)(context, call, static_cast<size_t>(n_items), 0,
                                                 const_cast<F*>(&body)));
 }
