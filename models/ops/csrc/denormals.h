@@ -2,7 +2,7 @@
 // the thread's previous mode restored after. x86 cores take a microcode assist, ~100 cycles, for every operation
 // that reads or makes a denormal: with the official initialisation (dt_proj bias 0, so Δ ≈ 0.69 and decays down to
 // exp(-11) per step) the scan's states and adjoints underflow often enough that a VideoMamba-Ti training step at
-// 16x224 took 3.2 s instead of 2.0 s. Values below 1.2e-38 (fp32) become 0, which no result here can tell apart.
+// 16x224 took 3.2 s instead of 2.1-2.2 s. Values below 1.2e-38 (fp32) become 0, which no result here can tell apart.
 // Each kernel sets it inside its parallel region, on every thread that runs its work, never globally.
 #pragma once
 
